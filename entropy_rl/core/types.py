@@ -1,0 +1,94 @@
+"""Frozen containers passed between the trainer and the methods. Shapes: B sequences, T response tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class PolicyInputs:
+    """Per-token inputs of a policy loss, all [B, T] and aligned on response positions.
+
+    Attributes:
+        logp: log pi_theta(o_t) under the current parameters, tempered; carries gradient in the update.
+        old_logp: the same under the rollout parameters (pre-update pass); no gradient.
+        adv: per-token advantage (sequence advantage broadcast over the response), 0 off the mask.
+        mask: 1.0 on trained response tokens, 0.0 on padding; float.
+        entropy: H_cur, full-vocab tempered entropy of the current forward pass (with gradient), or None.
+        old_entropy: H_old, the same from the pre-update pass (no gradient), or None.
+        ref_logp: reference-model log-probs (no gradient), or None.
+    """
+
+    logp: Tensor
+    old_logp: Tensor
+    adv: Tensor
+    mask: Tensor
+    entropy: Tensor | None = None
+    old_entropy: Tensor | None = None
+    ref_logp: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        shape = self.logp.shape
+        if self.logp.dim() != 2:
+            raise ValueError(f"logp must be [B, T], got shape {tuple(shape)}")
+        for name in ("old_logp", "adv", "mask", "entropy", "old_entropy", "ref_logp"):
+            value = getattr(self, name)
+            if value is not None and value.shape != shape:
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)} like logp")
+
+    def rows(self, index: slice | Tensor) -> "PolicyInputs":
+        """Return the inputs restricted to a subset of sequences (a micro-batch)."""
+        kwargs = {}
+        for name in ("logp", "old_logp", "adv", "mask", "entropy", "old_entropy", "ref_logp"):
+            value = getattr(self, name)
+            kwargs[name] = None if value is None else value[index]
+        return PolicyInputs(**kwargs)
+
+
+@dataclass(frozen=True)
+class TokenWeights:
+    """Per-token selections made once per optimizer mini-batch (`select`), sliced per micro-batch.
+
+    Attributes:
+        tensors: named [B, T] (or [B, ...]) tensors, e.g. {"detach": bool mask}; first dim is B.
+        metrics: scalar tensors describing the selection (namespaced by the method), computed once.
+    """
+
+    tensors: Mapping[str, Tensor] = field(default_factory=dict)
+    metrics: Mapping[str, Tensor] = field(default_factory=dict)
+
+    def rows(self, index: slice | Tensor) -> "TokenWeights":
+        """Return the selection for a subset of sequences; metrics stay whole (mini-batch level)."""
+        return TokenWeights({k: v[index] for k, v in self.tensors.items()}, self.metrics)
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self.tensors[key]
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """Result of a policy loss.
+
+    Attributes:
+        per_token: loss per token [B, T] (0 where mask is 0); aggregate with `core.aggregate`.
+        metrics: scalar tensors (no `.item()`), keys namespaced like `policy/clipfrac` or `method/<name>/...`.
+            Token-level metrics are means over the mask of this call.
+    """
+
+    per_token: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of `values` over positions where mask is nonzero; 0 (not NaN) on an empty mask. [B, T] -> []."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def zero_scalar(like: Tensor) -> Tensor:
+    """A 0-dim zero on the device/dtype of `like` (for metrics of empty selections)."""
+    return torch.zeros((), dtype=like.dtype, device=like.device)
