@@ -1,0 +1,232 @@
+"""The `entropy-rl` command: demo | train | sft | eval | methods | validate."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+DEMO_RUN_DIR = "runs/demo"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Warm-start a tiny Qwen2 model on Countdown-3 by SFT, then run GRPO on CPU (the defaults of Config)."""
+    from entropy_rl.train.config import load_config
+    from entropy_rl.train.loop import train
+
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    cfg = load_config(None, overrides)
+    print(f"entropy-rl demo: {cfg.train.steps} GRPO steps of {cfg.rollout.prompts_per_step} prompts x "
+          f"{cfg.rollout.group_size} samples on {cfg.task.name}, method {cfg.algorithm.method}; run dir {args.run_dir}")
+    t0 = time.perf_counter()
+    result = train(cfg, args.run_dir, resume=args.resume, overwrite=not args.resume, progress=not args.no_progress)
+    summarize(result, time.perf_counter() - t0)
+    return 0
+
+
+def summarize(result, seconds: float) -> None:
+    """Print the first-vs-last entropy and reward summary of a finished run."""
+    from entropy_rl.metrics.sinks import read_jsonl
+
+    rows = read_jsonl(result.run_dir / "metrics.jsonl")
+    if len(rows) >= 2:
+        n = min(10, len(rows) // 2)
+        mean = lambda key, rs: sum(r[key] for r in rs) / len(rs)  # noqa: E731
+        h0, h1 = mean("entropy/token_mean", rows[:n]), mean("entropy/token_mean", rows[-n:])
+        r0, r1 = mean("reward/mean", rows[:n]), mean("reward/mean", rows[-n:])
+        print(f"entropy/token_mean {h0:.4f} -> {h1:.4f} nats ({100 * (h1 - h0) / max(h0, 1e-12):+.1f}%), "
+              f"reward/mean {r0:.3f} -> {r1:.3f} (first vs last {n} steps)")
+    print(f"done in {seconds:.0f} s; metrics in {result.run_dir / 'metrics.jsonl'}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train from a YAML config (or continue a run with --resume RUN_DIR)."""
+    from entropy_rl.train.config import load_config
+    from entropy_rl.train.loop import train
+
+    if args.resume and args.config is None:
+        run_dir = Path(args.resume)
+        cfg = load_config(run_dir / "config.yaml", args.overrides)
+    else:
+        if args.config is None:
+            raise SystemExit("entropy-rl train: give a CONFIG file (or --resume RUN_DIR)")
+        cfg = load_config(args.config, args.overrides)
+        run_dir = Path(args.resume or args.run_dir or f"runs/{Path(args.config).stem}")
+    t0 = time.perf_counter()
+    result = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress)
+    summarize(result, time.perf_counter() - t0)
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    """Only the supervised warm start; saves the model + tokenizer to --out."""
+    import torch
+
+    from entropy_rl.metrics.sinks import JsonlSink
+    from entropy_rl.models import TinyModelSpec, build_char_tokenizer, build_tiny_model, load_pretrained, save_pretrained
+    from entropy_rl.tasks import make_task
+    from entropy_rl.train.config import load_config
+    from entropy_rl.train.loop import pick_device, rollout_sampling
+    from entropy_rl.train.sft import run_sft
+
+    cfg = load_config(args.config, args.overrides)
+    torch.manual_seed(cfg.train.seed)
+    task = make_task(cfg.task.name, **cfg.task.params)
+    if cfg.model.path:
+        model, tokenizer = load_pretrained(cfg.model.path, cfg.model.dtype)
+    else:
+        tokenizer = build_char_tokenizer(task.alphabet)
+        spec = TinyModelSpec(**{k: getattr(cfg.model, k) for k in TinyModelSpec.__dataclass_fields__})
+        model = build_tiny_model(spec, tokenizer, seed=cfg.train.seed)
+    model.to(pick_device(cfg.train.device))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sink = JsonlSink(out / "sft_metrics.jsonl")
+
+    def log(step: int, m: dict[str, float]) -> None:
+        sink.log(step, m)
+        print(f"sft step {step} | loss {m['sft/loss']:.3f} | sampled accuracy {m['sft/accuracy']:.3f}", flush=True)
+
+    run_sft(model, tokenizer, task, cfg.sft, rollout_sampling(cfg), cfg.train.seed, log)
+    sink.close()
+    save_pretrained(model, tokenizer, out)
+    print(f"saved to {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Sampled accuracy and pass@k of a local checkpoint on a task's eval split."""
+    import json
+
+    from entropy_rl.models import load_pretrained
+    from entropy_rl.rollout.hf import SamplingParams
+    from entropy_rl.tasks import make_task
+    from entropy_rl.train.evaluate import evaluate
+    from entropy_rl.train.config import apply_overrides
+
+    task_params = apply_overrides({}, args.task_params)
+    task = make_task(args.task, **task_params)
+    model, tokenizer = load_pretrained(args.model)
+    sampling = SamplingParams(args.temperature, args.top_p, 0, args.max_new_tokens)
+    problems = task.prompts("eval", args.problems, seed=args.seed)
+    print(json.dumps(evaluate(model, tokenizer, task, problems, args.samples, sampling, seed=args.seed), indent=2))
+    return 0
+
+
+def describe_params(params_cls: type) -> str:
+    """'name=default, ...' of a Params dataclass."""
+    return ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(params_cls))
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    """List registered policy-loss methods, advantage estimators and tasks with their defaults."""
+    import entropy_rl.advantages  # noqa: F401
+    import entropy_rl.methods  # noqa: F401
+    from entropy_rl.core.advantage import ADVANTAGES
+    from entropy_rl.core.policy_loss import POLICY_LOSSES
+    from entropy_rl.tasks import TASKS
+
+    print("Policy-loss methods (algorithm.method):")
+    for name in POLICY_LOSSES.names():
+        e = POLICY_LOSSES.get(name)
+        needs = [n for n, flag in (("H_cur", e.obj.needs_entropy), ("H_old", e.obj.needs_old_entropy)) if flag]
+        print(f"  {name:<16} [{e.obj.stage}] {e.doc}")
+        print(f"  {'':<16} paper: {e.obj.paper or '-'}; needs: {', '.join(needs) or 'log-probs only'}")
+        print(f"  {'':<16} params: {describe_params(e.params_cls)}")
+    print("Advantage estimators (algorithm.advantage):")
+    for name in ADVANTAGES.names():
+        e = ADVANTAGES.get(name)
+        print(f"  {name:<16} {e.doc}")
+        print(f"  {'':<16} params: {describe_params(e.params_cls)}")
+    print("Tasks (task.name):")
+    for name in TASKS.names():
+        e = TASKS.get(name)
+        print(f"  {name:<16} {e.doc}")
+        print(f"  {'':<16} params: {describe_params(e.params_cls)}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a config (schema, types, ranges, method/task parameters) without building anything."""
+    import yaml
+
+    from entropy_rl.train.config import load_config, to_dict
+
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    print(f"{args.config}: ok", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="entropy-rl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="SFT warm start + GRPO on Countdown-3 with a tiny model, on CPU")
+    p.add_argument("--run-dir", default=DEMO_RUN_DIR, help=f"output directory (default {DEMO_RUN_DIR}; replaced)")
+    p.add_argument("--steps", type=int, default=None, help="RL steps (default 300)")
+    p.add_argument("--resume", action="store_true", help="continue the demo run in --run-dir")
+    p.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
+    p.add_argument("overrides", nargs="*", help="config overrides a.b=c")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("train", help="train from a YAML config")
+    p.add_argument("config", nargs="?", help="YAML config (omit with --resume RUN_DIR)")
+    p.add_argument("overrides", nargs="*", help="config overrides a.b=c")
+    p.add_argument("--run-dir", default=None, help="output directory (default runs/<config name>)")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR from its newest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in the run directory")
+    p.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("sft", help="supervised warm start only")
+    p.add_argument("config", nargs="?", default=None, help="YAML config (default: the demo config)")
+    p.add_argument("overrides", nargs="*", help="config overrides a.b=c")
+    p.add_argument("--out", required=True, help="directory to save the model and tokenizer")
+    p.set_defaults(fn=cmd_sft)
+
+    p = sub.add_parser("eval", help="sampled accuracy and pass@k of a local checkpoint")
+    p.add_argument("model", help="local checkpoint directory (model + tokenizer)")
+    p.add_argument("--task", default="countdown")
+    p.add_argument("--task-params", nargs="*", default=[], help="task parameters key=value")
+    p.add_argument("--problems", type=int, default=256)
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("methods", help="list methods, advantage estimators and tasks with defaults")
+    p.set_defaults(fn=cmd_methods)
+
+    p = sub.add_parser("validate", help="validate a config without building anything")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; configuration and input errors print one clear line and exit 2."""
+    from entropy_rl.core.registry import RegistryError
+    from entropy_rl.train.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, RegistryError, FileExistsError, FileNotFoundError) as e:
+        print(f"entropy-rl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

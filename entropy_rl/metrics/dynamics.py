@@ -1,0 +1,353 @@
+"""Entropy statistics and dynamics of a rollout batch: the numbers behind `entropy/*`, `dynamics/*`, pass@k.
+
+Pure functions on tensors (and plain Python sequences); no trainer state. `entropy_stats` and
+`cov_logp_adv` are called once per step on the whole rollout batch, after the pre-update pass, and return
+Python floats (one host sync each). Every entropy is in nats. Key definitions live in `names.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "cov_logp_adv",
+    "distinct_answers",
+    "entropy_stats",
+    "fit_entropy_performance_law",
+    "mean_pass_at_k",
+    "pass_at_k",
+    "quantiles",
+]
+
+# The quantiles `entropy_stats` reports, as (key suffix, q).
+_ENTROPY_QUANTILES: tuple[tuple[str, float], ...] = (("p10", 0.10), ("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
+
+
+def quantiles(values: Tensor, qs: Sequence[float]) -> Tensor:
+    """Quantiles of a 1-D tensor, matching `numpy.quantile(values, qs, method="linear")`.
+
+    Uses `torch.kthvalue` (two order statistics per q, linearly interpolated at position q * (N - 1))
+    instead of `torch.quantile`, which refuses inputs above 2**24 elements: a rollout batch of
+    512 x 32k response tokens is already past that.
+
+    Args:
+        values: [N] values (any float or integer dtype; any device). Should be finite: NaN ordering in
+            `kthvalue` is unspecified.
+        qs: quantile levels, each in [0, 1].
+
+    Returns:
+        [len(qs)] quantiles on `values.device`, dtype `values.dtype` for float input, float64 for integer
+        input. For empty `values` the result is all zeros: callers must check `values.numel()` and skip
+        (`entropy_stats` omits the keys) rather than log a made-up number.
+
+    Raises:
+        ValueError: if `values` is not 1-D or a q lies outside [0, 1].
+    """
+    if values.dim() != 1:
+        raise ValueError(f"quantiles expects a 1-D tensor, got shape {tuple(values.shape)}")
+    for q in qs:
+        if not 0.0 <= float(q) <= 1.0:
+            raise ValueError(f"quantile level must be in [0, 1], got {q}")
+    out_dtype = values.dtype if values.is_floating_point() else torch.float64
+    n = values.numel()
+    out = torch.zeros(len(qs), dtype=out_dtype, device=values.device)
+    if n == 0:
+        return out
+    work = values.double()  # interpolate in fp64 so fp32 inputs lose nothing in the lerp
+    cache: dict[int, Tensor] = {}
+
+    def order_stat(i: int) -> Tensor:  # i is 0-based; kthvalue's k is 1-based
+        if i not in cache:
+            cache[i] = torch.kthvalue(work, i + 1).values
+        return cache[i]
+
+    for j, q in enumerate(qs):
+        pos = float(q) * (n - 1)
+        lo = min(int(math.floor(pos)), n - 1)
+        hi = min(lo + 1, n - 1)
+        frac = pos - lo
+        v_lo = order_stat(lo)
+        out[j] = v_lo if frac == 0.0 or hi == lo else v_lo + (order_stat(hi) - v_lo) * frac
+    return out
+
+
+def entropy_stats(
+    entropy: Tensor,
+    mask: Tensor,
+    adv: Tensor | None = None,
+    correct: Tensor | None = None,
+    high_threshold: float = 0.5,
+    n_position_buckets: int = 4,
+) -> dict[str, float]:
+    """Distributional entropy metrics of one rollout batch (`entropy/*`, definitions in `names.py`).
+
+    `entropy/token_mean` is THE entropy of the toolkit: the mean over all response tokens of the batch of
+    the tempered fp32 token entropy from the pre-update pass. Pass that pass's `H_old` here; entropies from
+    any other pass are a different metric and must be logged under another name.
+
+    Keys: `entropy/token_mean`, `entropy/p10|p50|p90|p99` (quantiles over response tokens),
+    `entropy/high_frac` (fraction with H > high_threshold), `entropy/seq_mean` (mean over sequences that
+    have at least one response token of their token means), `entropy/adv_pos` / `entropy/adv_neg` (token
+    mean over tokens with A > 0 / A < 0; A == 0 goes to neither), `entropy/correct` / `entropy/incorrect`
+    (token mean over the responses judged correct / incorrect), `entropy/pos_bucket_{k}` (token mean by
+    relative position: bucket = floor(n * t / len_i), with t the 0-based index of the token among the
+    response tokens of sequence i and len_i their count, so a mask with holes still fills every bucket).
+
+    A key whose token set is empty is omitted, never NaN; an all-masked batch returns `{}`.
+
+    Args:
+        entropy: [B, T] token entropies (nats). Values under mask == 0 are ignored (may be garbage).
+        mask: [B, T] response mask (bool or 0/1).
+        adv: [B, T] per-token advantages, or None to skip the advantage split.
+        correct: [B] bool correctness per response, or None to skip the correctness split.
+        high_threshold: entropy threshold in nats for `entropy/high_frac` (strict >).
+        n_position_buckets: number of relative-position buckets (>= 1).
+
+    Returns:
+        dict of metric key -> Python float.
+
+    Raises:
+        ValueError: on mismatched shapes or n_position_buckets < 1.
+    """
+    if entropy.dim() != 2 or mask.shape != entropy.shape:
+        raise ValueError(f"entropy and mask must both be [B, T], got {tuple(entropy.shape)} and {tuple(mask.shape)}")
+    if adv is not None and adv.shape != entropy.shape:
+        raise ValueError(f"adv must be [B, T] like entropy, got {tuple(adv.shape)}")
+    if correct is not None and correct.shape != entropy.shape[:1]:
+        raise ValueError(f"correct must be [B] = [{entropy.shape[0]}], got {tuple(correct.shape)}")
+    if n_position_buckets < 1:
+        raise ValueError(f"n_position_buckets must be >= 1, got {n_position_buckets}")
+
+    h = entropy.detach().double()  # [B, T]; fp64 sums so a large batch's mean is not order-dependent
+    m = mask.detach().bool()  # [B, T]
+    h = torch.where(m, h, torch.zeros_like(h))  # masked garbage (even NaN) cannot leak into sums
+    n_tok = m.sum()
+    if int(n_tok) == 0:
+        return {}
+
+    # Collect (sum, count) pairs and move them to the host in one transfer.
+    names: list[str] = []
+    sums: list[Tensor] = []
+    counts: list[Tensor] = []
+
+    def add(name: str, sel: Tensor) -> None:
+        names.append(name)
+        sums.append((h * sel).sum())
+        counts.append(sel.sum().double())
+
+    add("entropy/token_mean", m)
+    add("entropy/high_frac", m & (h > high_threshold))  # sum/count fixed below: count must be all tokens
+    if adv is not None:
+        a = adv.detach()
+        add("entropy/adv_pos", m & (a > 0))
+        add("entropy/adv_neg", m & (a < 0))
+    if correct is not None:
+        c = correct.detach().bool().to(m.device)[:, None]  # [B, 1]
+        add("entropy/correct", m & c)
+        add("entropy/incorrect", m & ~c)
+    len_i = m.sum(-1, keepdim=True)  # [B, 1]
+    t = m.long().cumsum(-1) - 1  # [B, T] 0-based rank among the sequence's response tokens
+    bucket = (n_position_buckets * t) // len_i.clamp_min(1)  # [B, T]
+    for k in range(n_position_buckets):
+        add(f"entropy/pos_bucket_{k}", m & (bucket == k))
+
+    has_tok = len_i.squeeze(-1) > 0  # [B]
+    seq_means = h.sum(-1)[has_tok] / len_i.squeeze(-1)[has_tok].double()  # [B']
+
+    host = torch.stack([torch.stack(sums), torch.stack(counts), seq_means.mean()[None].expand(len(sums))]).cpu()
+    out: dict[str, float] = {}
+    for i, name in enumerate(names):
+        s, cnt = float(host[0, i]), float(host[1, i])
+        if name == "entropy/high_frac":
+            out[name] = cnt / float(n_tok)
+        elif cnt > 0:
+            out[name] = s / cnt
+    out["entropy/seq_mean"] = float(host[2, 0])
+
+    valid = entropy.detach()[m].float()  # [N] fp32, as logged
+    qv = quantiles(valid, [q for _, q in _ENTROPY_QUANTILES]).tolist()
+    for (suffix, _), v in zip(_ENTROPY_QUANTILES, qv):
+        out[f"entropy/{suffix}"] = float(v)
+    return out
+
+
+def cov_logp_adv(logp: Tensor, adv: Tensor, mask: Tensor) -> float:
+    """Cov over valid response tokens of (log pi(a_t), A_t): the driver of entropy change (Cui et al. 2025).
+
+    Cui et al., "The Entropy Mechanism of RL for Reasoning LMs", arXiv:2505.22617: under a softmax
+    policy-gradient step, the entropy change is approximately -eta * Cov(log pi, A), so a positive value
+    predicts that entropy will fall. Computed as the population covariance over the N valid tokens of the
+    whole batch: mean((logp - mean logp) * (A - mean A)), in fp64 (units: nats x advantage units).
+
+    Args:
+        logp: [B, T] log-probabilities of the sampled tokens (use the pre-update pass, tempered).
+        adv: [B, T] per-token advantages.
+        mask: [B, T] response mask (bool or 0/1).
+
+    Returns:
+        The covariance as a Python float; 0.0 when fewer than 2 tokens are valid.
+
+    Raises:
+        ValueError: on mismatched shapes.
+    """
+    if logp.shape != adv.shape or logp.shape != mask.shape:
+        raise ValueError(f"logp, adv, mask must share a shape, got {tuple(logp.shape)}, {tuple(adv.shape)}, {tuple(mask.shape)}")
+    m = mask.detach().bool()
+    x = logp.detach().double()[m]  # [N]
+    y = adv.detach().double()[m]  # [N]
+    if x.numel() < 2:
+        return 0.0
+    return float(((x - x.mean()) * (y - y.mean())).mean())
+
+
+def _check_count(name: str, value: int) -> int:
+    try:
+        v = int(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from e
+    if v != value:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return v
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k estimator 1 - C(n-c, k) / C(n, k) (Chen et al. 2021, arXiv:2107.03374, eq. 1).
+
+    Evaluated in the numerically stable product form 1 - prod_{i=n-c+1}^{n} (1 - k / i), which never forms
+    a binomial coefficient.
+
+    Args:
+        n: samples drawn for the problem.
+        c: how many of them are correct (0 <= c <= n).
+        k: the k of pass@k (1 <= k <= n).
+
+    Returns:
+        Estimated probability that at least one of k samples drawn without replacement is correct.
+
+    Raises:
+        ValueError: if any argument is negative or not an integer, k == 0, k > n or c > n.
+    """
+    n, c, k = _check_count("n", n), _check_count("c", c), _check_count("k", k)
+    if n < 0 or c < 0 or k < 0:
+        raise ValueError(f"pass_at_k needs non-negative n, c, k; got n={n}, c={c}, k={k}")
+    if k == 0:
+        raise ValueError("pass@0 is undefined; k must be >= 1")
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least k samples, got n={n}")
+    if c > n:
+        raise ValueError(f"correct count c={c} exceeds samples n={n}")
+    if n - c < k:
+        return 1.0  # every k-subset contains a correct sample
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def mean_pass_at_k(correct_per_problem: Sequence[Sequence[bool]], k: int) -> float:
+    """Mean over problems of `pass_at_k(n_i, c_i, k)`, with n_i samples and c_i correct for problem i.
+
+    Args:
+        correct_per_problem: one sequence of per-sample correctness flags per problem (lengths may differ).
+        k: the k of pass@k; every problem needs at least k samples.
+
+    Returns:
+        The mean estimate as a Python float.
+
+    Raises:
+        ValueError: if there are no problems, or `pass_at_k` rejects a problem (message names its index).
+    """
+    if len(correct_per_problem) == 0:
+        raise ValueError("mean_pass_at_k needs at least one problem")
+    total = 0.0
+    for i, flags in enumerate(correct_per_problem):
+        try:
+            total += pass_at_k(len(flags), sum(bool(f) for f in flags), k)
+        except ValueError as e:
+            raise ValueError(f"problem {i}: {e}") from e
+    return total / len(correct_per_problem)
+
+
+def distinct_answers(answers: Sequence[str | None], correct: Sequence[bool], group_size: int) -> dict[str, float]:
+    """Answer-level diversity per prompt group: `rollout/distinct_answers` and `rollout/distinct_correct`.
+
+    Responses come in groups of `group_size` consecutive entries (the G samples of one prompt). Per group we
+    count distinct non-None final answers and distinct answers among the correct responses, then average
+    over groups. Answers compare by exact string equality: normalise them (as the verifier does) first.
+    None means no answer could be parsed and is never counted.
+
+    Args:
+        answers: [B] extracted final answers, None where unparseable.
+        correct: [B] correctness of each response.
+        group_size: G, responses per prompt; B must be a multiple of it.
+
+    Returns:
+        `{"rollout/distinct_answers": mean count, "rollout/distinct_correct": mean count}`, or `{}` for B == 0.
+
+    Raises:
+        ValueError: if lengths differ, group_size < 1 or B is not a multiple of group_size.
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if len(answers) != len(correct):
+        raise ValueError(f"answers ({len(answers)}) and correct ({len(correct)}) differ in length")
+    if len(answers) % group_size != 0:
+        raise ValueError(f"{len(answers)} responses do not split into groups of {group_size}")
+    n_groups = len(answers) // group_size
+    if n_groups == 0:
+        return {}
+    n_distinct = n_distinct_correct = 0
+    for g in range(n_groups):
+        sl = slice(g * group_size, (g + 1) * group_size)
+        group = list(zip(answers[sl], correct[sl]))
+        n_distinct += len({a for a, _ in group if a is not None})
+        n_distinct_correct += len({a for a, ok in group if a is not None and ok})
+    return {
+        "rollout/distinct_answers": n_distinct / n_groups,
+        "rollout/distinct_correct": n_distinct_correct / n_groups,
+    }
+
+
+def fit_entropy_performance_law(H: Sequence[float], R: Sequence[float]) -> dict[str, float] | None:
+    """Least-squares fit of R = -a * exp(H) + b (Cui et al. 2025, arXiv:2505.22617, eq. 3).
+
+    Linear regression of R on x = exp(H). The predicted ceiling is the performance at H = 0 (entropy fully
+    spent): ceiling = b - a. Fit in fp64 with plain Python (inputs are a handful of logged points).
+
+    Args:
+        H: entropies in nats (e.g. `entropy/token_mean` per step).
+        R: matching performance values (e.g. `eval/accuracy` or `reward/mean`).
+
+    Returns:
+        `{"a", "b", "r2", "ceiling", "n"}` as floats, or None when the fit is undetermined: fewer than 3
+        points or exp(H) constant. r2 = 1 - SS_res / SS_tot, defined as 1.0 when R is constant (then the fit
+        is exact).
+
+    Raises:
+        ValueError: if H and R differ in length or contain non-finite values.
+    """
+    if len(H) != len(R):
+        raise ValueError(f"H ({len(H)}) and R ({len(R)}) differ in length")
+    xs = [math.exp(float(h)) for h in H]
+    ys = [float(r) for r in R]
+    if not all(math.isfinite(v) for v in xs + ys):
+        raise ValueError("fit_entropy_performance_law needs finite H and R")
+    n = len(xs)
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx <= 1e-300 or sxx <= (1e-12 * mx) ** 2 * n:  # exp(H) constant up to rounding: slope undetermined
+        return None
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    slope = sxy / sxx
+    a = -slope
+    b = my - slope * mx
+    ss_res = sum((y - (b - a * x)) ** 2 for x, y in zip(xs, ys))
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    r2 = 1.0 if ss_tot == 0.0 else 1.0 - ss_res / ss_tot
+    return {"a": a, "b": b, "r2": r2, "ceiling": b - a, "n": float(n)}

@@ -1,0 +1,173 @@
+"""Every metric key the toolkit logs, with its one-line definition and unit: the single source of truth.
+
+`docs/metrics.md` is generated from this file (`python -m entropy_rl.metrics.names > docs/metrics.md`) and a
+test fails when it goes stale. A new metric key means one new line here. Keys are namespaced
+(`entropy/`, `dynamics/`, `policy/`, `reward/`, `rollout/`, `adv/`, `eval/`, `timing/`, `train/`,
+`method/<name>/`); families of keys are listed in `PATTERNS`.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["METRICS", "PATTERNS", "describe", "is_known", "render_markdown"]
+
+# Shorthand used in definitions: "response tokens" = tokens with mask == 1 in the rollout batch of the step.
+METRICS: dict[str, str] = {
+    "step": "training step index, the x-axis of every other metric; one step = one rollout batch and its update (count)",
+    # ---- entropy (pre-update pass; see dynamics.entropy_stats) ----
+    "entropy/token_mean": (
+        "H_t = -sum_v p_v log p_v, p = softmax(z_t / tau) with tau the sampling temperature; fp32; "
+        "response tokens only; mean over all response tokens of the rollout batch; measured in the "
+        "pre-update pass (nats)"
+    ),
+    "entropy/p10": "10th percentile of H_t over response tokens (linear interpolation, as numpy) (nats)",
+    "entropy/p50": "median of H_t over response tokens (nats)",
+    "entropy/p90": "90th percentile of H_t over response tokens (nats)",
+    "entropy/p99": "99th percentile of H_t over response tokens (nats)",
+    "entropy/high_frac": "fraction of response tokens with H_t > high_threshold (default 0.5 nats) (fraction)",
+    "entropy/seq_mean": (
+        "variant: mean over responses of each response's token-mean H_t; long responses weigh less (nats)"
+    ),
+    "entropy/adv_pos": "token mean of H_t over response tokens with advantage A > 0; omitted if none (nats)",
+    "entropy/adv_neg": "token mean of H_t over response tokens with advantage A < 0; omitted if none (nats)",
+    "entropy/correct": "token mean of H_t over the responses judged correct; omitted if none (nats)",
+    "entropy/incorrect": "token mean of H_t over the responses judged incorrect; omitted if none (nats)",
+    # ---- dynamics ----
+    "dynamics/cov_logp_adv": (
+        "population Cov over response tokens of (log pi(a_t), A_t), pre-update pass; > 0 predicts "
+        "entropy falls (Cui et al. 2025, arXiv:2505.22617) (nats x advantage units)"
+    ),
+    "dynamics/dH_pred": "first-order predicted change of entropy/token_mean over this step (methods.md section 1) (nats)",
+    "dynamics/dH_actual": (
+        "policy/entropy_after minus entropy/token_mean on the same batch; only on re-scored steps (nats)"
+    ),
+    "dynamics/law_fit/a": "a of the running least-squares fit R = -a exp(H) + b over logged steps (reward units)",
+    "dynamics/law_fit/b": "b of the running fit R = -a exp(H) + b (reward units)",
+    "dynamics/law_fit/r2": "coefficient of determination R^2 of the running fit R = -a exp(H) + b (unitless)",
+    "dynamics/law_fit/ceiling": "predicted performance ceiling b - a (R at H = 0) of the running fit (reward units)",
+    # ---- reward ----
+    "reward/mean": "mean scalar reward over the responses of the rollout batch (reward units)",
+    "reward/std": "population std of the reward over the responses of the rollout batch (reward units)",
+    "reward/format_error_rate": "fraction of responses whose answer could not be parsed (fraction)",
+    "reward/solve_all_frac": "fraction of prompt groups in which every response is correct (fraction)",
+    "reward/solve_none_frac": "fraction of prompt groups in which no response is correct (fraction)",
+    # ---- rollout ----
+    "rollout/response_len_mean": "mean response length over the rollout batch (tokens)",
+    "rollout/response_len_max": "maximum response length in the rollout batch (tokens)",
+    "rollout/truncated_frac": "fraction of responses with no EOS within max_new_tokens (fraction)",
+    "rollout/distinct_answers": "mean over prompt groups of the number of distinct parsed final answers (count)",
+    "rollout/distinct_correct": "mean over prompt groups of the number of distinct correct final answers (count)",
+    # ---- policy update ----
+    "policy/loss": "policy loss of the step, mean over optimizer mini-batches of the aggregated loss (loss units)",
+    "policy/clipfrac": "fraction of response tokens whose ratio was clipped at either bound (fraction)",
+    "policy/clipfrac_low": "fraction of response tokens clipped at the lower bound 1 - eps_low (A < 0) (fraction)",
+    "policy/clipfrac_high": "fraction of response tokens clipped at the upper bound 1 + eps_high (A > 0) (fraction)",
+    "policy/clipfrac_dual": "fraction of response tokens where the dual clip -c A binds (A < 0) (fraction)",
+    "policy/approx_kl": (
+        "k3 estimate of KL(old || new) over sampled response tokens, mean over micro-batch tokens (nats)"
+    ),
+    "policy/ratio_mean": "mean importance ratio exp(logp - old_logp) over response tokens (ratio)",
+    "policy/kl_ref": "KL to the reference policy over response tokens, when a reference is enabled (nats)",
+    "policy/grad_norm": "global L2 norm of the policy gradient before clipping, last optimizer step (norm)",
+    "policy/lr": "learning rate of the last optimizer step (lr units)",
+    "policy/entropy_after": (
+        "entropy/token_mean of the same rollout batch re-scored after the optimizer step; only some steps (nats)"
+    ),
+    # ---- advantages ----
+    "adv/mean": "mean advantage over response tokens (advantage units)",
+    "adv/std": "population std of the advantage over response tokens (advantage units)",
+    "adv/zero_frac": "fraction of response tokens with advantage exactly 0 (e.g. all-same-reward groups) (fraction)",
+    # ---- eval ----
+    "eval/accuracy": (
+        "mean over eval problems of the fraction of correct samples, sampled at the training temperature (fraction)"
+    ),
+    "eval/pass@1": "unbiased pass@1 over eval problems (Chen et al. 2021, arXiv:2107.03374) (probability)",
+    # ---- timing and throughput ----
+    "timing/generate_s": "wall time of rollout generation in the step (seconds)",
+    "timing/score_s": "wall time of reward scoring in the step (seconds)",
+    "timing/update_s": "wall time of the pre-update pass and optimizer update(s) in the step (seconds)",
+    "timing/step_s": "wall time of the whole step (seconds)",
+    "train/tokens": "cumulative response tokens trained on since the start of the run (tokens)",
+}
+
+PATTERNS: dict[str, str] = {
+    "entropy/pos_bucket_*": (
+        "token mean of H_t by relative position in the response: bucket k = floor(n t / len_i), "
+        "t the 0-based index among response tokens of response i (nats)"
+    ),
+    "eval/pass@*": "unbiased pass@k over eval problems, k from the key (Chen et al. 2021, arXiv:2107.03374) (probability)",
+    "timing/*": "wall time of a named phase of the step (seconds)",
+    "method/<name>/*": "metric specific to entropy method <name>, defined in that method's module docstring (unit given there)",
+}
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    parts = re.split(r"(\*|<name>)", pattern)
+    body = "".join(".+" if p == "*" else "[^/]+" if p == "<name>" else re.escape(p) for p in parts)
+    return re.compile(body + r"\Z")
+
+
+_PATTERN_RES: dict[str, re.Pattern[str]] = {p: _pattern_regex(p) for p in PATTERNS}
+
+
+def describe(key: str) -> str | None:
+    """One-line definition (with unit) of a metric key, from `METRICS` or else the first matching family.
+
+    Args:
+        key: metric key, e.g. "entropy/token_mean" or "method/clip_cov/n_clipped".
+
+    Returns:
+        The definition, or None for an unknown key.
+    """
+    if key in METRICS:
+        return METRICS[key]
+    for pattern, regex in _PATTERN_RES.items():
+        if regex.match(key):
+            return PATTERNS[pattern]
+    return None
+
+
+def is_known(key: str) -> bool:
+    """Whether `key` is listed in `METRICS` or matches a family in `PATTERNS`.
+
+    Args:
+        key: metric key.
+
+    Returns:
+        True if the key has a definition.
+    """
+    return describe(key) is not None
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown() -> str:
+    """The contents of docs/metrics.md: a table of every key and family with its definition.
+
+    Returns:
+        Markdown text ending in a newline.
+    """
+    lines = [
+        "# Metrics",
+        "",
+        "<!-- Generated from entropy_rl/metrics/names.py; do not edit by hand. -->",
+        "<!-- Regenerate: python -m entropy_rl.metrics.names > docs/metrics.md -->",
+        "",
+        "Every key the toolkit logs. Entropies are in nats. `entropy/token_mean` is *the* entropy: any other",
+        "variant (in-update, sequence-mean, untempered, top-p) is logged under another name. Non-finite values",
+        'appear in the JSONL log as the strings "nan", "inf", "-inf".',
+        "",
+        "| key | definition (unit) |",
+        "|---|---|",
+    ]
+    lines += [f"| `{key}` | {_cell(text)} |" for key, text in METRICS.items()]
+    lines += ["", "## Key families", "", "| pattern | definition (unit) |", "|---|---|"]
+    lines += [f"| `{pattern}` | {_cell(text)} |" for pattern, text in PATTERNS.items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")

@@ -1,0 +1,82 @@
+"""Build a tiny Qwen2 causal LM from a config, or load / save a local Hugging Face checkpoint directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """Architecture of a from-scratch Qwen2 model (the CPU demo default is about 0.8M parameters)."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    max_position_embeddings: int = 64
+
+
+def build_tiny_model(spec: TinyModelSpec, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """A randomly initialised Qwen2ForCausalLM (sdpa attention, tied embeddings) sized for `tokenizer`.
+
+    Initialisation is deterministic for a seed: the global RNG is forked so the caller's stream is untouched.
+    """
+    cfg = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        intermediate_size=spec.intermediate_size,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+    return model
+
+
+def load_pretrained(
+    path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local checkpoint directory (never from a hub).
+
+    Args:
+        path: directory holding config.json, weights (safetensors) and tokenizer files.
+        dtype: parameter dtype name (float32, bfloat16, float16).
+        attn_implementation: "sdpa", "eager" or "flash_attention_2".
+
+    Returns:
+        (model, tokenizer). A tokenizer without a pad token gets pad = eos (left padding is set by the rollout).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model path '{path}' is not a local directory (hub downloads are not used)")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype '{dtype}'. Valid: {', '.join(DTYPES)}")
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, local_files_only=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer at '{path}' has no eos token; generation could never stop")
+    return model, tokenizer
+
+
+def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
+    """Save model weights (safetensors) and tokenizer so `load_pretrained(path)` restores both."""
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)

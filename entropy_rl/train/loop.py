@@ -1,0 +1,371 @@
+"""GRPO-family training loop: rollout -> reward -> pre-update pass -> advantages -> update -> log -> checkpoint.
+
+One readable function, `train(cfg, run_dir)`. Methods and estimators are looked up by name in their
+registries; nothing here special-cases a method. Entropy metrics are measured in the pre-update pass, as the
+definition of `entropy/token_mean` requires (tempered, response tokens only, fp32, token mean).
+
+Run it with `entropy-rl train CONFIG [a.b=c ...]` or `entropy-rl demo`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from entropy_rl.core.advantage import compute_advantages
+from entropy_rl.core.aggregate import aggregate
+from entropy_rl.core.kl import kl_estimate
+from entropy_rl.core.policy_loss import check_inputs, get_policy_loss, run_select
+from entropy_rl.core.types import PolicyInputs
+from entropy_rl.metrics.dynamics import cov_logp_adv, distinct_answers, entropy_stats
+from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl
+from entropy_rl.models.build import TinyModelSpec, build_tiny_model, load_pretrained, save_pretrained
+from entropy_rl.models.char_tokenizer import build_char_tokenizer
+from entropy_rl.rollout.hf import RolloutBatch, SamplingParams, generate
+from entropy_rl.tasks import make_task
+from entropy_rl.train import checkpoint as ckpt
+from entropy_rl.train.config import Config, ConfigError, save_config, to_dict
+from entropy_rl.train.evaluate import evaluate
+from entropy_rl.train.forward import score_in_chunks, score_responses
+from entropy_rl.train.sft import run_sft
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What `train` returns: the run directory and the last logged metrics."""
+
+    run_dir: Path
+    final_metrics: dict[str, float]
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped itself (e.g. too many consecutive non-finite updates); a checkpoint was written."""
+
+
+def pick_device(name: str) -> torch.device:
+    """cpu | cuda | auto -> torch.device (auto = cuda when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Create the run directory; refuse to mix a different config into an existing run."""
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists() and not resume:
+        if not overwrite:
+            raise FileExistsError(
+                f"run directory '{run_dir}' already holds a run; pass --resume to continue it or --overwrite to replace it"
+            )
+        shutil.rmtree(run_dir)
+    if resume and cfg_path.exists():
+        import yaml
+
+        if yaml.safe_load(cfg_path.read_text()) != to_dict(cfg):
+            raise ConfigError(f"--resume: the config differs from the one saved in '{cfg_path}'")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg_path)
+
+
+class TqdmStream:
+    """A text stream that prints whole lines above the progress bar (tqdm.write) instead of through it."""
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                tqdm.write(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def make_sinks(cfg: Config, run_dir: Path, progress: bool) -> MetricSink:
+    """The configured metric sinks (JSONL is what tests, reports and resume read)."""
+    sinks: list[MetricSink] = []
+    for name in cfg.train.sinks:
+        if name == "jsonl":
+            sinks.append(JsonlSink(run_dir / "metrics.jsonl"))
+        elif name == "stdout":
+            sinks.append(StdoutSink(total_steps=cfg.train.steps, stream=TqdmStream() if progress else sys.stdout))
+        elif name == "tensorboard":
+            from entropy_rl.metrics.sinks import TensorBoardSink
+
+            sinks.append(TensorBoardSink(run_dir / "tb"))
+        elif name == "wandb":
+            from entropy_rl.metrics.sinks import WandbSink
+
+            sinks.append(WandbSink(config=to_dict(cfg), dir=run_dir))
+    return MultiSink(sinks)
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep only metrics rows with step <= last_step (resume rewinds to its checkpoint)."""
+    if not path.exists():
+        return
+    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def build_policy(cfg: Config, task: Any, run_dir: Path, device: torch.device, log: Callable[[str], None]):
+    """The initial policy: a local checkpoint, a cached SFT result, or a fresh tiny model warm-started by SFT."""
+    sft_dir = run_dir / "sft"
+    sampling = rollout_sampling(cfg)
+    if (sft_dir / ckpt.COMPLETE).is_file():
+        log(f"reusing the SFT warm start in {sft_dir}")
+        return load_pretrained(sft_dir / "model")
+    if cfg.model.path:
+        model, tokenizer = load_pretrained(cfg.model.path, cfg.model.dtype)
+    else:
+        tokenizer = build_char_tokenizer(task.alphabet)
+        spec = TinyModelSpec(**{k: getattr(cfg.model, k) for k in TinyModelSpec.__dataclass_fields__})
+        model = build_tiny_model(spec, tokenizer, seed=cfg.train.seed)
+    model.to(device)
+    if cfg.sft.enabled:
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"SFT warm start of a {n_params / 1e6:.2f}M-parameter model to sampled accuracy >= {cfg.sft.target_accuracy}")
+        sink = JsonlSink(run_dir / "sft_metrics.jsonl")
+        t0 = time.perf_counter()
+
+        def log_sft(step: int, m: dict[str, float]) -> None:
+            sink.log(step, m)
+            log(f"sft step {step} | loss {m['sft/loss']:.3f} | sampled accuracy {m['sft/accuracy']:.3f} | {time.perf_counter() - t0:.0f} s")
+
+        run_sft(model, tokenizer, task, cfg.sft, sampling, cfg.train.seed, log_sft)
+        sink.close()
+        save_pretrained(model, tokenizer, sft_dir / "model")
+        (sft_dir / ckpt.COMPLETE).write_text("ok")
+    return model, tokenizer
+
+
+def rollout_sampling(cfg: Config) -> SamplingParams:
+    """SamplingParams from the rollout section."""
+    r = cfg.rollout
+    return SamplingParams(r.temperature, r.top_p, r.top_k, r.max_new_tokens)
+
+
+def weighted_update(acc: dict[str, list[float]], metrics: dict[str, torch.Tensor], weight: float) -> None:
+    """Accumulate token-weighted metric sums over micro-batches: acc[key] = [sum(w * v), sum(w)]."""
+    for key, value in metrics.items():
+        s = acc.setdefault(key, [0.0, 0.0])
+        s[0] += weight * float(value)
+        s[1] += weight
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunResult:
+    """Run SFT warm start (if enabled) and `cfg.train.steps` RL steps, writing everything under `run_dir`."""
+    run_dir = Path(run_dir)
+    prepare_run_dir(cfg, run_dir, resume, overwrite)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+    log = tqdm.write if progress else print
+
+    # ---- task, model, method ----
+    task = make_task(cfg.task.name, **cfg.task.params)
+    method = get_policy_loss(cfg.algorithm.method)
+    params = method.make_params(**cfg.algorithm.method_params)
+    sampling = rollout_sampling(cfg)
+    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    if latest is not None:
+        model, tokenizer = load_pretrained(latest / "model")
+    else:
+        model, tokenizer = build_policy(cfg, task, run_dir, device, log)
+    model.to(device).train()
+    ref_model = None
+    if cfg.algorithm.kl_coef > 0:  # the reference is the policy RL starts from (after SFT)
+        ref_src = run_dir / "sft" / "model" if (run_dir / "sft" / ckpt.COMPLETE).is_file() else cfg.model.path
+        ref_model = load_pretrained(ref_src)[0].to(device).eval() if ref_src else copy.deepcopy(model).eval()
+        ref_model.requires_grad_(False)
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, o.warmup_steps)))
+    start_step, skipped_in_a_row, skipped_total = 0, 0, 0
+    if latest is not None:
+        state = ckpt.load_trainer_state(latest)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        start_step, skipped_total = state["step"], state.get("skipped_total", 0)
+        truncate_metrics(run_dir / "metrics.jsonl", start_step)
+        log(f"resumed from {latest} at step {start_step}")
+    elif resume:
+        truncate_metrics(run_dir / "metrics.jsonl", 0)
+
+    sinks = make_sinks(cfg, run_dir, progress)
+    eval_set = task.prompts("eval", cfg.train.eval_problems, seed=cfg.train.seed)
+    P, G, T = cfg.rollout.prompts_per_step, cfg.rollout.group_size, cfg.rollout.max_new_tokens
+    n_seqs = P * G
+    mb_size = n_seqs // o.mini_batches
+    micro = o.micro_batch_size or mb_size
+    tau = cfg.rollout.temperature
+    last: dict[str, float] = {}
+
+    def save(step: int) -> None:
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "skipped_total": skipped_total,
+        }
+        ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.train.keep_checkpoints)
+
+    bar = tqdm(total=cfg.train.steps, initial=start_step, desc="rl", unit="step", disable=not progress, dynamic_ncols=True)
+    for step in range(start_step + 1, cfg.train.steps + 1):
+        t_step = time.perf_counter()
+        m: dict[str, float] = {}
+
+        # ---- rollout ----
+        problems = task.prompts("train", P, seed=cfg.train.seed * 1_000_003 + step)
+        t0 = time.perf_counter()
+        batch: RolloutBatch = generate(model, tokenizer, [p.prompt for p in problems for _ in range(G)], sampling)
+        m["timing/generate_s"] = time.perf_counter() - t0
+
+        # ---- reward ----
+        t0 = time.perf_counter()
+        results = [task.reward(problems[i // G], text) for i, text in enumerate(batch.texts)]
+        rewards = torch.tensor([r.score for r in results], dtype=torch.float32)
+        correct = rewards > 0.5
+        m["timing/score_s"] = time.perf_counter() - t0
+
+        # ---- pre-update pass: old_logp and H_old (entropy metrics are measured here) ----
+        t0 = time.perf_counter()
+        input_ids, attn = batch.input_ids, batch.attention_mask
+        Lp = batch.prompt_ids.shape[1]
+        mask = batch.response_mask  # [B, T]
+        old_logp, old_entropy = score_in_chunks(model, input_ids, attn, Lp, tau, micro)
+        ref_logp = score_in_chunks(ref_model, input_ids, attn, Lp, tau, micro)[0] if ref_model is not None else None
+        m["timing/score_s"] += time.perf_counter() - t0
+
+        # ---- advantages ----
+        group_index = torch.arange(n_seqs) // G
+        adv = compute_advantages(cfg.algorithm.advantage, rewards, group_index, mask=mask, old_entropy=old_entropy,
+                                 **cfg.algorithm.advantage_params)
+        adv = adv.to(device)
+        adv = adv.unsqueeze(-1) * mask if adv.dim() == 1 else adv * mask  # [B, T]
+
+        # ---- metrics of the rollout batch, before the update ----
+        m.update(rollout_metrics(batch, results, rewards, correct, G, old_logp, mask))
+        m.update(entropy_stats(old_entropy, mask, adv, correct, high_threshold=cfg.train.high_entropy_threshold))
+        m["dynamics/cov_logp_adv"] = cov_logp_adv(old_logp, adv, mask)
+        valid_adv = adv[mask.bool()]
+        m["adv/mean"], m["adv/std"] = float(valid_adv.mean()), float(valid_adv.std()) if valid_adv.numel() > 1 else 0.0
+        m["adv/zero_frac"] = float((valid_adv == 0).float().mean())
+
+        # ---- update: epochs x mini-batches; selection once per mini-batch; micro-batches accumulate ----
+        t0 = time.perf_counter()
+        acc: dict[str, list[float]] = {}
+        skipped_this_step = 0
+        for epoch in range(o.epochs):
+            order = torch.randperm(n_seqs, generator=torch.Generator().manual_seed(cfg.train.seed * 7_919 + step * 31 + epoch)) \
+                if o.mini_batches > 1 else torch.arange(n_seqs)
+            for mb_index in range(o.mini_batches):
+                rows = order[mb_index * mb_size : (mb_index + 1) * mb_size]
+                mb_mask = mask[rows]
+                n_tokens = mb_mask.sum()
+                gen = torch.Generator().manual_seed(((cfg.train.seed * 1_000_003 + step) * 101 + epoch) * 1_009 + mb_index)
+                sel = None
+                if cfg.algorithm.selection_scope == "minibatch" and method.obj.select is not None:
+                    first = epoch == 0 and mb_index == 0  # policy == rollout policy: the pre-update pass is exact
+                    cur_logp, cur_ent = (old_logp[rows], old_entropy[rows]) if first else \
+                        score_in_chunks(model, input_ids[rows], attn[rows], Lp, tau, micro)
+                    sel = run_select(method, params, PolicyInputs(cur_logp, old_logp[rows], adv[rows], mb_mask, cur_ent,
+                                                                  old_entropy[rows], None if ref_logp is None else ref_logp[rows]), gen)
+                optimizer.zero_grad(set_to_none=True)
+                finite, mb_loss = True, 0.0
+                for start in range(0, mb_size, micro):
+                    r = rows[start : start + micro]
+                    logp, ent = score_responses(model, input_ids[r], attn[r], Lp, tau, with_entropy=True)
+                    x = PolicyInputs(logp, old_logp[r], adv[r], mask[r], ent, old_entropy[r],
+                                     None if ref_logp is None else ref_logp[r])
+                    check_inputs(method, x)
+                    micro_sel = sel.rows(slice(start, start + micro)) if sel is not None else run_select(method, params, x, gen)
+                    out = method.obj.loss(x, params, micro_sel)
+                    per_token = out.per_token
+                    if ref_logp is not None:
+                        kl = kl_estimate(logp, ref_logp[r], cfg.algorithm.kl_estimator)
+                        per_token = per_token + cfg.algorithm.kl_coef * kl
+                        out.metrics["policy/kl_ref"] = (kl.detach() * x.mask).sum() / x.mask.sum().clamp_min(1)
+                    loss = aggregate(per_token, x.mask, cfg.algorithm.loss_agg_mode, num_tokens=n_tokens, num_seqs=mb_size, norm_length=T)
+                    if not torch.isfinite(loss):
+                        finite = False
+                        break
+                    loss.backward()
+                    mb_loss += loss.item()  # micro losses sum to the mini-batch loss (mini-batch normalisers)
+                    if micro_sel is not None:
+                        out.metrics.update(micro_sel.metrics)
+                    weighted_update(acc, out.metrics, float(x.mask.sum()))
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))
+                if not finite or not torch.isfinite(grad_norm):
+                    optimizer.zero_grad(set_to_none=True)  # never let a non-finite update touch the weights
+                    skipped_this_step += 1
+                    continue
+                optimizer.step()
+                weighted_update(acc, {"policy/grad_norm": grad_norm, "policy/loss": mb_loss}, 1.0)
+        scheduler.step()
+        m["timing/update_s"] = time.perf_counter() - t0
+        m.update({k: s / max(w, 1e-12) for k, (s, w) in acc.items()})
+        m["policy/lr"] = optimizer.param_groups[0]["lr"]
+        skipped_total += skipped_this_step
+        skipped_in_a_row = skipped_in_a_row + 1 if skipped_this_step else 0
+        m["guard/skipped_updates"] = float(skipped_this_step)
+
+        # ---- eval, log, checkpoint ----
+        if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):
+            m.update(evaluate(model, tokenizer, task, eval_set, cfg.train.eval_samples, sampling, seed=cfg.train.seed + 10_007 * step))
+        m["timing/step_s"] = time.perf_counter() - t_step
+        sinks.log(step, m)
+        last = m
+        bar.update(1)
+        if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.steps:
+            save(step)
+        if skipped_in_a_row >= o.max_skipped_steps:
+            save(step)
+            sinks.close()
+            bar.close()
+            raise TrainingStopped(
+                f"stopped at step {step}: {skipped_in_a_row} consecutive steps had non-finite losses or gradients; "
+                f"weights were never updated with them; checkpoint saved in {ckpt.latest_checkpoint(run_dir)}"
+            )
+    bar.close()
+    sinks.close()
+    if cfg.train.steps == 0 or start_step >= cfg.train.steps:
+        save(max(start_step, cfg.train.steps))
+    return RunResult(run_dir, last)
+
+
+def rollout_metrics(batch: RolloutBatch, results: list, rewards: torch.Tensor, correct: torch.Tensor, G: int,
+                    old_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Reward and rollout statistics of one batch (groups are G consecutive responses)."""
+    groups = correct.view(-1, G).float().mean(-1)
+    lengths = mask.sum(-1)
+    m = {
+        "reward/mean": float(rewards.mean()),
+        "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+        "reward/format_error_rate": sum(r.format_error for r in results) / len(results),
+        "reward/solve_all_frac": float((groups == 1).float().mean()),
+        "reward/solve_none_frac": float((groups == 0).float().mean()),
+        "rollout/response_len_mean": float(lengths.mean()),
+        "rollout/response_len_max": float(lengths.max()),
+        "rollout/truncated_frac": float(batch.truncated.float().mean()),
+        "rollout/logp_mismatch": float(((batch.sampling_logp - old_logp).abs() * mask).sum() / mask.sum().clamp_min(1)),
+        "train/tokens": float(mask.sum()),
+    }
+    m.update(distinct_answers([r.answer for r in results], correct.tolist(), G))
+    return m

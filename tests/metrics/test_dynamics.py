@@ -1,0 +1,261 @@
+"""Spec tests for entropy_rl.metrics.dynamics: hand-computed cases (arithmetic in comments) and numpy references."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from entropy_rl.metrics.dynamics import (
+    cov_logp_adv,
+    distinct_answers,
+    entropy_stats,
+    fit_entropy_performance_law,
+    mean_pass_at_k,
+    pass_at_k,
+    quantiles,
+)
+
+np = pytest.importorskip("numpy")
+
+QS = [0.0, 0.01, 0.1, 0.25, 0.5, 0.9, 0.99, 1.0]
+
+
+# ---- quantiles ----
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 100, 1001])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_quantiles_match_numpy_linear(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g, dtype=torch.float64)
+    got = quantiles(x, QS)
+    want = np.quantile(x.numpy(), QS, method="linear")
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-12)
+
+
+def test_quantiles_with_ties_and_fp32():
+    x = torch.tensor([3.0, 1.0, 1.0, 2.0, 2.0, 2.0, 5.0], dtype=torch.float32)
+    got = quantiles(x, QS)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), np.quantile(x.numpy().astype(np.float64), QS), rtol=1e-6)
+
+
+def test_quantiles_hand_values_and_int_input():
+    # sorted [0, 10, 20, 30]; q=0.5 -> position 1.5 -> 10 + 0.5 * (20 - 10) = 15; q=1/3 -> position 1 -> 10
+    got = quantiles(torch.tensor([30, 0, 20, 10]), [0.5, 1 / 3])
+    assert got.dtype == torch.float64
+    assert got.tolist() == pytest.approx([15.0, 10.0])
+
+
+def test_quantiles_empty_returns_zeros_and_validates():
+    assert quantiles(torch.empty(0), [0.1, 0.9]).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="1-D"):
+        quantiles(torch.zeros(2, 2), [0.5])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        quantiles(torch.zeros(3), [1.5])
+
+
+# ---- entropy_stats ----
+
+# Two responses, three positions; the masked position holds NaN garbage that must not leak.
+#   H    = [[0.2, 0.8, 1.0],
+#           [0.4, 0.6, nan]]
+#   mask = [[1,   1,   1  ],
+#           [1,   1,   0  ]]
+H = torch.tensor([[0.2, 0.8, 1.0], [0.4, 0.6, float("nan")]])
+MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
+
+
+def test_entropy_stats_hand_example():
+    adv = torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, 5.0]])  # the 5.0 is masked
+    correct = torch.tensor([True, False])
+    s = entropy_stats(H, MASK, adv, correct, high_threshold=0.5, n_position_buckets=2)
+    # valid tokens 0.2 0.8 1.0 0.4 0.6: N = 5, sum = 3.0 -> token mean 0.6
+    assert s["entropy/token_mean"] == pytest.approx(0.6)
+    # sorted [0.2 0.4 0.6 0.8 1.0]; position q*(N-1) = 4q
+    #   p10: 0.4 -> 0.2 + 0.4*0.2 = 0.28;  p50: 2 -> 0.6;  p90: 3.6 -> 0.8 + 0.6*0.2 = 0.92;  p99: 3.96 -> 0.992
+    assert s["entropy/p10"] == pytest.approx(0.28, abs=1e-6)
+    assert s["entropy/p50"] == pytest.approx(0.6, abs=1e-6)
+    assert s["entropy/p90"] == pytest.approx(0.92, abs=1e-6)
+    assert s["entropy/p99"] == pytest.approx(0.992, abs=1e-6)
+    # H > 0.5: 0.8, 1.0, 0.6 -> 3 / 5
+    assert s["entropy/high_frac"] == pytest.approx(0.6)
+    # per-sequence means 2.0/3 and 1.0/2 -> (0.6667 + 0.5) / 2 = 0.58333
+    assert s["entropy/seq_mean"] == pytest.approx((2.0 / 3 + 0.5) / 2)
+    # A > 0 on row 0: 2.0 / 3; A < 0 on row 1 (valid only): 1.0 / 2
+    assert s["entropy/adv_pos"] == pytest.approx(2.0 / 3)
+    assert s["entropy/adv_neg"] == pytest.approx(0.5)
+    # correct = row 0, incorrect = row 1
+    assert s["entropy/correct"] == pytest.approx(2.0 / 3)
+    assert s["entropy/incorrect"] == pytest.approx(0.5)
+    # n = 2 buckets, bucket = floor(2 t / len):
+    #   row 0 (len 3): t=0 -> 0, t=1 -> floor(2/3) = 0, t=2 -> floor(4/3) = 1
+    #   row 1 (len 2): t=0 -> 0, t=1 -> floor(2/2) = 1
+    #   bucket 0: 0.2 0.8 0.4 -> 1.4/3;  bucket 1: 1.0 0.6 -> 0.8
+    assert s["entropy/pos_bucket_0"] == pytest.approx(1.4 / 3)
+    assert s["entropy/pos_bucket_1"] == pytest.approx(0.8)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in s.values())
+
+
+def test_entropy_stats_omits_empty_keys():
+    adv = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, -3.0]])  # no valid A < 0 (the -3 is masked)
+    correct = torch.tensor([True, True])
+    s = entropy_stats(H, MASK, adv, correct, n_position_buckets=4)
+    assert "entropy/adv_neg" not in s
+    assert "entropy/incorrect" not in s
+    assert s["entropy/correct"] == pytest.approx(0.6)
+    # n = 4: row 0 (len 3): t -> floor(4t/3) = 0, 1, 2;  row 1 (len 2): t -> floor(4t/2) = 0, 2
+    #   bucket 0: 0.2 0.4 -> 0.3;  bucket 1: 0.8;  bucket 2: 1.0 0.6 -> 0.8;  bucket 3: empty -> omitted
+    assert s["entropy/pos_bucket_0"] == pytest.approx(0.3)
+    assert s["entropy/pos_bucket_1"] == pytest.approx(0.8)
+    assert s["entropy/pos_bucket_2"] == pytest.approx(0.8)
+    assert "entropy/pos_bucket_3" not in s
+    # without adv / correct the splits are absent
+    s2 = entropy_stats(H, MASK)
+    assert not any(k.startswith(("entropy/adv_", "entropy/correct", "entropy/incorrect")) for k in s2)
+
+
+def test_entropy_stats_all_masked_and_hole_in_mask():
+    assert entropy_stats(H, torch.zeros_like(MASK)) == {}
+    # a hole (e.g. tool output) does not shift positions: t counts response tokens only
+    # H = [1, x, 2, 3], mask = [1, 0, 1, 1]: t = 0, -, 1, 2; len 3; n=3 buckets -> 0, 1, 2
+    h = torch.tensor([[1.0, 99.0, 2.0, 3.0]])
+    s = entropy_stats(h, torch.tensor([[1, 0, 1, 1]]), n_position_buckets=3)
+    assert [s[f"entropy/pos_bucket_{k}"] for k in range(3)] == pytest.approx([1.0, 2.0, 3.0])
+    assert s["entropy/token_mean"] == pytest.approx(2.0)
+
+
+def test_entropy_stats_random_consistency():
+    g = torch.Generator().manual_seed(0)
+    h = torch.rand(6, 17, generator=g) * 3
+    mask = (torch.rand(6, 17, generator=g) > 0.3).int()
+    mask[2] = 0  # one empty response
+    s = entropy_stats(h, mask, n_position_buckets=5)
+    valid = h[mask.bool()].double()
+    assert s["entropy/token_mean"] == pytest.approx(valid.mean().item())
+    assert s["entropy/p90"] == pytest.approx(float(np.quantile(valid.numpy(), 0.9)), abs=1e-6)
+    per_seq = [h[i][mask[i].bool()].double().mean().item() for i in range(6) if mask[i].any()]
+    assert s["entropy/seq_mean"] == pytest.approx(sum(per_seq) / len(per_seq))
+
+
+def test_entropy_stats_validates_shapes():
+    with pytest.raises(ValueError):
+        entropy_stats(H, MASK[:, :2])
+    with pytest.raises(ValueError):
+        entropy_stats(H, MASK, correct=torch.tensor([True]))
+    with pytest.raises(ValueError):
+        entropy_stats(H, MASK, n_position_buckets=0)
+
+
+# ---- cov(logp, A) ----
+
+
+def test_cov_logp_adv_vs_numpy():
+    g = torch.Generator().manual_seed(1)
+    logp = -torch.rand(4, 9, generator=g) * 4
+    adv = torch.randn(4, 1, generator=g).expand(4, 9).clone()
+    mask = (torch.rand(4, 9, generator=g) > 0.25).int()
+    m = mask.bool().numpy()
+    want = np.cov(logp.numpy()[m].astype(np.float64), adv.numpy()[m].astype(np.float64), bias=True)[0, 1]
+    assert cov_logp_adv(logp, adv, mask) == pytest.approx(want, rel=1e-6)
+
+
+def test_cov_logp_adv_hand_and_degenerate():
+    # logp = [-1, -3], A = [1, -1]: means -2, 0 -> ((1)(1) + (-1)(-1)) / 2 = 1.0 (> 0: entropy falls)
+    assert cov_logp_adv(torch.tensor([[-1.0, -3.0, 7.0]]), torch.tensor([[1.0, -1.0, 7.0]]), torch.tensor([[1, 1, 0]])) == pytest.approx(1.0)
+    assert cov_logp_adv(torch.tensor([[-1.0, -3.0]]), torch.tensor([[1.0, -1.0]]), torch.tensor([[1, 0]])) == 0.0
+    assert cov_logp_adv(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2)) == 0.0
+
+
+# ---- pass@k ----
+
+
+def test_pass_at_k_hand_values():
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)  # c / n
+    assert pass_at_k(5, 2, 2) == pytest.approx(0.7)  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+    assert pass_at_k(5, 0, 3) == 0.0
+    assert pass_at_k(5, 5, 3) == 1.0
+    assert pass_at_k(5, 3, 3) == 1.0  # n - c = 2 < k: every 3-subset has a correct one
+
+
+def test_pass_at_k_vs_enumeration():
+    for n in range(1, 8):
+        for c in range(n + 1):
+            flags = [True] * c + [False] * (n - c)
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations(flags, k))
+                want = sum(any(s) for s in subsets) / len(subsets)
+                assert pass_at_k(n, c, k) == pytest.approx(want, abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_large_n_is_stable():
+    # C(1000, 500) overflows a float; the product form does not
+    assert pass_at_k(1000, 1, 500) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("args", [(5, 2, 6), (5, 6, 1), (-1, 0, 1), (5, -1, 1), (5, 2, -1), (5, 2, 0), (5, 2.5, 1)])
+def test_pass_at_k_rejects_bad_arguments(args):
+    with pytest.raises(ValueError):
+        pass_at_k(*args)
+
+
+def test_mean_pass_at_k():
+    # problem 0: n=5, c=2 -> pass@2 = 0.7; problem 1: n=4, c=0 -> 0
+    assert mean_pass_at_k([[1, 1, 0, 0, 0], [0, 0, 0, 0]], 2) == pytest.approx(0.35)
+    with pytest.raises(ValueError, match="problem 1"):
+        mean_pass_at_k([[1, 0], [1]], 2)
+    with pytest.raises(ValueError):
+        mean_pass_at_k([], 1)
+
+
+# ---- distinct answers ----
+
+
+def test_distinct_answers():
+    answers = ["4", "4", "5", None, "7", "8", "7", "7"]
+    correct = [True, True, False, False, True, False, True, True]
+    d = distinct_answers(answers, correct, group_size=4)
+    # group 0: distinct {4, 5} = 2, correct {4} = 1;  group 1: distinct {7, 8} = 2, correct {7} = 1
+    assert d == {"rollout/distinct_answers": 2.0, "rollout/distinct_correct": 1.0}
+    d = distinct_answers(["1", "2", None, None], [True, True, False, False], group_size=2)
+    # group 0: 2 distinct, 2 correct;  group 1: nothing parsed -> 0, 0
+    assert d == {"rollout/distinct_answers": 1.0, "rollout/distinct_correct": 1.0}
+    assert distinct_answers([], [], group_size=4) == {}
+    with pytest.raises(ValueError):
+        distinct_answers(["1", "2", "3"], [True] * 3, group_size=2)
+    with pytest.raises(ValueError):
+        distinct_answers(["1", "2"], [True], group_size=2)
+
+
+# ---- entropy-performance law ----
+
+
+def test_law_fit_recovers_exact_parameters():
+    hs = [0.05 * i for i in range(1, 15)]
+    rs = [-0.3 * math.exp(h) + 0.9 for h in hs]
+    fit = fit_entropy_performance_law(hs, rs)
+    assert fit is not None
+    assert fit["a"] == pytest.approx(0.3)
+    assert fit["b"] == pytest.approx(0.9)
+    assert fit["ceiling"] == pytest.approx(0.6)  # b - a: R at H = 0
+    assert fit["r2"] == pytest.approx(1.0)
+    assert fit["n"] == 14
+
+
+def test_law_fit_noisy_and_undetermined():
+    hs = [0.1, 0.4, 0.7, 1.0, 1.3]
+    rs = [0.7, 0.55, 0.5, 0.3, 0.2]
+    fit = fit_entropy_performance_law(hs, rs)
+    x = np.exp(hs)
+    slope, intercept = np.polyfit(x, rs, 1)
+    assert fit["a"] == pytest.approx(-slope) and fit["b"] == pytest.approx(intercept)
+    assert 0.0 < fit["r2"] < 1.0
+    assert fit_entropy_performance_law([0.1, 0.2], [0.5, 0.4]) is None  # < 3 points
+    assert fit_entropy_performance_law([0.3, 0.3, 0.3], [0.5, 0.4, 0.6]) is None  # constant exp(H)
+    with pytest.raises(ValueError):
+        fit_entropy_performance_law([0.1, 0.2, 0.3], [0.5, 0.4])
+    with pytest.raises(ValueError):
+        fit_entropy_performance_law([0.1, float("nan"), 0.3], [0.5, 0.4, 0.3])
