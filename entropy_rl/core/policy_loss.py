@@ -8,7 +8,7 @@ A method has two phases so that token selection cannot depend on micro-batch siz
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Literal, Mapping, Protocol
 
 import torch
 from torch import Tensor
@@ -31,6 +31,33 @@ class SelectFn(Protocol):
     def __call__(self, x: PolicyInputs, p: Any, generator: torch.Generator | None) -> TokenWeights: ...
 
 
+class FeatureFn(Protocol):
+    """Per-token feature from logits: (logits [B, T, V], tokens [B, T], temperature) -> [B, T] fp32."""
+
+    def __call__(self, logits: Tensor, tokens: Tensor, temperature: float) -> Tensor: ...
+
+
+class MethodState(Protocol):
+    """Explicit, checkpointed state of a stateful method (adaptive coefficients, anchors, histories).
+
+    The trainer calls, each step: `params(p)` to get this step's parameters, `before_update(x)` with the whole
+    rollout batch of the pre-update pass (no grad), the update, then `after_update(metrics)` with the step's
+    metrics (pre-update entropy etc.). `metrics()` is logged; `state_dict()` goes into checkpoints.
+    """
+
+    def params(self, p: Any) -> Any: ...
+
+    def before_update(self, x: PolicyInputs) -> None: ...
+
+    def after_update(self, metrics: Mapping[str, float]) -> None: ...
+
+    def metrics(self) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
 @dataclass(frozen=True)
 class PolicyLossMethod:
     """A registered policy-loss method.
@@ -42,7 +69,12 @@ class PolicyLossMethod:
         paper: citation, e.g. "arXiv:2503.14476".
         needs_entropy: needs H_cur (full-vocab entropy of the update forward pass, with gradient).
         needs_old_entropy: needs H_old (full-vocab entropy from the pre-update pass).
-        neutral: parameter overrides under which the method must reduce to `ppo_clip` (contract test).
+        neutral: parameter overrides under which the method must reduce to `ppo_clip` (contract test), or
+            None for a method that has no such setting (e.g. KL-Cov never clips).
+        old_features: per-token features computed from the logits of the pre-update pass (no grad), by name
+            in `PolicyInputs.extras`.
+        cur_features: per-token features computed from the logits of the update forward pass (with grad).
+        make_state: builds the method's MethodState from its Params, for stateful methods.
     """
 
     loss: LossFn
@@ -51,7 +83,10 @@ class PolicyLossMethod:
     paper: str = ""
     needs_entropy: bool = False
     needs_old_entropy: bool = False
-    neutral: tuple[tuple[str, Any], ...] = ()
+    neutral: tuple[tuple[str, Any], ...] | None = None
+    old_features: tuple[tuple[str, FeatureFn], ...] = ()
+    cur_features: tuple[tuple[str, FeatureFn], ...] = ()
+    make_state: Callable[[Any], MethodState] | None = None
 
 
 POLICY_LOSSES: Registry[PolicyLossMethod] = Registry("policy loss")
@@ -67,6 +102,9 @@ def register_policy_loss(
     needs_entropy: bool = False,
     needs_old_entropy: bool = False,
     neutral: dict[str, Any] | None = None,
+    old_features: dict[str, FeatureFn] | None = None,
+    cur_features: dict[str, FeatureFn] | None = None,
+    make_state: Callable[[Any], MethodState] | None = None,
     doc: str | None = None,
 ) -> Callable[[LossFn], LossFn]:
     """Decorator: register a loss function (and its optional selector) under `name`.
@@ -86,7 +124,10 @@ def register_policy_loss(
             paper=paper,
             needs_entropy=needs_entropy,
             needs_old_entropy=needs_old_entropy,
-            neutral=tuple(sorted((neutral or {}).items())),
+            neutral=None if neutral is None else tuple(sorted(neutral.items())),
+            old_features=tuple((old_features or {}).items()),
+            cur_features=tuple((cur_features or {}).items()),
+            make_state=make_state,
         )
         POLICY_LOSSES.register(name, params_cls, doc=doc or module_doc or fn.__doc__)(method)
         return fn
@@ -116,6 +157,7 @@ def policy_loss(
     entropy: Tensor | None = None,
     old_entropy: Tensor | None = None,
     ref_logp: Tensor | None = None,
+    extras: Mapping[str, Tensor] | None = None,
     generator: torch.Generator | None = None,
     **params: Any,
 ) -> LossOutput:
@@ -133,6 +175,7 @@ def policy_loss(
         entropy: [B, T] H_cur with gradient, for methods that need it.
         old_entropy: [B, T] H_old from the pre-update pass, for methods that need it.
         ref_logp: [B, T] reference log-probs, for methods that use them.
+        extras: the method's declared per-token features (e.g. {"lp_proxy": ...}); see `entropy-rl methods`.
         generator: torch.Generator for methods that select at random.
         **params: the method's Params fields.
 
@@ -143,7 +186,7 @@ def policy_loss(
     p = entry.make_params(**params)
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1).expand_as(logp)
-    x = PolicyInputs(logp, old_logp, advantages, mask.to(logp.dtype), entropy, old_entropy, ref_logp)
+    x = PolicyInputs(logp, old_logp, advantages, mask.to(logp.dtype), entropy, old_entropy, ref_logp, dict(extras or {}))
     check_inputs(entry, x)
     sel = run_select(entry, p, x, generator)
     out = entry.obj.loss(x, p, sel)
@@ -158,6 +201,9 @@ def check_inputs(entry: Entry[PolicyLossMethod], x: PolicyInputs) -> None:
         raise ValueError(f"method '{entry.name}' needs `entropy` (H_cur of the current forward pass, with grad)")
     if entry.obj.needs_old_entropy and x.old_entropy is None:
         raise ValueError(f"method '{entry.name}' needs `old_entropy` (H_old from the pre-update pass)")
+    for name, _ in entry.obj.old_features + entry.obj.cur_features:
+        if name not in x.extras:
+            raise ValueError(f"method '{entry.name}' needs extras['{name}'] (a per-token feature it declares)")
 
 
 def run_select(
@@ -166,8 +212,5 @@ def run_select(
     """Run the method's mini-batch selection on detached inputs, or return None if it has none."""
     if entry.obj.select is None:
         return None
-    detached = PolicyInputs(
-        *(None if v is None else v.detach() for v in (x.logp, x.old_logp, x.adv, x.mask, x.entropy, x.old_entropy, x.ref_logp))
-    )
     with torch.no_grad():
-        return entry.obj.select(detached, p, generator)
+        return entry.obj.select(x.detached(), p, generator)

@@ -21,6 +21,8 @@ class PolicyInputs:
         entropy: H_cur, full-vocab tempered entropy of the current forward pass (with gradient), or None.
         old_entropy: H_old, the same from the pre-update pass (no gradient), or None.
         ref_logp: reference-model log-probs (no gradient), or None.
+        extras: method-declared per-token features [B, T] computed from logits (see PolicyLossMethod
+            `old_features` / `cur_features`), e.g. {"lp_proxy": ...}.
     """
 
     logp: Tensor
@@ -30,6 +32,7 @@ class PolicyInputs:
     entropy: Tensor | None = None
     old_entropy: Tensor | None = None
     ref_logp: Tensor | None = None
+    extras: Mapping[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         shape = self.logp.shape
@@ -39,6 +42,9 @@ class PolicyInputs:
             value = getattr(self, name)
             if value is not None and value.shape != shape:
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)} like logp")
+        for name, value in self.extras.items():
+            if value.shape[0] != shape[0]:
+                raise ValueError(f"extras['{name}'] has {value.shape[0]} rows, expected {shape[0]}")
 
     def rows(self, index: slice | Tensor) -> "PolicyInputs":
         """Return the inputs restricted to a subset of sequences (a micro-batch)."""
@@ -46,7 +52,15 @@ class PolicyInputs:
         for name in ("logp", "old_logp", "adv", "mask", "entropy", "old_entropy", "ref_logp"):
             value = getattr(self, name)
             kwargs[name] = None if value is None else value[index]
-        return PolicyInputs(**kwargs)
+        return PolicyInputs(**kwargs, extras={k: v[index] for k, v in self.extras.items()})
+
+    def detached(self) -> "PolicyInputs":
+        """A copy with every tensor detached (selection runs on these under no_grad)."""
+        kwargs = {}
+        for name in ("logp", "old_logp", "adv", "mask", "entropy", "old_entropy", "ref_logp"):
+            value = getattr(self, name)
+            kwargs[name] = None if value is None else value.detach()
+        return PolicyInputs(**kwargs, extras={k: v.detach() for k, v in self.extras.items()})
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ class Params:
             raise ValueError(f"clip_ratio_c must be > 1 (or None), got {self.clip_ratio_c}")
 
 
-@register_policy_loss("ppo_clip", Params, paper="arXiv:1707.06347")
+@register_policy_loss("ppo_clip", Params, paper="arXiv:1707.06347", neutral={})
 def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
     """Per-token clipped surrogate. In: [B, T] each. Out: loss [B, T] and policy/* metrics."""
     s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, p.eps_low, p.eps_high, p.clip_ratio_c)

@@ -180,6 +180,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     task = make_task(cfg.task.name, **cfg.task.params)
     method = get_policy_loss(cfg.algorithm.method)
     params = method.make_params(**cfg.algorithm.method_params)
+    state = method.obj.make_state(params) if method.obj.make_state is not None else None
+    all_features = method.obj.old_features + method.obj.cur_features
     sampling = rollout_sampling(cfg)
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
     if latest is not None:
@@ -197,11 +199,13 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, o.warmup_steps)))
     start_step, skipped_in_a_row, skipped_total = 0, 0, 0
     if latest is not None:
-        state = ckpt.load_trainer_state(latest)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
-        start_step, skipped_total = state["step"], state.get("skipped_total", 0)
+        saved = ckpt.load_trainer_state(latest)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        ckpt.set_rng_state(saved["rng"])
+        start_step, skipped_total = saved["step"], saved.get("skipped_total", 0)
+        if state is not None:
+            state.load_state_dict(saved["method_state"])
         truncate_metrics(run_dir / "metrics.jsonl", start_step)
         log(f"resumed from {latest} at step {start_step}")
     elif resume:
@@ -217,14 +221,15 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     last: dict[str, float] = {}
 
     def save(step: int) -> None:
-        state = {
+        trainer_state = {
             "step": step,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": ckpt.rng_state(),
             "skipped_total": skipped_total,
+            "method_state": state.state_dict() if state is not None else None,
         }
-        ckpt.save_checkpoint(run_dir, step, model, tokenizer, state, keep=cfg.train.keep_checkpoints)
+        ckpt.save_checkpoint(run_dir, step, model, tokenizer, trainer_state, keep=cfg.train.keep_checkpoints)
 
     bar = tqdm(total=cfg.train.steps, initial=start_step, desc="rl", unit="step", disable=not progress, dynamic_ncols=True)
     for step in range(start_step + 1, cfg.train.steps + 1):
@@ -249,7 +254,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         input_ids, attn = batch.input_ids, batch.attention_mask
         Lp = batch.prompt_ids.shape[1]
         mask = batch.response_mask  # [B, T]
-        old_logp, old_entropy = score_in_chunks(model, input_ids, attn, Lp, tau, micro)
+        old_logp, old_entropy, old_extras = score_in_chunks(model, input_ids, attn, Lp, tau, micro, all_features)
         ref_logp = score_in_chunks(ref_model, input_ids, attn, Lp, tau, micro)[0] if ref_model is not None else None
         m["timing/score_s"] += time.perf_counter() - t0
 
@@ -264,6 +269,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         m.update(rollout_metrics(batch, results, rewards, correct, G, old_logp, mask))
         m.update(entropy_stats(old_entropy, mask, adv, correct, high_threshold=cfg.train.high_entropy_threshold))
         m["dynamics/cov_logp_adv"] = cov_logp_adv(old_logp, adv, mask)
+        step_params = state.params(params) if state is not None else params
+        if state is not None:
+            state.before_update(PolicyInputs(old_logp, old_logp, adv, mask, old_entropy, old_entropy, ref_logp, old_extras))
         valid_adv = adv[mask.bool()]
         m["adv/mean"], m["adv/std"] = float(valid_adv.mean()), float(valid_adv.std()) if valid_adv.numel() > 1 else 0.0
         m["adv/zero_frac"] = float((valid_adv == 0).float().mean())
@@ -283,20 +291,21 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                 sel = None
                 if cfg.algorithm.selection_scope == "minibatch" and method.obj.select is not None:
                     first = epoch == 0 and mb_index == 0  # policy == rollout policy: the pre-update pass is exact
-                    cur_logp, cur_ent = (old_logp[rows], old_entropy[rows]) if first else \
-                        score_in_chunks(model, input_ids[rows], attn[rows], Lp, tau, micro)
-                    sel = run_select(method, params, PolicyInputs(cur_logp, old_logp[rows], adv[rows], mb_mask, cur_ent,
-                                                                  old_entropy[rows], None if ref_logp is None else ref_logp[rows]), gen)
+                    cur_logp, cur_ent, cur_extras = (old_logp[rows], old_entropy[rows], {k: v[rows] for k, v in old_extras.items()}) \
+                        if first else score_in_chunks(model, input_ids[rows], attn[rows], Lp, tau, micro, all_features)
+                    extras = {**{k: v[rows] for k, v in old_extras.items()}, **{k: cur_extras[k] for k, _ in method.obj.cur_features}}
+                    sel = run_select(method, step_params, PolicyInputs(cur_logp, old_logp[rows], adv[rows], mb_mask, cur_ent,
+                                                                       old_entropy[rows], None if ref_logp is None else ref_logp[rows], extras), gen)
                 optimizer.zero_grad(set_to_none=True)
                 finite, mb_loss = True, 0.0
                 for start in range(0, mb_size, micro):
                     r = rows[start : start + micro]
-                    logp, ent = score_responses(model, input_ids[r], attn[r], Lp, tau, with_entropy=True)
+                    logp, ent, cur = score_responses(model, input_ids[r], attn[r], Lp, tau, method.obj.cur_features)
                     x = PolicyInputs(logp, old_logp[r], adv[r], mask[r], ent, old_entropy[r],
-                                     None if ref_logp is None else ref_logp[r])
+                                     None if ref_logp is None else ref_logp[r], {**{k: v[r] for k, v in old_extras.items()}, **cur})
                     check_inputs(method, x)
-                    micro_sel = sel.rows(slice(start, start + micro)) if sel is not None else run_select(method, params, x, gen)
-                    out = method.obj.loss(x, params, micro_sel)
+                    micro_sel = sel.rows(slice(start, start + micro)) if sel is not None else run_select(method, step_params, x, gen)
+                    out = method.obj.loss(x, step_params, micro_sel)
                     per_token = out.per_token
                     if ref_logp is not None:
                         kl = kl_estimate(logp, ref_logp[r], cfg.algorithm.kl_estimator)
@@ -325,6 +334,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         skipped_total += skipped_this_step
         skipped_in_a_row = skipped_in_a_row + 1 if skipped_this_step else 0
         m["guard/skipped_updates"] = float(skipped_this_step)
+        if state is not None:
+            m.update(state.metrics())  # the values used in this step
+            state.after_update(m)
 
         # ---- eval, log, checkpoint ----
         if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):

@@ -1,0 +1,177 @@
+"""Contract every registered policy-loss method must satisfy (parametrised over the registry).
+
+Run: pytest tests/methods/test_contract.py -q
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import yaml
+
+from entropy_rl.core.aggregate import aggregate
+from entropy_rl.core.entropy import token_entropy, token_logprobs
+from entropy_rl.core.policy_loss import POLICY_LOSSES, get_policy_loss, params_dict, run_select
+from entropy_rl.core.types import PolicyInputs
+
+get_policy_loss("ppo_clip")  # registers the catalogue
+NAMES = POLICY_LOSSES.names()
+B, T, V, TAU = 8, 6, 11, 0.9
+
+
+def make_inputs(name: str, seed: int = 0, off_policy: float = 0.3, lengths: list[int] | None = None) -> PolicyInputs:
+    """Random but self-consistent inputs: logp, entropy and method features come from the same logits."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, V, generator=g, dtype=torch.float64).float() * 2
+    logits.requires_grad_(True)
+    tokens = torch.randint(0, V, (B, T), generator=g)
+    lengths = lengths or [T - (i % 3) for i in range(B)]
+    mask = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).float()
+    logp = token_logprobs(logits, tokens, TAU)
+    old_logp = (logp + off_policy * torch.randn(B, T, generator=g)).detach()
+    adv = torch.randn(B, 1, generator=g).expand(B, T) * mask
+    method = POLICY_LOSSES.get(name).obj
+    old_logits = logits.detach() + 0.1 * torch.randn(B, T, V, generator=g)
+    extras = {k: fn(old_logits, tokens, TAU) for k, fn in method.old_features}
+    extras.update({k: fn(logits, tokens, TAU) for k, fn in method.cur_features})
+    return PolicyInputs(logp, old_logp, adv, mask, token_entropy(logits, TAU), token_entropy(old_logits, TAU), None, extras)
+
+
+def loss_and_metrics(name: str, x: PolicyInputs, params, seed: int = 0):
+    entry = POLICY_LOSSES.get(name)
+    sel = run_select(entry, params, x, torch.Generator().manual_seed(seed))
+    out = entry.obj.loss(x, params, sel)
+    return out, sel
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_neutral_params_reproduce_ppo_clip(name: str) -> None:
+    entry = POLICY_LOSSES.get(name)
+    if entry.obj.neutral is None:
+        pytest.skip(f"{name} declares no neutral setting (documented in its module)")
+    p = entry.make_params(**dict(entry.obj.neutral))
+    shared = {k: v for k, v in params_dict(p).items() if k in ("eps_low", "eps_high", "clip_ratio_c")}
+    ref = POLICY_LOSSES.get("ppo_clip")
+    x = make_inputs(name)
+    out, _ = loss_and_metrics(name, x, p)
+    expected = ref.obj.loss(x, ref.make_params(**shared), None)
+    m = x.mask.bool()
+    torch.testing.assert_close(out.per_token[m], expected.per_token[m], rtol=1e-6, atol=1e-6)
+
+
+def test_ppo_clip_is_neutral_and_most_methods_have_a_neutral_setting() -> None:
+    assert POLICY_LOSSES.get("ppo_clip").obj.neutral == ()
+    with_neutral = [n for n in NAMES if POLICY_LOSSES.get(n).obj.neutral is not None]
+    assert len(with_neutral) >= max(1, len(NAMES) // 2), with_neutral
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_masked_tokens_get_exactly_zero_gradient(name: str) -> None:
+    x = make_inputs(name)
+    entry = POLICY_LOSSES.get(name)
+    leaves = [x.logp, x.entropy] + [v for k, v in x.extras.items() if v.requires_grad]
+    for t in leaves:
+        t.retain_grad()
+    out, _ = loss_and_metrics(name, x, entry.make_params())
+    loss = aggregate(out.per_token, x.mask, "token-mean")
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    off = ~x.mask.bool()
+    for g in grads:
+        if g is not None:
+            assert torch.all(g[off] == 0), f"{name}: gradient leaks into masked positions"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_micro_batch_invariance(name: str) -> None:
+    """Select once over the mini-batch, then 1 vs 4 micro-batches with mini-batch normalisers: same gradient."""
+    entry = POLICY_LOSSES.get(name)
+    p = entry.make_params()
+    x = make_inputs(name, off_policy=0.5)
+    n_tokens = x.mask.sum()
+    grads = []
+    for n_micro in (1, 4):
+        sel = run_select(entry, p, x, torch.Generator().manual_seed(3))
+        total = 0.0
+        size = B // n_micro
+        for start in range(0, B, size):
+            rows = slice(start, start + size)
+            out = entry.obj.loss(x.rows(rows), p, None if sel is None else sel.rows(rows))
+            total = total + aggregate(out.per_token, x.mask[rows], "token-mean", num_tokens=n_tokens, num_seqs=B)
+        grads.append(torch.autograd.grad(total, x.logp, retain_graph=True)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", ["ratio_e20", "ratio_e-20", "zero_adv", "single_token"])
+def test_outputs_finite_on_extreme_inputs(name: str, case: str) -> None:
+    x = make_inputs(name, lengths=[1] * B if case == "single_token" else None)
+    if case.startswith("ratio"):
+        shift = 20.0 if case == "ratio_e20" else -20.0
+        x = dataclasses.replace(x, old_logp=(x.logp - shift).detach())
+    if case == "zero_adv":
+        x = dataclasses.replace(x, adv=torch.zeros_like(x.adv))
+    entry = POLICY_LOSSES.get(name)
+    out, _ = loss_and_metrics(name, x, entry.make_params())
+    loss = aggregate(out.per_token, x.mask, "token-mean")
+    assert torch.isfinite(loss)
+    (g,) = torch.autograd.grad(loss, x.logp)
+    assert torch.isfinite(g).all()
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in out.metrics.values()), out.metrics
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_mask_gives_zero_loss(name: str) -> None:
+    x = make_inputs(name)
+    x = dataclasses.replace(x, mask=torch.zeros_like(x.mask), adv=torch.zeros_like(x.adv))
+    entry = POLICY_LOSSES.get(name)
+    out, _ = loss_and_metrics(name, x, entry.make_params())
+    assert float(aggregate(out.per_token, x.mask, "token-mean")) == 0.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metric_keys_are_namespaced(name: str) -> None:
+    x = make_inputs(name)
+    out, sel = loss_and_metrics(name, x, POLICY_LOSSES.get(name).make_params())
+    keys = list(out.metrics) + (list(sel.metrics) if sel is not None else [])
+    for key in keys:
+        assert key.startswith("policy/") or key.startswith(f"method/{name}/"), f"{name}: metric '{key}' not namespaced"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_selection_is_deterministic_for_a_generator(name: str) -> None:
+    entry = POLICY_LOSSES.get(name)
+    if entry.obj.select is None:
+        pytest.skip("no selection phase")
+    x = make_inputs(name)
+    p = entry.make_params()
+    a = run_select(entry, p, x, torch.Generator().manual_seed(5))
+    b = run_select(entry, p, x, torch.Generator().manual_seed(5))
+    for k in a.tensors:
+        assert torch.equal(a[k], b[k])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_params_defaults_round_trip_through_yaml(name: str) -> None:
+    entry = POLICY_LOSSES.get(name)
+    p = entry.make_params()
+    loaded = yaml.safe_load(yaml.safe_dump(params_dict(p)))
+    assert entry.make_params(**loaded) == p
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_param_is_rejected_with_a_hint(name: str) -> None:
+    entry = POLICY_LOSSES.get(name)
+    with pytest.raises(TypeError, match="unknown parameter"):
+        entry.make_params(definitely_not_a_param=1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_method_has_module_docstring_with_paper_and_params(name: str) -> None:
+    import sys
+
+    entry = POLICY_LOSSES.get(name)
+    doc = sys.modules[entry.obj.loss.__module__].__doc__ or ""
+    assert entry.obj.paper, f"{name}: register a paper reference"
+    assert "Params" in doc, f"{name}: module docstring must list its parameters with defaults"
