@@ -1,3 +1,7 @@
-"""Advantage estimators, one module each, registered on import (file name = registry key)."""
+"""Advantage estimators, one module each (file name = registry key), all imported here for registration."""
 
-from entropy_rl.advantages import dr_grpo, grpo, rloo  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
