@@ -48,6 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from entropy_rl.train.config import load_config
     from entropy_rl.train.loop import train
 
+    split_config_arg(args)
     if args.resume and args.config is None:
         run_dir = Path(args.resume)
         cfg = load_config(run_dir / "config.yaml", args.overrides)
@@ -62,6 +63,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def split_config_arg(args: argparse.Namespace) -> None:
+    """`entropy-rl sft a.b=c` (no CONFIG): argparse puts the first override in `config`; move it back."""
+    if args.config is not None and "=" in args.config and not Path(args.config).exists():
+        args.overrides = [args.config, *args.overrides]
+        args.config = None
+
+
 def cmd_sft(args: argparse.Namespace) -> int:
     """Only the supervised warm start; saves the model + tokenizer to --out."""
     import torch
@@ -73,6 +81,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     from entropy_rl.train.loop import pick_device, rollout_sampling
     from entropy_rl.train.sft import run_sft
 
+    split_config_arg(args)
     cfg = load_config(args.config, args.overrides)
     torch.manual_seed(cfg.train.seed)
     task = make_task(cfg.task.name, **cfg.task.params)

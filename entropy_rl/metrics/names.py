@@ -59,6 +59,8 @@ METRICS: dict[str, str] = {
     "rollout/distinct_answers": "mean over prompt groups of the number of distinct parsed final answers (count)",
     "rollout/distinct_correct": "mean over prompt groups of the number of distinct correct final answers (count)",
     # ---- policy update ----
+    "guard/skipped_updates": "optimizer updates skipped in this step because the loss or gradient was non-finite; weights untouched (count)",
+    "rollout/logp_mismatch": "mean |sampling log-prob - pre-update-pass log-prob| over response tokens: rollout vs trainer numerics (nats)",
     "policy/loss": "policy loss of the step, mean over optimizer mini-batches of the aggregated loss (loss units)",
     "policy/clipfrac": "fraction of response tokens whose ratio was clipped at either bound (fraction)",
     "policy/clipfrac_low": "fraction of response tokens clipped at the lower bound 1 - eps_low (A < 0) (fraction)",
@@ -69,7 +71,7 @@ METRICS: dict[str, str] = {
     ),
     "policy/ratio_mean": "mean importance ratio exp(logp - old_logp) over response tokens (ratio)",
     "policy/kl_ref": "KL to the reference policy over response tokens, when a reference is enabled (nats)",
-    "policy/grad_norm": "global L2 norm of the policy gradient before clipping, last optimizer step (norm)",
+    "policy/grad_norm": "global L2 norm of the policy gradient before clipping, mean over the optimizer steps of the step (norm)",
     "policy/lr": "learning rate of the last optimizer step (lr units)",
     "policy/entropy_after": (
         "entropy/token_mean of the same rollout batch re-scored after the optimizer step; only some steps (nats)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ import yaml
 
 from entropy_rl.core.aggregate import AGG_MODES
 from entropy_rl.core.kl import KL_ESTIMATORS
+
+
+FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 class ConfigError(ValueError):
@@ -176,6 +180,8 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and FLOAT_RE.fullmatch(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads `3e-4` as a string; accept what is clearly a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

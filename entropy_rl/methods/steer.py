@@ -1,0 +1,186 @@
+"""STEER: down-weight each token's PPO loss by its estimated entropy-change magnitude |Omega| (Hao et al. 2025).
+
+Paper: "STEER: Stabilizing Token-level Entropy-changE via Reweighting", arXiv:2510.10150. Official code:
+zz-haooo/STEER `verl/trainer/ppo/core_algos.py` (compute_token_weights, entropy_control), scripts
+run/run_exp.sh and run_linear.sh. Spec: methods.md section 2.
+
+Weights (`select`, no grad, over the valid tokens of the optimizer mini-batch):
+    p      = clamp(exp(logp), 1e-8, 1 - 1e-8)               current policy (detached)
+    p_old  = clamp(exp(old_logp), 1e-8, 1)
+    Omega  = (A / p_old) * p (1 - p) * (log p + H_old)       = r A (1 - p)(log p + H_old); non-finite -> 0
+    exp map (default, run_exp.sh):  k = -ln(weight_min) / max(max |Omega|, 0.02);  w = clamp(exp(-k |Omega|), weight_min, 1)
+        (the token with the largest |Omega| gets weight_min; the 0.02 floor leaves small batches near 1)
+    linear map (run_linear.sh):  w = clamp(w_max - (|Omega| - min)(w_max - w_min) / (max - min), w_min, w_max),
+        w = (w_min + w_max) / 2 when max == min; min/max of |Omega| over the valid tokens
+    w = 0 off the mask; w is detached.
+Loss (`loss`, per micro-batch): l_t = w_t * PPO clipped loss (clip-higher and dual clip, as the scripts).
+
+omega="first_order" (our addition, not the paper's): Omega_fo = p * Omega_official
+= (A / p_old) p^2 (1 - p)(log p + H_old). It is NOT the exact first-order entropy change of the sampled-token
+update, dH ~ -eta r A [p (log p + H) - sum_k p_k^2 (log p_k + H)], whose sum over the vocabulary needs the full
+distribution; it only restores the leading factor p that the official Omega drops. In the spec's random tests
+(methods.md section 2) dH correlated 0.74 with -p*Omega vs 0.62 with -Omega (same sign agreement, 84%).
+
+Departures from the official code (deliberate):
+    - Omega min/max are over the whole optimizer mini-batch, not per micro-batch (toolkit rule).
+    - Defaults are the scripts' values (exp map, weight_min 0.8, clip 0.2/0.28, c = 10), not the function
+      signature's (linear, 0.8/1.2, c = 3) nor dp_actor's fallback (0.95/1.05).
+    - weight_max is read by the linear map only; the exp map clamps to [weight_min, 1] as the official code.
+
+Presets (`PRESETS`, overrides of the Params defaults; Params stay the single source of defaults):
+    "exp"    = {}                                            run/run_exp.sh
+    "linear" = {"weight_map": "linear", "weight_max": 1.2}   run_linear.sh: [0.8, 1.2]
+Use `preset("linear")` or put the dict in `algorithm.method_params`.
+
+Params:
+    weight_map ("exp"): "exp" (paper's lambda = exp(-k |Omega|)) or "linear".
+    weight_min (0.8): lambda_min, the smallest weight (exp and linear); 1.0 makes every weight 1 (= ppo_clip).
+    weight_max (1.0): largest weight of the linear map (run_linear.sh uses 1.2); unused by the exp map.
+    omega ("official"): "official" (the code's Omega) or "first_order" (p * Omega, our addition).
+    eps_low (0.2): ratio floor 1 - eps_low.
+    eps_high (0.28): ratio ceiling 1 + eps_high (clip-higher, the scripts' value).
+    clip_ratio_c (10.0): dual-clip constant c > 1 for A < 0 (the scripts' value), or None.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from entropy_rl.core import ppo
+from entropy_rl.core.policy_loss import register_policy_loss
+from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean, zero_scalar
+
+WEIGHT_MAPS = ("exp", "linear")
+OMEGAS = ("official", "first_order")
+OMEGA_MAX_FLOOR = 0.02  # official: k = -ln(lambda_min) / max(max|Omega|, 0.02)
+
+
+@dataclass(frozen=True)
+class Params:
+    weight_map: str = "exp"  # exp (run_exp.sh) | linear (run_linear.sh)
+    weight_min: float = 0.8  # lambda_min (token_weight_min in the scripts)
+    weight_max: float = 1.0  # linear map only (run_linear.sh: 1.2); the exp map clamps at 1
+    omega: str = "official"  # official | first_order (p * Omega; our addition)
+    eps_low: float = 0.2  # ratio floor 1 - eps_low
+    eps_high: float = 0.28  # ratio ceiling 1 + eps_high (the scripts' clip-higher)
+    clip_ratio_c: float | None = 10.0  # dual clip for A < 0 (the scripts' value)
+
+    def __post_init__(self) -> None:
+        if self.weight_map not in WEIGHT_MAPS:
+            raise ValueError(f"weight_map must be one of {WEIGHT_MAPS}, got '{self.weight_map}'")
+        if self.omega not in OMEGAS:
+            raise ValueError(f"omega must be one of {OMEGAS}, got '{self.omega}'")
+        if not 0.0 < self.weight_min <= self.weight_max:
+            raise ValueError(f"need 0 < weight_min <= weight_max, got {self.weight_min}, {self.weight_max}")
+        if self.weight_map == "exp" and self.weight_min > 1.0:
+            raise ValueError(f"the exp map needs weight_min <= 1, got {self.weight_min}")
+        if self.eps_low < 0 or self.eps_high < 0:
+            raise ValueError(f"eps_low and eps_high must be >= 0, got {self.eps_low}, {self.eps_high}")
+        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1:
+            raise ValueError(f"clip_ratio_c must be > 1 (or None), got {self.clip_ratio_c}")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "exp": {},  # run/run_exp.sh
+    "linear": {"weight_map": "linear", "weight_max": 1.2},  # run_linear.sh
+}
+
+
+def preset(name: str, **overrides: Any) -> Params:
+    """Params of a named preset (see `PRESETS`), with further overrides on top."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown steer preset '{name}'. Valid: {', '.join(sorted(PRESETS))}")
+    return Params(**{**PRESETS[name], **overrides})
+
+
+def steer_omega(logp: Tensor, old_logp: Tensor, adv: Tensor, old_entropy: Tensor, omega: str = "official") -> Tensor:
+    """Per-token entropy-change estimate Omega (official compute_token_weights), non-finite set to 0. [B, T].
+
+    Args:
+        logp: [B, T] current log-probs (detached).
+        old_logp: [B, T] rollout log-probs.
+        adv: [B, T] advantages.
+        old_entropy: [B, T] H_old in nats.
+        omega: "official" or "first_order" (p * official).
+
+    Returns:
+        [B, T] signed Omega (not masked).
+    """
+    p = torch.exp(logp).clamp(1e-8, 1.0 - 1e-8)
+    p_old = torch.exp(old_logp).clamp(1e-8, 1.0)
+    out = (adv / p_old) * (p * (1.0 - p) * (torch.log(p) + old_entropy))
+    if omega == "first_order":
+        out = p * out
+    return torch.where(torch.isfinite(out), out, torch.zeros_like(out))
+
+
+def steer_weights(abs_omega: Tensor, mask: Tensor, p: Params) -> Tensor:
+    """Map |Omega| [B, T] to weights [B, T] (exp or linear, statistics over the valid tokens); 0 off the mask."""
+    valid = mask.bool()
+    weights = torch.zeros_like(abs_omega)
+    if not valid.any():
+        return weights
+    vals = abs_omega[valid]
+    lo, hi = vals.min(), vals.max()
+    if p.weight_map == "exp":
+        k = -math.log(p.weight_min) / torch.clamp(hi, min=OMEGA_MAX_FLOOR)
+        w = torch.exp(-k * vals).clamp(p.weight_min, 1.0)
+    elif hi > lo:
+        w = (p.weight_max - (vals - lo) * ((p.weight_max - p.weight_min) / (hi - lo))).clamp(p.weight_min, p.weight_max)
+    else:
+        w = torch.full_like(vals, (p.weight_min + p.weight_max) / 2)
+    weights[valid] = w
+    return weights
+
+
+def _quantile(values: Tensor, q: float) -> Tensor:
+    """q-quantile of a 1-D tensor by kthvalue, linear interpolation at q (N - 1) (torch.quantile caps at 2^24)."""
+    n = values.numel()
+    pos = q * (n - 1)
+    i, frac = int(math.floor(pos)), pos - math.floor(pos)
+    a = torch.kthvalue(values, i + 1).values
+    if frac == 0.0 or i + 1 >= n:
+        return a
+    return a + frac * (torch.kthvalue(values, i + 2).values - a)
+
+
+def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> TokenWeights:
+    """Per-token weights from |Omega| over the mini-batch. In: [B, T] detached. Out: {"weight": [B, T]}, metrics."""
+    if x.old_entropy is None:
+        raise ValueError("steer needs old_entropy (H_old from the pre-update pass)")
+    abs_omega = steer_omega(x.logp, x.old_logp, x.adv, x.old_entropy, p.omega).abs()
+    weights = steer_weights(abs_omega, x.mask, p)
+    valid = x.mask.bool()
+    if valid.any():
+        w_min, om_p99 = weights[valid].min(), _quantile(abs_omega[valid].float(), 0.99).to(x.logp.dtype)
+    else:
+        w_min, om_p99 = zero_scalar(x.logp), zero_scalar(x.logp)
+    metrics = {
+        "method/steer/weight_mean": masked_mean(weights, x.mask),
+        "method/steer/weight_min": w_min,
+        "method/steer/omega_abs_mean": masked_mean(abs_omega, x.mask),
+        "method/steer/omega_abs_p99": om_p99,
+    }
+    return TokenWeights({"weight": weights}, metrics)
+
+
+@register_policy_loss(
+    "steer", Params, select=select, paper="arXiv:2510.10150", needs_old_entropy=True, neutral={"weight_min": 1.0}
+)
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
+    """Per-token w * PPO clipped loss, w detached from `select`. In: [B, T] each. Out: [B, T], metrics.
+
+    Without a selection (direct calls), the weights are computed here on this batch.
+    """
+    if sel is None:
+        with torch.no_grad():
+            sel = select(x.detached(), p, None)
+    w = sel["weight"].detach()
+    s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, p.eps_low, p.eps_high, p.clip_ratio_c)
+    metrics = ppo.surrogate_metrics(s, x.logp, x.old_logp, x.mask)
+    return LossOutput(w * s.loss, metrics)

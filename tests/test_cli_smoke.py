@@ -1,0 +1,44 @@
+"""Smoke test of the real entry points in subprocesses, with a tiny budget (cleanrl style)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "entropy_rl", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_demo_runs_end_to_end_with_a_tiny_budget(tmp_path: Path) -> None:
+    proc = run(
+        "demo", "--steps", "2", "--run-dir", str(tmp_path / "demo"), "--no-progress",
+        "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.num_kv_heads=1",
+        "model.intermediate_size=64", "sft.max_steps=2", "sft.eval_every=1", "sft.eval_problems=8",
+        "rollout.prompts_per_step=2", "rollout.group_size=2", "train.eval_every=2", "train.eval_problems=4",
+        "train.eval_samples=2", "train.threads=1",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 2/2 | reward" in proc.stdout and "entropy" in proc.stdout
+    run_dir = tmp_path / "demo"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert "eval/pass@2" in rows[-1]
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "sft" / "model" / "model.safetensors").is_file()
+    assert (run_dir / "checkpoints" / "step_000002" / "COMPLETE").is_file()
+
+
+def test_methods_lists_the_catalogue(tmp_path: Path) -> None:
+    proc = run("methods", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("ppo_clip", "entropy_bonus", "grpo", "dr_grpo", "rloo", "countdown", "arithmetic"):
+        assert name in proc.stdout
+
+
+def test_config_errors_exit_2_with_one_clear_line(tmp_path: Path) -> None:
+    proc = run("demo", "--run-dir", str(tmp_path / "x"), "rollout.temprature=0.5", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "did you mean 'rollout.temperature'" in proc.stderr and "Traceback" not in proc.stderr
