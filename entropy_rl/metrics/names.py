@@ -87,8 +87,9 @@ METRICS: dict[str, str] = {
     "eval/pass@1": "unbiased pass@1 over eval problems (Chen et al. 2021, arXiv:2107.03374) (probability)",
     # ---- timing and throughput ----
     "timing/generate_s": "wall time of rollout generation in the step (seconds)",
-    "timing/score_s": "wall time of reward scoring in the step (seconds)",
-    "timing/update_s": "wall time of the pre-update pass and optimizer update(s) in the step (seconds)",
+    "timing/reward_s": "wall time of the verifier (reward scoring) in the step (seconds)",
+    "timing/score_s": "wall time of the pre-update forward pass (old log-probs, H_old, reference log-probs) (seconds)",
+    "timing/update_s": "wall time of the optimizer update(s): selection, forward, backward, steps (seconds)",
     "timing/step_s": "wall time of the whole step (seconds)",
     "train/tokens": "cumulative response tokens trained on since the start of the run (tokens)",
 }

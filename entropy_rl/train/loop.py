@@ -247,7 +247,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         results = [task.reward(problems[i // G], text) for i, text in enumerate(batch.texts)]
         rewards = torch.tensor([r.score for r in results], dtype=torch.float32)
         correct = rewards > 0.5
-        m["timing/score_s"] = time.perf_counter() - t0
+        m["timing/reward_s"] = time.perf_counter() - t0
 
         # ---- pre-update pass: old_logp and H_old (entropy metrics are measured here) ----
         t0 = time.perf_counter()
@@ -256,7 +256,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         mask = batch.response_mask  # [B, T]
         old_logp, old_entropy, old_extras = score_in_chunks(model, input_ids, attn, Lp, tau, micro, all_features)
         ref_logp = score_in_chunks(ref_model, input_ids, attn, Lp, tau, micro)[0] if ref_model is not None else None
-        m["timing/score_s"] += time.perf_counter() - t0
+        m["timing/score_s"] = time.perf_counter() - t0
 
         # ---- advantages ----
         group_index = torch.arange(n_seqs) // G
