@@ -32,9 +32,9 @@ class SelectFn(Protocol):
 
 
 class FeatureFn(Protocol):
-    """Per-token feature from logits: (logits [B, T, V], tokens [B, T], temperature) -> [B, T] fp32."""
+    """Per-token feature from logits: (logits [B, T, V], tokens [B, T], temperature, params) -> [B, T] fp32."""
 
-    def __call__(self, logits: Tensor, tokens: Tensor, temperature: float) -> Tensor: ...
+    def __call__(self, logits: Tensor, tokens: Tensor, temperature: float, p: Any) -> Tensor: ...
 
 
 class MethodState(Protocol):

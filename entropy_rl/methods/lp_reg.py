@@ -27,15 +27,13 @@ Departures from the official code:
     - defaults are the recipe's (Qwen3_14b_lp_reg_onpolicy_64gpu.sh): eps_low 1.0, eps_high 9.0 (ratio clamped
       to [0, 10]), kappa 0.02, rho_neg 0.01; the library yaml defaults (0.2/0.2, kappa 0.1, rho_neg 0) leave
       Lp-Reg off.
-    - the feature function receives only (logits, tokens, temperature) from the trainer, so the registered
-      `lp_proxy` feature is computed with kappa = 0.02 and regular_type = "relative"; Params refuses other
-      values until features receive params (the function API can call `min_p_proxy_logp` with any kappa and
-      pass the result as extras["lp_proxy"], leaving kappa / regular_type at their defaults).
+    - the trainer computes the `lp_proxy` feature in its pre-update pass with this method's kappa and
+      regular_type (function API: compute `min_p_proxy_logp` yourself and pass extras["lp_proxy"]).
 
 Params:
     eps_low (1.0), eps_high (9.0): PPO ratio bounds of the base loss (recipe values).
     clip_ratio_c (None): dual clip; None as in the official loss (kept so the neutral check compares like with like).
-    kappa (0.02): min-p threshold of the proxy (fixed by the registered feature, see above).
+    kappa (0.02): min-p threshold of the proxy (minp_p_threshold).
     regular_type ("relative"): "relative" keeps p_v >= kappa * max p, "fixed" keeps p_v >= kappa.
     rho_neg (0.01): fraction of negative-advantage tokens considered (lowest logp first).
     rho_pos (0.0): the same for positive-advantage tokens (off in the recipe).
@@ -95,9 +93,9 @@ def min_p_proxy_logp(
         return lp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def lp_proxy_feature(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
-    """The registered feature: `min_p_proxy_logp` with the recipe's kappa = 0.02, relative rule. [B, T]."""
-    return min_p_proxy_logp(logits, tokens, temperature, FEATURE_KAPPA, FEATURE_REGULAR_TYPE)
+def lp_proxy_feature(logits: Tensor, tokens: Tensor, temperature: float, p: "Params") -> Tensor:
+    """The registered feature: `min_p_proxy_logp` with the method's kappa and regular_type. [B, T]."""
+    return min_p_proxy_logp(logits, tokens, temperature, p.kappa, p.regular_type)
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ class Params:
     eps_low: float = 1.0  # ratio floor 1 - eps_low (recipe: 1.0 -> floor 0)
     eps_high: float = 9.0  # ratio ceiling 1 + eps_high (recipe: 9.0 -> ceiling 10)
     clip_ratio_c: float | None = None  # no dual clip in the official lp_reg loss
-    kappa: float = FEATURE_KAPPA  # min-p threshold of the proxy (fixed by the registered feature)
+    kappa: float = FEATURE_KAPPA  # min-p threshold of the proxy (minp_p_threshold)
     regular_type: str = FEATURE_REGULAR_TYPE  # "relative" | "fixed"
     rho_neg: float = 0.01  # fraction of A < 0 tokens considered (logp_neg_k_percent)
     rho_pos: float = 0.0  # fraction of A > 0 tokens considered (logp_pos_k_percent)
@@ -126,13 +124,6 @@ class Params:
             raise ValueError(f"min_k must be >= 1, got {self.min_k}")
         if self.regular_type not in ("relative", "fixed"):
             raise ValueError(f"regular_type must be 'relative' or 'fixed', got '{self.regular_type}'")
-        if self.kappa != FEATURE_KAPPA or self.regular_type != FEATURE_REGULAR_TYPE:
-            raise ValueError(
-                f"lp_reg: the trainer computes extras['lp_proxy'] with kappa={FEATURE_KAPPA}, regular_type="
-                f"'{FEATURE_REGULAR_TYPE}' (feature functions receive no params yet); got kappa={self.kappa}, "
-                f"regular_type='{self.regular_type}'. With the function API, compute the proxy with "
-                "entropy_rl.methods.lp_reg.min_p_proxy_logp(..., kappa=..., regular_type=...) and leave these at defaults."
-            )
 
 
 def _lowest_logp(logp: Tensor, candidates: Tensor, rho: float, min_k: int) -> Tensor:

@@ -32,13 +32,13 @@ Departures from the official code:
     - the official code applies `mask_by_quantile` twice (the second time on the already-zeroed entropy) and
       does not intersect with the response mask, so padding positions above tau_b can be selected; we apply it
       once, restricted to valid tokens (the same set up to ties and that padding leak).
-    - the anchor is set by the method state in `before_update` of the first step, but the trainer takes the
-      step's params (`state.params`) before calling `before_update`, so the first step runs without anchor:
-      the anchor is then the step's own H_sel (zero penalty). From step 2 on the anchor is the step-1 value.
+    - the anchor is set by the method state in `before_update` of the first step (the trainer calls it before
+      `state.params`), so step 1 already uses it (its penalty is 0 at step 1 by construction: H_sel = anchor
+      on the first mini-batch of an on-policy step).
     - `anchor=None` with no state (function API): the anchor is the current mini-batch's H_sel (zero penalty).
     - if V < top_k the official `topk` raises and falls back to the full entropy; we use K = min(top_k, V).
-    - the registered feature uses top_p = 0.8, top_k = 10000 (feature functions receive no params); Params
-      refuses other values (function API: call `topp_entropy` with any values and pass extras["topp_entropy"]).
+    - the registered feature computes the top-p entropy with this method's top_p and top_k (function API:
+      call `topp_entropy` yourself and pass extras["topp_entropy"]).
     - defaults as `exp_scripts/siren.sh`: lambda 0.005, dual clip 3, symmetric eps 0.2 (the script's 0.28 is
       shadowed by the yaml's clip_ratio_low/high); the recipe uses Dr.GRPO advantages and
       seq-mean-token-sum-norm aggregation, set in the trainer config (and here via `loss_agg_mode`).
@@ -47,7 +47,7 @@ Params:
     eps_low (0.2), eps_high (0.2), clip_ratio_c (3.0): PPO clip of the base loss, as ppo_clip.
     coef (0.005): lambda, weight of the squared anchored penalty; 0 reduces to ppo_clip.
     mask_ratio (0.8): quantile level of the per-sequence peak mask (top 20% kept).
-    top_p (0.8), top_k (10000): nucleus of the top-p entropy (fixed by the registered feature).
+    top_p (0.8), top_k (10000): nucleus of the top-p entropy.
     anchor (None): H_anchor in nats; set by the method state after the first step; None = current H_sel.
     loss_agg_mode ("token-mean"): the trainer's aggregation mode, used to distribute the penalty.
     norm_length (None): the Dr.GRPO constant of seq-mean-token-sum-norm; None = T of the batch.
@@ -100,9 +100,9 @@ def topp_entropy(logits: Tensor, temperature: float, top_p: float = FEATURE_TOP_
     return -(q * torch.log(q + NORM_EPS)).sum(-1)
 
 
-def topp_entropy_feature(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
-    """The registered feature: `topp_entropy` with top_p = 0.8, top_k = 10000. [B, T, V] -> [B, T]."""
-    return topp_entropy(logits, temperature, FEATURE_TOP_P, FEATURE_TOP_K)
+def topp_entropy_feature(logits: Tensor, tokens: Tensor, temperature: float, p: "Params") -> Tensor:
+    """The registered feature: `topp_entropy` with the method's top_p and top_k. [B, T, V] -> [B, T]."""
+    return topp_entropy(logits, temperature, p.top_p, p.top_k)
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,8 @@ class Params:
     clip_ratio_c: float | None = 3.0  # dual clip for A < 0 (siren.sh: 3)
     coef: float = 0.005  # lambda (official entropy_coeff)
     mask_ratio: float = 0.8  # quantile level of the peak mask (top 20% kept)
-    top_p: float = FEATURE_TOP_P  # entropy_topp (fixed by the registered feature)
-    top_k: int = FEATURE_TOP_K  # entropy_topk (fixed by the registered feature)
+    top_p: float = FEATURE_TOP_P  # entropy_topp
+    top_k: int = FEATURE_TOP_K  # entropy_topk
     anchor: float | None = None  # H_anchor (nats); set by the method state; None = current H_sel
     loss_agg_mode: str = "token-mean"  # must equal the trainer's algorithm.loss_agg_mode
     norm_length: float | None = None  # seq-mean-token-sum-norm constant; None = T of the batch
@@ -131,12 +131,6 @@ class Params:
             raise ValueError(f"loss_agg_mode must be one of {', '.join(AGG_MODES)}, got '{self.loss_agg_mode}'")
         if self.norm_length is not None and self.norm_length <= 0:
             raise ValueError(f"norm_length must be > 0, got {self.norm_length}")
-        if self.top_p != FEATURE_TOP_P or self.top_k != FEATURE_TOP_K:
-            raise ValueError(
-                f"siren: the trainer computes extras['topp_entropy'] with top_p={FEATURE_TOP_P}, top_k={FEATURE_TOP_K} "
-                f"(feature functions receive no params yet); got top_p={self.top_p}, top_k={self.top_k}. With the "
-                "function API, compute entropy_rl.methods.siren.topp_entropy(..., top_p=..., top_k=...) yourself."
-            )
 
 
 def peak_mask(h: Tensor, mask: Tensor, mask_ratio: float) -> Tensor:
@@ -216,7 +210,7 @@ class SirenState:
         return None
 
     def metrics(self) -> dict[str, float]:
-        return {} if self.anchor is None else {"method/siren/anchor": self.anchor}
+        return {}  # the anchor used at a step is logged by `select` (method/siren/anchor)
 
     def state_dict(self) -> dict[str, Any]:
         return {"anchor": self.anchor}

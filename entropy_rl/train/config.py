@@ -303,6 +303,10 @@ def validate(cfg: Config) -> None:
             p = entry.make_params(**params)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{params_where}: {e}") from None
+        # a method that re-derives the trainer's aggregation (e.g. SIREN's penalty) must use the same mode
+        method_mode = getattr(p, "loss_agg_mode", a.loss_agg_mode) if where == "algorithm.method" else a.loss_agg_mode
+        need(method_mode == a.loss_agg_mode, "algorithm.method_params.loss_agg_mode",
+             f"'{method_mode}' differs from algorithm.loss_agg_mode '{a.loss_agg_mode}'; set both to the same mode")
         if where == "algorithm.advantage" and getattr(p, "scale_by_std", False):
             need(r.group_size >= 2, "rollout.group_size",
                  "GRPO std scaling needs groups of >= 2 responses (a group of 1 has no std)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
@@ -31,6 +33,7 @@ def score_responses(
     prompt_len: int,
     temperature: float,
     features: Features = (),
+    params: Any = None,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Tempered log-probs, full-vocab entropies and method features of the response tokens, fp32 [B, T] each.
 
@@ -40,7 +43,7 @@ def score_responses(
     response_ids = input_ids[:, prompt_len:]
     logp = token_logprobs(logits, response_ids, temperature)
     entropy = token_entropy(logits, temperature)
-    extras = {name: fn(logits, response_ids, temperature) for name, fn in features}
+    extras = {name: fn(logits, response_ids, temperature, params) for name, fn in features}
     return logp, entropy, extras
 
 
@@ -53,13 +56,14 @@ def score_in_chunks(
     temperature: float,
     chunk: int,
     features: Features = (),
+    params: Any = None,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """No-grad `score_responses` over the batch, `chunk` sequences at a time. Returns logp, entropy, extras."""
     was_training = model.training
     model.eval()  # no dropout in the scoring pass (tiny models have none; real checkpoints may)
     chunk = chunk or input_ids.shape[0]
     parts = [
-        score_responses(model, input_ids[i : i + chunk], attention_mask[i : i + chunk], prompt_len, temperature, features)
+        score_responses(model, input_ids[i : i + chunk], attention_mask[i : i + chunk], prompt_len, temperature, features, params)
         for i in range(0, input_ids.shape[0], chunk)
     ]
     model.train(was_training)

@@ -254,7 +254,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         input_ids, attn = batch.input_ids, batch.attention_mask
         Lp = batch.prompt_ids.shape[1]
         mask = batch.response_mask  # [B, T]
-        old_logp, old_entropy, old_extras = score_in_chunks(model, input_ids, attn, Lp, tau, micro, all_features)
+        old_logp, old_entropy, old_extras = score_in_chunks(model, input_ids, attn, Lp, tau, micro, all_features, params)
         ref_logp = score_in_chunks(ref_model, input_ids, attn, Lp, tau, micro)[0] if ref_model is not None else None
         m["timing/score_s"] = time.perf_counter() - t0
 
@@ -269,9 +269,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         m.update(rollout_metrics(batch, results, rewards, correct, G, old_logp, mask))
         m.update(entropy_stats(old_entropy, mask, adv, correct, high_threshold=cfg.train.high_entropy_threshold))
         m["dynamics/cov_logp_adv"] = cov_logp_adv(old_logp, adv, mask)
-        step_params = state.params(params) if state is not None else params
-        if state is not None:
+        if state is not None:  # first show the state this batch (anchors, histories), then ask for this step's params
             state.before_update(PolicyInputs(old_logp, old_logp, adv, mask, old_entropy, old_entropy, ref_logp, old_extras))
+        step_params = state.params(params) if state is not None else params
         valid_adv = adv[mask.bool()]
         m["adv/mean"], m["adv/std"] = float(valid_adv.mean()), float(valid_adv.std()) if valid_adv.numel() > 1 else 0.0
         m["adv/zero_frac"] = float((valid_adv == 0).float().mean())
@@ -292,7 +292,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                 if cfg.algorithm.selection_scope == "minibatch" and method.obj.select is not None:
                     first = epoch == 0 and mb_index == 0  # policy == rollout policy: the pre-update pass is exact
                     cur_logp, cur_ent, cur_extras = (old_logp[rows], old_entropy[rows], {k: v[rows] for k, v in old_extras.items()}) \
-                        if first else score_in_chunks(model, input_ids[rows], attn[rows], Lp, tau, micro, all_features)
+                        if first else score_in_chunks(model, input_ids[rows], attn[rows], Lp, tau, micro, all_features, step_params)
                     extras = {**{k: v[rows] for k, v in old_extras.items()}, **{k: cur_extras[k] for k, _ in method.obj.cur_features}}
                     sel = run_select(method, step_params, PolicyInputs(cur_logp, old_logp[rows], adv[rows], mb_mask, cur_ent,
                                                                        old_entropy[rows], None if ref_logp is None else ref_logp[rows], extras), gen)
@@ -300,7 +300,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                 finite, mb_loss = True, 0.0
                 for start in range(0, mb_size, micro):
                     r = rows[start : start + micro]
-                    logp, ent, cur = score_responses(model, input_ids[r], attn[r], Lp, tau, method.obj.cur_features)
+                    logp, ent, cur = score_responses(model, input_ids[r], attn[r], Lp, tau, method.obj.cur_features, step_params)
                     x = PolicyInputs(logp, old_logp[r], adv[r], mask[r], ent, old_entropy[r],
                                      None if ref_logp is None else ref_logp[r], {**{k: v[r] for k, v in old_extras.items()}, **cur})
                     check_inputs(method, x)

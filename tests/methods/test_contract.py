@@ -32,10 +32,11 @@ def make_inputs(name: str, seed: int = 0, off_policy: float = 0.3, lengths: list
     logp = token_logprobs(logits, tokens, TAU)
     old_logp = (logp + off_policy * torch.randn(B, T, generator=g)).detach()
     adv = torch.randn(B, 1, generator=g).expand(B, T) * mask
-    method = POLICY_LOSSES.get(name).obj
+    entry = POLICY_LOSSES.get(name)
+    method, p = entry.obj, entry.make_params()
     old_logits = logits.detach() + 0.1 * torch.randn(B, T, V, generator=g)
-    extras = {k: fn(old_logits, tokens, TAU) for k, fn in method.old_features}
-    extras.update({k: fn(logits, tokens, TAU) for k, fn in method.cur_features})
+    extras = {k: fn(old_logits, tokens, TAU, p) for k, fn in method.old_features}
+    extras.update({k: fn(logits, tokens, TAU, p) for k, fn in method.cur_features})
     return PolicyInputs(logp, old_logp, adv, mask, token_entropy(logits, TAU), token_entropy(old_logits, TAU), None, extras)
 
 

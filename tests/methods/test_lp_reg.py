@@ -9,7 +9,7 @@ import torch
 
 from entropy_rl.core.policy_loss import get_policy_loss, policy_loss
 from entropy_rl.core.types import PolicyInputs
-from entropy_rl.methods.lp_reg import Params, min_p_proxy_logp, select
+from entropy_rl.methods.lp_reg import Params, lp_proxy_feature, min_p_proxy_logp, select
 
 get_policy_loss("lp_reg")
 PROBS = [0.5, 0.3, 0.15, 0.05]
@@ -106,9 +106,13 @@ def test_selected_tokens_lose_the_clip() -> None:
     assert float(torch.autograd.grad(unclipped.per_token.sum(), logp)[0]) == pytest.approx(0.5, rel=1e-6)
 
 
-def test_defaults_are_the_recipe_and_other_kappa_is_refused() -> None:
+def test_defaults_are_the_recipe_and_the_feature_uses_the_params() -> None:
     p = Params()
     assert (p.eps_low, p.eps_high, p.clip_ratio_c, p.kappa, p.rho_neg, p.rho_pos, p.beta, p.min_k) == (
         1.0, 9.0, None, 0.02, 0.01, 0.0, 1.0, 2)
-    with pytest.raises(ValueError, match="feature"):
-        Params(kappa=0.1)
+    logits = torch.log(torch.tensor([[[0.6, 0.3, 0.08, 0.02]]]))
+    tokens = torch.tensor([[1]])
+    # kappa 0.1 relative: keep p >= 0.06 -> {0.6, 0.3, 0.08}; log(0.3 / 0.98)
+    assert float(lp_proxy_feature(logits, tokens, 1.0, Params(kappa=0.1))) == pytest.approx(math.log(0.3 / 0.98), rel=1e-5)
+    # kappa 0.4 relative: keep p >= 0.24 -> {0.6, 0.3}; log(0.3 / 0.9)
+    assert float(lp_proxy_feature(logits, tokens, 1.0, Params(kappa=0.4))) == pytest.approx(math.log(0.3 / 0.9), rel=1e-5)

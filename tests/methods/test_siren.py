@@ -12,7 +12,7 @@ import torch
 from entropy_rl.core.aggregate import AGG_MODES, aggregate
 from entropy_rl.core.policy_loss import get_policy_loss, policy_loss, run_select
 from entropy_rl.core.types import PolicyInputs
-from entropy_rl.methods.siren import Params, SirenState, peak_mask, selected_entropy, topp_entropy
+from entropy_rl.methods.siren import Params, SirenState, peak_mask, selected_entropy, topp_entropy, topp_entropy_feature
 
 ENTRY = get_policy_loss("siren")
 
@@ -37,7 +37,7 @@ def test_topp_entropy_is_zero_when_top1_reaches_p_with_finite_zero_gradient() ->
     # top-1 = .85 >= .8 -> m = 0 -> H = 0
     z = torch.tensor([0.85, 0.1, 0.05]).log().requires_grad_(True)
     h = topp_entropy(z, 1.0, top_p=0.8)
-    assert float(h) == 0.0
+    assert float(h.detach()) == 0.0
     (g,) = torch.autograd.grad(h, z)
     assert torch.all(g == 0)
 
@@ -98,7 +98,7 @@ def test_linearised_penalty_has_the_gradient_of_the_minibatch_objective(mode: st
     torch.testing.assert_close(g_lin, g_exact, rtol=1e-5, atol=1e-7)
     # the aggregated value is the penalty itself (A = 0: the PPO part is 0)
     torch.testing.assert_close(total.detach(), exact.detach(), rtol=1e-5, atol=1e-7)
-    assert float(sel.metrics["method/siren/penalty"]) == pytest.approx(float(exact), rel=1e-5)
+    assert float(sel.metrics["method/siren/penalty"]) == pytest.approx(float(exact.detach()), rel=1e-5)
 
 
 def test_no_anchor_means_zero_penalty() -> None:
@@ -107,7 +107,7 @@ def test_no_anchor_means_zero_penalty() -> None:
     logp = torch.zeros(mask.shape, requires_grad=True)
     out = policy_loss("siren", logp, logp.detach(), torch.zeros(mask.shape), mask, extras={"topp_entropy": h}, coef=1.0)
     loss = aggregate(out.per_token, mask)
-    assert float(loss) == 0.0
+    assert float(loss.detach()) == 0.0
     assert torch.all(torch.autograd.grad(loss, logits)[0] == 0)
 
 
@@ -127,12 +127,17 @@ def test_anchor_is_set_once_from_the_first_batch_and_saved() -> None:
     restored = ENTRY.obj.make_state(p)
     restored.load_state_dict(state.state_dict())
     assert restored.params(p).anchor == pytest.approx(5.5)
-    assert restored.metrics() == {"method/siren/anchor": pytest.approx(5.5)}
 
 
-def test_other_top_p_is_refused_and_bad_mode_raises() -> None:
-    with pytest.raises(ValueError, match="feature"):
-        Params(top_p=0.9)
+def test_feature_uses_the_params_and_bad_mode_raises() -> None:
+    z = torch.log(torch.tensor([[[0.5, 0.2, 0.2, 0.1]]]))
+    tokens = torch.zeros(1, 1, dtype=torch.long)
+    # top_p 0.8 keeps {0.5, 0.2} (0.9 crosses at the third): q = [5/7, 2/7]
+    q = torch.tensor([5 / 7, 2 / 7])
+    assert float(topp_entropy_feature(z, tokens, 1.0, Params(top_p=0.8))) == pytest.approx(float(-(q * q.log()).sum()), rel=1e-5)
+    # top_p 0.95 keeps {0.5, 0.2, 0.2}: q = [5/9, 2/9, 2/9]
+    q = torch.tensor([5 / 9, 2 / 9, 2 / 9])
+    assert float(topp_entropy_feature(z, tokens, 1.0, Params(top_p=0.95))) == pytest.approx(float(-(q * q.log()).sum()), rel=1e-5)
     with pytest.raises(ValueError, match="loss_agg_mode"):
         Params(loss_agg_mode="mean")
 

@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
         (["optim.mini_batches=3"], "optim.mini_batches: must divide the rollout batch of 128"),
         (["train.sinks=[csv]"], "train.sinks: unknown sink 'csv'"),
         (["nokey"], "not of the form key.path=value"),
+        (["algorithm.method=siren", "algorithm.method_params={loss_agg_mode: seq-mean-token-mean}"],
+         "algorithm.method_params.loss_agg_mode: 'seq-mean-token-mean' differs"),
     ],
 )
 def test_bad_config_is_rejected_with_the_key_path(overrides: list[str], message: str) -> None:
