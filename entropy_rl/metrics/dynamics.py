@@ -351,3 +351,64 @@ def fit_entropy_performance_law(H: Sequence[float], R: Sequence[float]) -> dict[
     ss_tot = sum((y - my) ** 2 for y in ys)
     r2 = 1.0 if ss_tot == 0.0 else 1.0 - ss_res / ss_tot
     return {"a": a, "b": b, "r2": r2, "ceiling": b - a, "n": float(n)}
+
+
+def entropy_change_identity(old_logits: Tensor, new_logits: Tensor, mask: Tensor, temperature: float = 1.0) -> float:
+    """First-order entropy change from the actual logit change: mean over response tokens of
+    -Cov_{a ~ pi_old}(log pi_old(a), dz(a)) with dz = (z_new - z_old) / tau (Cui et al. 2025, arXiv:2505.22617,
+    methods.md section 1 item 1). It matches the measured change to first order in dz.
+
+    Args:
+        old_logits: [B, T, V] logits before the optimizer step.
+        new_logits: [B, T, V] logits of the same positions after the step.
+        mask: [B, T] response mask.
+        temperature: the sampling temperature tau of the entropy definition.
+
+    Returns:
+        The token-mean predicted change in nats (0.0 on an empty mask).
+    """
+    logp = torch.log_softmax(old_logits.double() / temperature, dim=-1)  # [B, T, V]
+    p = logp.exp()
+    dz = (new_logits.double() - old_logits.double()) / temperature
+    centered_logp = logp - (p * logp).sum(-1, keepdim=True)
+    centered_dz = dz - (p * dz).sum(-1, keepdim=True)
+    per_token = -(p * centered_logp * centered_dz).sum(-1)  # [B, T]
+    m = mask.double()
+    return float((per_token * m).sum() / m.sum().clamp_min(1.0))
+
+
+def steer_omega_signal(old_logp: Tensor, adv: Tensor, old_entropy: Tensor, mask: Tensor) -> float:
+    """STEER's per-token entropy-change estimate as a batch predictor (Hao et al., arXiv:2510.10150):
+    -mean_t Omega_t with Omega_t = A_t (1 - p_t)(log p_t + H_t), on-policy (r = 1), p = exp(old_logp).
+
+    Positive predicts an entropy increase (the sign convention of dH). Its scale is not that of dH (the
+    learning rate and the model's Jacobian are missing): compare it by correlation.
+
+    Args:
+        old_logp: [B, T] pre-update log-probs of the sampled tokens.
+        adv: [B, T] advantages.
+        old_entropy: [B, T] H_old.
+        mask: [B, T] response mask.
+
+    Returns:
+        The masked mean of -Omega (a float).
+    """
+    p = old_logp.double().exp().clamp(1e-8, 1 - 1e-8)
+    omega = adv.double() * (1 - p) * (torch.log(p) + old_entropy.double())
+    m = mask.double()
+    return float(-(omega * m).sum() / m.sum().clamp_min(1.0))
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Pearson correlation of two equal-length sequences; None with fewer than 3 points or zero variance."""
+    n = len(xs)
+    if n != len(ys):
+        raise ValueError(f"lengths differ: {n} vs {len(ys)}")
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx == 0 or syy == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / math.sqrt(sxx * syy)

@@ -38,14 +38,29 @@ METRICS: dict[str, str] = {
         "population Cov over response tokens of (log pi(a_t), A_t), pre-update pass; > 0 predicts "
         "entropy falls (Cui et al. 2025, arXiv:2505.22617) (nats x advantage units)"
     ),
-    "dynamics/dH_pred": "first-order predicted change of entropy/token_mean over this step (methods.md section 1) (nats)",
-    "dynamics/dH_actual": (
-        "policy/entropy_after minus entropy/token_mean on the same batch; only on re-scored steps (nats)"
+    "dynamics/dH_pred": (
+        "prediction before re-scoring: grad_theta H(batch) . (theta_new - theta_old), the first-order entropy change "
+        "of this step's actual optimizer update (nats)"
     ),
-    "dynamics/law_fit/a": "a of the running least-squares fit R = -a exp(H) + b over logged steps (reward units)",
-    "dynamics/law_fit/b": "b of the running fit R = -a exp(H) + b (reward units)",
-    "dynamics/law_fit/r2": "coefficient of determination R^2 of the running fit R = -a exp(H) + b (unitless)",
-    "dynamics/law_fit/ceiling": "predicted performance ceiling b - a (R at H = 0) of the running fit (reward units)",
+    "dynamics/dH_actual": (
+        "entropy/token_mean of the same rollout batch re-scored after the optimizer step minus before (nats)"
+    ),
+    "dynamics/dH_identity": (
+        "mean over response tokens of -Cov_{a~pi_old}(log pi_old(a), dz(a)) with the actual logit change dz / tau: "
+        "the first-order identity of methods.md section 1 (nats)"
+    ),
+    "dynamics/dH_per_bonus": (
+        "first-order dH of adding an entropy bonus of coefficient 1 to this step's gradient under Adam's current "
+        "second moments; absent before the first optimizer step (nats per unit coefficient)"
+    ),
+    "dynamics/steer_omega": (
+        "-mean over response tokens of STEER's Omega = A (1 - p)(log p + H_old), on-policy; > 0 predicts entropy "
+        "rises; compare by correlation (arXiv:2510.10150) (nats x advantage units)"
+    ),
+    "dynamics/law_a": "a of the running least-squares fit R = -a exp(H) + b over logged steps (reward units)",
+    "dynamics/law_b": "b of the running fit R = -a exp(H) + b (reward units)",
+    "dynamics/law_r2": "coefficient of determination R^2 of the running fit R = -a exp(H) + b (unitless)",
+    "dynamics/law_ceiling": "predicted performance ceiling b - a (R at H = 0) of the running fit (reward units)",
     # ---- reward ----
     "reward/mean": "mean scalar reward over the responses of the rollout batch (reward units)",
     "reward/std": "population std of the reward over the responses of the rollout batch (reward units)",
@@ -73,9 +88,6 @@ METRICS: dict[str, str] = {
     "policy/kl_ref": "KL to the reference policy over response tokens, when a reference is enabled (nats)",
     "policy/grad_norm": "global L2 norm of the policy gradient before clipping, mean over the optimizer steps of the step (norm)",
     "policy/lr": "learning rate of the last optimizer step (lr units)",
-    "policy/entropy_after": (
-        "entropy/token_mean of the same rollout batch re-scored after the optimizer step; only some steps (nats)"
-    ),
     # ---- advantages ----
     "adv/mean": "mean advantage over response tokens (advantage units)",
     "adv/std": "population std of the advantage over response tokens (advantage units)",

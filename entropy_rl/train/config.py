@@ -105,6 +105,7 @@ class TrainConfig:
     save_every: int = 100  # checkpoint every N steps (and at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept
     high_entropy_threshold: float = 0.5  # nats; entropy/high_frac counts tokens above it
+    dynamics_every: int = 1  # measure dH_actual / dH_pred / dH_identity every N steps (0 = never)
     sinks: list[str] = field(default_factory=lambda: ["jsonl", "stdout"])  # jsonl | stdout | tensorboard | wandb
 
 
@@ -278,6 +279,7 @@ def validate(cfg: Config) -> None:
     need(t.device in ("cpu", "cuda", "auto"), "train.device", f"must be cpu, cuda or auto, got '{t.device}'")
     need(t.eval_samples >= 1, "train.eval_samples", f"must be >= 1, got {t.eval_samples}")
     need(t.eval_every >= 0 and t.save_every >= 0, "train.eval_every/save_every", "must be >= 0")
+    need(t.dynamics_every >= 0, "train.dynamics_every", f"must be >= 0, got {t.dynamics_every}")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
     for sink in t.sinks:
         need(sink in ("jsonl", "stdout", "tensorboard", "wandb"), "train.sinks", f"unknown sink '{sink}'")

@@ -27,7 +27,13 @@ from entropy_rl.core.aggregate import aggregate
 from entropy_rl.core.kl import kl_estimate
 from entropy_rl.core.policy_loss import check_inputs, get_policy_loss, run_select
 from entropy_rl.core.types import PolicyInputs
-from entropy_rl.metrics.dynamics import cov_logp_adv, distinct_answers, entropy_stats
+from entropy_rl.metrics.dynamics import (
+    cov_logp_adv,
+    distinct_answers,
+    entropy_stats,
+    fit_entropy_performance_law,
+    steer_omega_signal,
+)
 from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl
 from entropy_rl.models.build import TinyModelSpec, build_tiny_model, load_pretrained, save_pretrained
 from entropy_rl.models.char_tokenizer import build_char_tokenizer
@@ -35,6 +41,7 @@ from entropy_rl.rollout.hf import RolloutBatch, SamplingParams, generate
 from entropy_rl.tasks import make_task
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, ConfigError, save_config, to_dict
+from entropy_rl.train.dynamics import measure_after_update, probe_before_update
 from entropy_rl.train.evaluate import evaluate
 from entropy_rl.train.forward import score_in_chunks, score_responses
 from entropy_rl.train.sft import run_sft
@@ -219,6 +226,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     micro = o.micro_batch_size or mb_size
     tau = cfg.rollout.temperature
     last: dict[str, float] = {}
+    # (entropy, reward) pairs of every step so far, for the running R = -a exp(H) + b fit (rebuilt on resume)
+    law_points = [(r["entropy/token_mean"], r["reward/mean"]) for r in read_jsonl(run_dir / "metrics.jsonl")] \
+        if (run_dir / "metrics.jsonl").exists() else []
 
     def save(step: int) -> None:
         trainer_state = {
@@ -272,9 +282,21 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         if state is not None:  # first show the state this batch (anchors, histories), then ask for this step's params
             state.before_update(PolicyInputs(old_logp, old_logp, adv, mask, old_entropy, old_entropy, ref_logp, old_extras))
         step_params = state.params(params) if state is not None else params
+        m["dynamics/steer_omega"] = steer_omega_signal(old_logp, adv, old_entropy, mask)
+        law_points.append((m["entropy/token_mean"], m["reward/mean"]))
+        law = fit_entropy_performance_law([h for h, _ in law_points], [r for _, r in law_points])
+        if law is not None:
+            m.update({f"dynamics/law_{k}": law[k] for k in ("a", "b", "r2", "ceiling")})
         valid_adv = adv[mask.bool()]
-        m["adv/mean"], m["adv/std"] = float(valid_adv.mean()), float(valid_adv.std()) if valid_adv.numel() > 1 else 0.0
+        m["adv/mean"], m["adv/std"] = float(valid_adv.mean()), float(valid_adv.std(unbiased=False)) if valid_adv.numel() > 1 else 0.0
         m["adv/zero_frac"] = float((valid_adv == 0).float().mean())
+
+        # ---- entropy-dynamics probe: gradient of H and a parameter snapshot before the step ----
+        t0 = time.perf_counter()
+        probe = None
+        if cfg.train.dynamics_every and step % cfg.train.dynamics_every == 0:
+            probe = probe_before_update(model, optimizer, input_ids, attn, Lp, tau, mask, micro)
+        m["timing/dynamics_s"] = time.perf_counter() - t0
 
         # ---- update: epochs x mini-batches; selection once per mini-batch; micro-batches accumulate ----
         t0 = time.perf_counter()
@@ -329,6 +351,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                 weighted_update(acc, {"policy/grad_norm": grad_norm, "policy/loss": mb_loss}, 1.0)
         scheduler.step()
         m["timing/update_s"] = time.perf_counter() - t0
+        if probe is not None:  # re-score the same batch after the step: measured vs predicted entropy change
+            t0 = time.perf_counter()
+            m.update(measure_after_update(model, probe, input_ids, attn, Lp, tau, mask, micro))
+            m["timing/dynamics_s"] += time.perf_counter() - t0
         m.update({k: s / max(w, 1e-12) for k, (s, w) in acc.items()})
         m["policy/lr"] = optimizer.param_groups[0]["lr"]
         skipped_total += skipped_this_step

@@ -23,7 +23,6 @@ REQUIRED = [
     "rollout/distinct_answers", "rollout/distinct_correct",
     "policy/loss", "policy/clipfrac", "policy/clipfrac_low", "policy/clipfrac_high", "policy/clipfrac_dual",
     "policy/approx_kl", "policy/ratio_mean", "policy/kl_ref", "policy/grad_norm", "policy/lr",
-    "policy/entropy_after",
     "adv/mean", "adv/std", "adv/zero_frac",
     "eval/accuracy", "eval/pass@1", "eval/pass@8",
     "timing/generate_s", "timing/score_s", "timing/update_s", "timing/step_s", "timing/eval_s",

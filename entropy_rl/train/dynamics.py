@@ -1,0 +1,104 @@
+"""Entropy-dynamics probe around one optimizer step: predicted vs measured change of `entropy/token_mean`.
+
+Before the update it takes the gradient of the batch entropy H(theta) (the exact quantity `entropy/token_mean`
+measures: tempered, response tokens, token mean) and a copy of the parameters; after the update it re-scores
+the same rollout batch. Then:
+  - dH_actual   = H(theta_new) - H(theta_old), measured;
+  - dH_pred     = grad H(theta_old) . (theta_new - theta_old): first order in parameter space, using the
+                  optimizer's actual update (no post-step forward pass enters it);
+  - dH_identity = mean_t -Cov_{a~pi_old}(log pi_old(a), dz_t(a)) with the actual logit change dz (methods.md
+                  section 1): first order in logit space, validates the instrument;
+  - dH_per_bonus = predicted dH of adding an entropy bonus of coefficient 1 to this step's gradient under the
+                  current Adam preconditioner: lr (1 - b1) / (1 - b1^t) * sum g_H^2 / (sqrt(v_hat) + eps).
+Costs one extra forward + backward before and one forward after the step; `train.dynamics_every` sets how often.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from entropy_rl.core.entropy import token_entropy
+from entropy_rl.metrics.dynamics import entropy_change_identity
+from entropy_rl.train.forward import response_logits
+
+
+@dataclass
+class EntropyProbe:
+    """What the probe keeps from before the step: gradient of H, parameters, logits, H itself."""
+
+    grad_h: list[Tensor]
+    theta_old: list[Tensor]
+    old_logits: list[Tensor]  # per chunk, [b, T, V] fp32
+    h_old: float
+    dh_per_bonus: float | None
+
+
+def adam_bonus_sensitivity(optimizer: torch.optim.Optimizer, grads: list[Tensor], params: list[Tensor]) -> float | None:
+    """First-order dH of a unit entropy bonus under Adam(W)'s current second moments, or None before step 1."""
+    if any("exp_avg_sq" not in optimizer.state.get(p, {}) for group in optimizer.param_groups for p in group["params"]):
+        return None  # no second moments before the first step: Adam's first update is sign-like, not linear
+    # pair gradients with params by identity (optimizer groups hold the same tensors as model.parameters())
+    by_id = {id(p): g for p, g in zip(params, grads)}
+    total = 0.0
+    for group in optimizer.param_groups:
+        beta1, beta2 = group["betas"]
+        for p in group["params"]:
+            state = optimizer.state[p]
+            t = float(state["step"]) + 1
+            v_hat = state["exp_avg_sq"] / (1 - beta2 ** (t - 1))
+            scale = group["lr"] * (1 - beta1) / (1 - beta1**t)
+            g = by_id[id(p)]
+            total += scale * float((g * g / (v_hat.sqrt() + group["eps"])).sum())
+    return total
+
+
+def probe_before_update(
+    model: PreTrainedModel, optimizer: torch.optim.Optimizer, input_ids: Tensor, attn: Tensor, prompt_len: int,
+    temperature: float, mask: Tensor, chunk: int,
+) -> EntropyProbe:
+    """Gradient of the batch token-mean entropy and a snapshot of the parameters (grads are left zeroed)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()
+    optimizer.zero_grad(set_to_none=True)
+    n_tokens = mask.sum().clamp_min(1.0)
+    h_sum, logits_kept = 0.0, []
+    for i in range(0, input_ids.shape[0], chunk):
+        logits = response_logits(model, input_ids[i : i + chunk], attn[i : i + chunk], prompt_len)
+        h = (token_entropy(logits, temperature) * mask[i : i + chunk]).sum() / n_tokens
+        h.backward()
+        h_sum += float(h)
+        logits_kept.append(logits.detach().float())
+    grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+    optimizer.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return EntropyProbe(grads, [p.detach().clone() for p in params], logits_kept, h_sum,
+                        adam_bonus_sensitivity(optimizer, grads, params))
+
+
+@torch.no_grad()
+def measure_after_update(
+    model: PreTrainedModel, probe: EntropyProbe, input_ids: Tensor, attn: Tensor, prompt_len: int,
+    temperature: float, mask: Tensor, chunk: int,
+) -> dict[str, float]:
+    """dynamics/dH_actual, dH_pred, dH_identity (and dH_per_bonus when Adam has moments) for this step."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    dh_pred = sum(float((g * (p.detach() - old)).sum()) for g, p, old in zip(probe.grad_h, params, probe.theta_old))
+    was_training = model.training
+    model.eval()
+    n_tokens = float(mask.sum().clamp_min(1.0))
+    h_new, identity = 0.0, 0.0
+    for k, i in enumerate(range(0, input_ids.shape[0], chunk)):
+        logits = response_logits(model, input_ids[i : i + chunk], attn[i : i + chunk], prompt_len).float()
+        m = mask[i : i + chunk]
+        h_new += float((token_entropy(logits, temperature) * m).sum()) / n_tokens
+        identity += entropy_change_identity(probe.old_logits[k], logits, m, temperature) * float(m.sum()) / n_tokens
+    model.train(was_training)
+    out = {"dynamics/dH_actual": h_new - probe.h_old, "dynamics/dH_pred": dh_pred, "dynamics/dH_identity": identity}
+    if probe.dh_per_bonus is not None:
+        out["dynamics/dH_per_bonus"] = probe.dh_per_bonus
+    return out
