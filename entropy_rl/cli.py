@@ -1,4 +1,4 @@
-"""The `entropy-rl` command: demo | train | sft | eval | methods | validate."""
+"""The `entropy-rl` command: demo | train | sft | eval | compare | methods | validate."""
 
 from __future__ import annotations
 
@@ -126,6 +126,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run several methods x seeds on one config and write a side-by-side summary (and report)."""
+    from entropy_rl.train.compare import compare
+
+    split_config_arg(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise SystemExit("entropy-rl compare: --methods needs at least one name")
+    out = args.out or f"runs/compare_{Path(args.config).stem if args.config else 'demo'}"
+    compare(args.config, args.overrides, methods, args.seeds, out, jobs=args.jobs, methods_dir=args.methods_dir)
+    return 0
+
+
 def describe_params(params_cls: type) -> str:
     """'name=default, ...' of a Params dataclass."""
     return ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(params_cls))
@@ -211,6 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_eval)
 
+    p = sub.add_parser("compare", help="run methods x seeds on one config and summarise side by side")
+    p.add_argument("config", nargs="?", default=None, help="base YAML config (default: the demo config)")
+    p.add_argument("overrides", nargs="*", help="config overrides a.b=c applied to every run")
+    p.add_argument("--methods", required=True, help="comma-separated method variants (configs/methods/<name>.yaml or registry keys)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per method (base seed, +1, ...)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1: sequential)")
+    p.add_argument("--out", default=None, help="output directory (default runs/compare_<config name>)")
+    p.add_argument("--methods-dir", default=None, help="where method variant YAMLs live (default <config dir>/methods)")
+    p.set_defaults(fn=cmd_compare)
+
     p = sub.add_parser("methods", help="list methods, advantage estimators and tasks with defaults")
     p.set_defaults(fn=cmd_methods)
 
@@ -232,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RegistryError, FileExistsError, FileNotFoundError) as e:
         print(f"entropy-rl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a run stopped itself (non-finite updates) or compare runs failed: say why, once
+        print(f"entropy-rl {args.command}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)
         return 130

@@ -1,0 +1,153 @@
+"""Entropy controller: any stateless base loss minus coef * H_cur, with coef chosen each step so that the
+*predicted* entropy after the step lands on a target trajectory (constant, linear or cosine schedule).
+
+Our method (entropy-rl), built on the toolkit's dynamics instrument (docs/metrics.md `dynamics/*`):
+    - `dynamics/dH_pred` = grad H . (theta_new - theta_old): the first-order entropy change of the step's
+      actual update (r ~ 0.9 with the measured change on the CPU demo, docs/LOG.md);
+    - `dynamics/dH_per_bonus` = s: the first-order entropy change a unit entropy bonus adds to a step under
+      Adam's current second moments.
+Each step t, with H_t the pre-update entropy of the rollout batch (`entropy/token_mean`):
+    dH_base = dH_pred(t-1) - coef(t-1) * s(t-1)       (what the base loss alone did last step, estimated)
+    coef(t) = clip(gain * (H_target(t+1) - H_t) - dH_base) / s(t-1), coef_min, coef_max)
+so the step's predicted change dH_base + coef * s equals the gap to the target. Before two probed steps exist
+(s is undefined until Adam has second moments) coef stays at `coef`. Needs `train.dynamics_every: 1`.
+
+Honest notes: the base loss's effect is estimated from the previous step (one-step lag); the bonus's effect is
+linearised through Adam's preconditioner, ignoring momentum carried into later steps and the change of the
+second moments. Compared against the adaptive entropy bonus in docs/LOG.md. Not validated at scale.
+
+Params:
+    base ("ppo_clip"): registry key of the base loss; it must declare no state and no per-token features.
+    base_params ({}): the base loss's Params fields.
+    coef (0.0): initial coefficient (and the coefficient used without a state, e.g. the function API).
+    target (0.3): target entropy in nats at step 0.
+    target_end (None): target at step `horizon` for the linear / cosine schedules (None = constant `target`).
+    schedule ("constant"): "constant" | "linear" | "cosine".
+    horizon (300): steps over which the schedule moves from `target` to `target_end`.
+    gain (1.0): fraction of the gap to the target closed per step (< 1 damps).
+    coef_min (0.0), coef_max (1.0): clip range of the coefficient (coef_min < 0 allows pushing entropy down).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from entropy_rl.core.policy_loss import POLICY_LOSSES, register_policy_loss
+from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass(frozen=True)
+class Params:
+    base: str = "ppo_clip"  # base loss registry key (stateless, no features)
+    base_params: dict[str, Any] = field(default_factory=dict)  # the base loss's Params fields
+    coef: float = 0.0  # initial entropy coefficient
+    target: float = 0.3  # target entropy at step 0 (nats)
+    target_end: float | None = None  # target at `horizon` (None = constant)
+    schedule: str = "constant"  # constant | linear | cosine
+    horizon: int = 300  # schedule length in steps
+    gain: float = 1.0  # fraction of the gap closed per step
+    coef_min: float = 0.0  # lower clip of the coefficient
+    coef_max: float = 1.0  # upper clip of the coefficient
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
+        if self.coef_min > self.coef_max:
+            raise ValueError(f"coef_min ({self.coef_min}) must be <= coef_max ({self.coef_max})")
+        if not 0 < self.gain <= 1:
+            raise ValueError(f"gain must be in (0, 1], got {self.gain}")
+        if self.horizon < 1 or self.target < 0:
+            raise ValueError("horizon must be >= 1 and target >= 0")
+        if self.base == "entropy_controller":
+            raise ValueError("base cannot be entropy_controller itself")
+        base = POLICY_LOSSES.get(self.base)  # raises with the valid names
+        if base.obj.make_state is not None or base.obj.old_features or base.obj.cur_features:
+            raise ValueError(f"base '{self.base}' has its own state or features; use a stateless base loss")
+        base.make_params(**self.base_params)  # validates the base parameters now, not mid-run
+
+    def base_entry(self):
+        return POLICY_LOSSES.get(self.base)
+
+    def target_at(self, step: int) -> float:
+        """Target entropy (nats) at `step` of the schedule."""
+        if self.schedule == "constant" or self.target_end is None:
+            return self.target
+        frac = min(1.0, max(0.0, step / self.horizon))
+        if self.schedule == "cosine":
+            frac = 0.5 * (1 - math.cos(math.pi * frac))
+        return self.target + (self.target_end - self.target) * frac
+
+
+class ControllerState:
+    """Step counter, current coefficient and last step's dynamics (dH_pred, dH_per_bonus), checkpointed."""
+
+    def __init__(self, p: Params) -> None:
+        self.schedule = p
+        self.step = 0
+        self.coef = p.coef
+        self.h_now = float("nan")
+        self.last_dh_pred: float | None = None
+        self.last_sensitivity: float | None = None
+        self.last_coef = p.coef
+
+    def before_update(self, x: PolicyInputs) -> None:
+        assert x.old_entropy is not None
+        self.h_now = float(masked_mean(x.old_entropy.double(), x.mask.double()))
+
+    def params(self, p: Params) -> Params:
+        """Choose this step's coefficient so the predicted entropy after the step is the next target."""
+        s = self.last_sensitivity
+        if s is not None and s > 0 and self.last_dh_pred is not None:
+            dh_base = self.last_dh_pred - self.last_coef * s
+            gap = p.gain * (p.target_at(self.step + 1) - self.h_now)
+            self.coef = min(p.coef_max, max(p.coef_min, (gap - dh_base) / s))
+        return dataclasses.replace(p, coef=self.coef)
+
+    def after_update(self, metrics: Mapping[str, float]) -> None:
+        self.last_dh_pred = metrics.get("dynamics/dH_pred")
+        self.last_sensitivity = metrics.get("dynamics/dH_per_bonus")
+        self.last_coef = self.coef
+        self.step += 1
+
+    def metrics(self) -> dict[str, float]:
+        target = self.schedule.target_at(self.step)
+        return {
+            "method/entropy_controller/coef": self.coef,
+            "method/entropy_controller/target": target,
+            "method/entropy_controller/abs_error": abs(self.h_now - target),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "schedule"}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+def select(x: PolicyInputs, p: Params, generator: torch.Generator | None = None) -> TokenWeights:
+    """The base loss's mini-batch selection (if it has one); the controller itself selects nothing."""
+    base = p.base_entry()
+    if base.obj.select is None:
+        return TokenWeights()
+    return base.obj.select(x, base.make_params(**p.base_params), generator)
+
+
+@register_policy_loss(
+    "entropy_controller", Params, select=select, stage="regularizer", paper="entropy-rl (this toolkit)",
+    needs_entropy=True, neutral={"coef": 0.0}, make_state=ControllerState,
+)
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
+    """Base per-token loss minus coef * H_cur. In: [B, T] each (entropy with grad). Out: [B, T], metrics."""
+    assert x.entropy is not None
+    base = p.base_entry()
+    out = base.obj.loss(x, base.make_params(**p.base_params), sel if (sel is not None and sel.tensors) else None)
+    metrics = {k.replace(f"method/{p.base}/", "method/entropy_controller/base_"): v for k, v in out.metrics.items()}
+    return LossOutput(out.per_token - p.coef * x.entropy, metrics)

@@ -1,0 +1,65 @@
+"""entropy_controller: schedules, the coefficient rule by hand, clipping, state round trip, base validation."""
+
+import math
+
+import pytest
+import torch
+
+from entropy_rl.core.policy_loss import get_policy_loss, policy_loss
+from entropy_rl.core.types import PolicyInputs
+from entropy_rl.methods.entropy_controller import ControllerState, Params
+
+ENTRY = get_policy_loss("entropy_controller")
+
+
+def batch_with_entropy(h: float) -> PolicyInputs:
+    z = torch.zeros(1, 2)
+    return PolicyInputs(z, z, z, torch.ones(1, 2), None, torch.full((1, 2), h))
+
+
+def test_schedules() -> None:
+    assert Params(target=0.4).target_at(100) == 0.4
+    lin = Params(target=0.4, target_end=0.2, schedule="linear", horizon=100)
+    assert lin.target_at(0) == 0.4 and lin.target_at(50) == pytest.approx(0.3) and lin.target_at(500) == pytest.approx(0.2)
+    cos = Params(target=0.4, target_end=0.2, schedule="cosine", horizon=100)
+    # halfway: 0.4 - 0.2 * 0.5 * (1 - cos(pi/2)) = 0.3; a quarter: 0.4 - 0.2 * 0.5 * (1 - cos(pi/4))
+    assert cos.target_at(50) == pytest.approx(0.3)
+    assert cos.target_at(25) == pytest.approx(0.4 - 0.2 * 0.5 * (1 - math.cos(math.pi / 4)))
+
+
+def test_coefficient_lands_the_prediction_on_the_target() -> None:
+    p = Params(target=0.3, coef=0.01)
+    state = ControllerState(p)
+    state.before_update(batch_with_entropy(0.25))
+    assert state.params(p).coef == 0.01  # no dynamics yet: initial coefficient
+    # last step: dH_pred = -0.02 with coef 0.01 and s = 0.5 -> base alone did -0.02 - 0.005 = -0.025
+    state.after_update({"dynamics/dH_pred": -0.02, "dynamics/dH_per_bonus": 0.5})
+    state.before_update(batch_with_entropy(0.28))
+    # gap = 0.3 - 0.28 = 0.02; coef = (0.02 - (-0.025)) / 0.5 = 0.09
+    assert state.params(p).coef == pytest.approx(0.09)
+    assert state.metrics()["method/entropy_controller/abs_error"] == pytest.approx(0.02)
+
+
+def test_coefficient_is_clipped_and_state_round_trips() -> None:
+    p = Params(target=1.0, coef_max=0.05)
+    state = ControllerState(p)
+    state.before_update(batch_with_entropy(0.1))
+    state.after_update({"dynamics/dH_pred": 0.0, "dynamics/dH_per_bonus": 0.01})
+    state.before_update(batch_with_entropy(0.1))
+    assert state.params(p).coef == 0.05
+    restored = ControllerState(p)
+    restored.load_state_dict(state.state_dict())
+    assert restored.state_dict() == state.state_dict()
+
+
+def test_loss_is_base_minus_coef_entropy_and_base_is_validated() -> None:
+    logp = torch.zeros(1, 2, requires_grad=True)
+    ent = torch.tensor([[0.5, 1.0]])
+    out = policy_loss("entropy_controller", logp, logp.detach(), torch.zeros(1), torch.ones(1, 2), entropy=ent, coef=0.2)
+    torch.testing.assert_close(out.per_token, torch.tensor([[-0.1, -0.2]]))  # A = 0: only -0.2 * H
+    with pytest.raises(ValueError, match="own state or features"):
+        Params(base="siren")
+    with pytest.raises(TypeError, match="eps_hihg"):
+        Params(base="ppo_clip", base_params={"eps_hihg": 0.3})
+    with pytest.raises(KeyError, match="ppo_clip"):
+        Params(base="ppo_clipp")
