@@ -282,6 +282,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         if state is not None:  # first show the state this batch (anchors, histories), then ask for this step's params
             state.before_update(PolicyInputs(old_logp, old_logp, adv, mask, old_entropy, old_entropy, ref_logp, old_extras))
         step_params = state.params(params) if state is not None else params
+        if step in (1, cfg.train.steps):  # per-token entropies of the first and last batch, for the report's histogram
+            save_token_entropies(run_dir, step, old_entropy, mask)
         m["dynamics/steer_omega"] = steer_omega_signal(old_logp, adv, old_entropy, mask)
         law_points.append((m["entropy/token_mean"], m["reward/mean"]))
         law = fit_entropy_performance_law([h for h, _ in law_points], [r for _, r in law_points])
@@ -386,6 +388,14 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     if cfg.train.steps == 0 or start_step >= cfg.train.steps:
         save(max(start_step, cfg.train.steps))
     return RunResult(run_dir, last)
+
+
+def save_token_entropies(run_dir: Path, step: int, entropy: torch.Tensor, mask: torch.Tensor) -> None:
+    """Write the response-token entropies (nats, pre-update pass) of a step to token_entropy/step_NNNNNN.json."""
+    out = run_dir / "token_entropy"
+    out.mkdir(exist_ok=True)
+    values = entropy[mask.bool()].float().cpu().tolist()
+    (out / f"step_{step:06d}.json").write_text(json.dumps({"step": step, "entropy": [round(v, 6) for v in values]}))
 
 
 def rollout_metrics(batch: RolloutBatch, results: list, rewards: torch.Tensor, correct: torch.Tensor, G: int,
