@@ -139,13 +139,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_params(params_cls: type) -> str:
-    """'name=default, ...' of a Params dataclass."""
-    return ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(params_cls))
-
-
 def cmd_methods(args: argparse.Namespace) -> int:
     """List registered policy-loss methods, advantage estimators and tasks with their defaults."""
+    from entropy_rl.catalogue import describe_params, method_needs, paper_links, render_markdown
+
+    if args.markdown:
+        print(render_markdown(), end="")
+        return 0
     import entropy_rl.advantages  # noqa: F401
     import entropy_rl.methods  # noqa: F401
     from entropy_rl.core.advantage import ADVANTAGES
@@ -155,9 +155,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
     print("Policy-loss methods (algorithm.method):")
     for name in POLICY_LOSSES.names():
         e = POLICY_LOSSES.get(name)
-        needs = [n for n, flag in (("H_cur", e.obj.needs_entropy), ("H_old", e.obj.needs_old_entropy)) if flag]
         print(f"  {name:<16} [{e.obj.stage}] {e.doc}")
-        print(f"  {'':<16} paper: {e.obj.paper or '-'}; needs: {', '.join(needs) or 'log-probs only'}")
+        print(f"  {'':<16} paper: {e.obj.paper or '-'}; needs: {method_needs(e.obj)}")
         print(f"  {'':<16} params: {describe_params(e.params_cls)}")
     print("Advantage estimators (algorithm.advantage):")
     for name in ADVANTAGES.names():
@@ -235,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("methods", help="list methods, advantage estimators and tasks with defaults")
+    p.add_argument("--markdown", action="store_true", help="print docs/methods.md (generated from the registries)")
     p.set_defaults(fn=cmd_methods)
 
     p = sub.add_parser("validate", help="validate a config without building anything")

@@ -1,5 +1,6 @@
-"""Entropy controller: any stateless base loss minus coef * H_cur, with coef chosen each step so that the
-*predicted* entropy after the step lands on a target trajectory (constant, linear or cosine schedule).
+"""Entropy controller: a stateless base loss minus coef * H_cur, coef set each step so predicted entropy hits a target.
+
+The target trajectory is constant, linear or cosine; the *predicted* entropy after the step is steered onto it.
 
 Our method (entropy-rl), built on the toolkit's dynamics instrument (docs/metrics.md `dynamics/*`):
     - `dynamics/dH_pred` = grad H . (theta_new - theta_old): the first-order entropy change of the step's

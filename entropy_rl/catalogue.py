@@ -1,0 +1,89 @@
+"""The method catalogue as text: what `entropy-rl methods` prints and what docs/methods.md holds (generated)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+
+ARXIV = re.compile(r"arXiv:(\d{4}\.\d{4,5})")
+
+
+def describe_params(params_cls: type) -> str:
+    """'name=default, ...' of a Params dataclass."""
+    parts = []
+    for f in dataclasses.fields(params_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        parts.append(f"{f.name}={default!r}")
+    return ", ".join(parts)
+
+
+def papers(text: str) -> list[str]:
+    """arXiv ids cited in a text, in order, without duplicates."""
+    return list(dict.fromkeys(ARXIV.findall(text or "")))
+
+
+def paper_links(text: str) -> str:
+    """Markdown links to the arXiv abstracts cited in `text`, or '-'."""
+    ids = papers(text)
+    return ", ".join(f"[{i}](https://arxiv.org/abs/{i})" for i in ids) if ids else "-"
+
+
+def module_doc(obj: object) -> str:
+    """The docstring of the module defining `obj`."""
+    return sys.modules[obj.__module__].__doc__ or ""
+
+
+def method_needs(m) -> str:
+    """What a policy-loss method needs beyond log-probs."""
+    needs = []
+    if m.needs_entropy:
+        needs.append("full-vocab H_cur (with grad)")
+    if m.needs_old_entropy:
+        needs.append("H_old (pre-update pass)")
+    needs += [f"feature `{n}` (pre-update pass)" for n, _ in m.old_features]
+    needs += [f"feature `{n}` (update pass)" for n, _ in m.cur_features]
+    if m.make_state is not None:
+        needs.append("state (checkpointed)")
+    if m.select is not None:
+        needs.append("mini-batch selection")
+    return "; ".join(needs) or "log-probs only"
+
+
+def render_markdown() -> str:
+    """docs/methods.md: every registered method, estimator and task with stage, needs, papers and defaults."""
+    import entropy_rl.advantages  # noqa: F401
+    import entropy_rl.methods  # noqa: F401
+    from entropy_rl.core.advantage import ADVANTAGES
+    from entropy_rl.core.policy_loss import POLICY_LOSSES
+    from entropy_rl.tasks import TASKS
+
+    out = [
+        "# Methods",
+        "",
+        "Generated from the registries by `entropy-rl methods --markdown > docs/methods.md` (a test fails when it is",
+        "stale). Each method's module docstring states how it departs from the official code; the specification is",
+        "shared/methods.md. No method here generates extra rollouts; rollout-stage methods (branching) are not built yet.",
+        "",
+        "## Policy-loss methods (`algorithm.method`)",
+        "",
+        "| method | stage | summary | needs | papers | neutral (= ppo_clip) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in POLICY_LOSSES.names():
+        e = POLICY_LOSSES.get(name)
+        neutral = "-" if e.obj.neutral is None else (", ".join(f"{k}={v!r}" for k, v in e.obj.neutral) or "defaults")
+        out.append(f"| `{name}` | {e.obj.stage} | {e.doc} | {method_needs(e.obj)} | "
+                   f"{paper_links(e.obj.paper + ' ' + module_doc(e.obj.loss))} | {neutral} |")
+    out += ["", "### Parameters (defaults)", ""]
+    out += [f"- `{n}`: {describe_params(POLICY_LOSSES.get(n).params_cls)}" for n in POLICY_LOSSES.names()]
+    out += ["", "## Advantage estimators (`algorithm.advantage`)", "", "| estimator | summary | papers | parameters (defaults) |",
+            "|---|---|---|---|"]
+    for name in ADVANTAGES.names():
+        e = ADVANTAGES.get(name)
+        out.append(f"| `{name}` | {e.doc} | {paper_links(module_doc(e.obj))} | {describe_params(e.params_cls)} |")
+    out += ["", "## Tasks (`task.name`)", "", "| task | summary | parameters (defaults) |", "|---|---|---|"]
+    for name in TASKS.names():
+        e = TASKS.get(name)
+        out.append(f"| `{name}` | {e.doc} | {describe_params(e.params_cls)} |")
+    return "\n".join(out) + "\n"
