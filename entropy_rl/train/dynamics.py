@@ -70,8 +70,8 @@ def probe_before_update(
     for i in range(0, input_ids.shape[0], chunk):
         logits = response_logits(model, input_ids[i : i + chunk], attn[i : i + chunk], prompt_len)
         h = (token_entropy(logits, temperature) * mask[i : i + chunk]).sum() / n_tokens
+        h_sum += h.detach().item()
         h.backward()
-        h_sum += float(h)
         logits_kept.append(logits.detach().float())
     grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
     optimizer.zero_grad(set_to_none=True)
