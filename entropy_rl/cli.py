@@ -49,6 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from entropy_rl.train.loop import train
 
     split_config_arg(args)
+    if args.skip_bad_rows:
+        args.overrides.append("task.params.skip_bad_rows=true")
     if args.resume and args.config is None:
         run_dir = Path(args.resume)
         cfg = load_config(run_dir / "config.yaml", args.overrides)
@@ -202,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="output directory (default runs/<config name>)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR from its newest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in the run directory")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="dataset tasks (jsonl): skip and count malformed rows instead of failing on the first one")
     p.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
     p.set_defaults(fn=cmd_train)
 

@@ -42,3 +42,22 @@ def test_config_errors_exit_2_with_one_clear_line(tmp_path: Path) -> None:
     proc = run("demo", "--run-dir", str(tmp_path / "x"), "rollout.temprature=0.5", cwd=tmp_path)
     assert proc.returncode == 2
     assert "did you mean 'rollout.temperature'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_dataset_rows_are_named_before_training_and_skippable(tmp_path: Path) -> None:
+    data = tmp_path / "data.jsonl"
+    good = [json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) for a in range(6) for b in range(6)]
+    data.write_text("\n".join(good[:10] + ['{"prompt": "1+1=", "answer": '] + good[10:]) + "\n")  # line 11 is broken
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"task: {{name: jsonl, params: {{path: '{data}', eval_fraction: 0.3}}}}\n"
+        "model: {hidden_size: 16, num_layers: 1, num_heads: 2, num_kv_heads: 1, intermediate_size: 32}\n"
+        "sft: {enabled: false}\ntrain: {steps: 1, eval_every: 0, threads: 1}\n"
+        "rollout: {prompts_per_step: 2, group_size: 2, max_new_tokens: 4}\n"
+    )
+    proc = run("train", str(cfg), "--run-dir", str(tmp_path / "r1"), "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 2 and "data.jsonl:11" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "r1").exists()  # rejected before anything was built or written
+    proc = run("train", str(cfg), "--run-dir", str(tmp_path / "r2"), "--no-progress", "--skip-bad-rows", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "r2" / "metrics.jsonl").read_text().count("\n") == 1

@@ -63,6 +63,8 @@ METRICS: dict[str, str] = {
     "dynamics/law_ceiling": "predicted performance ceiling b - a (R at H = 0) of the running fit (reward units)",
     # ---- reward ----
     "reward/mean": "mean scalar reward over the responses of the rollout batch (reward units)",
+    "reward/errors": "fraction of responses whose user reward function raised (scored 0; not a format error) (fraction)",
+    "reward/timeouts": "fraction of responses whose user reward function timed out (scored 0) (fraction)",
     "reward/std": "population std of the reward over the responses of the rollout batch (reward units)",
     "reward/format_error_rate": "fraction of responses whose answer could not be parsed (fraction)",
     "reward/solve_all_frac": "fraction of prompt groups in which every response is correct (fraction)",

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from entropy_rl.tasks import arithmetic, countdown  # noqa: F401  (registration happens on import)
+from entropy_rl.tasks import arithmetic, countdown, jsonl, python_fn  # noqa: F401  (registration happens on import)
 from entropy_rl.tasks.arithmetic import ArithmeticTask
 from entropy_rl.tasks.arithmetic import Params as ArithmeticParams
-from entropy_rl.tasks.base import PARSED_REASONS, TASKS, Problem, RewardResult, Task
+from entropy_rl.tasks.base import PARSED_REASONS, TASKS, VERIFIER_FAILURE_REASONS, Problem, RewardResult, Task
 from entropy_rl.tasks.countdown import CountdownTask
 from entropy_rl.tasks.countdown import Params as CountdownParams
 
@@ -29,6 +29,7 @@ def make_task(name: str, **params: Any) -> Task:
 
 __all__ = [
     "PARSED_REASONS",
+    "VERIFIER_FAILURE_REASONS",
     "TASKS",
     "ArithmeticParams",
     "ArithmeticTask",

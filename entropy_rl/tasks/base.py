@@ -23,6 +23,10 @@ SPLITS = ("train", "eval")
 # Reasons for which the completion was parsed successfully (it is a well-formed answer, maybe wrong).
 # Any other reason code, including ones a future task invents, counts as a format error.
 PARSED_REASONS = frozenset({"ok", "wrong_numbers", "wrong_value", "division_by_zero"})
+# Reasons for which the verifier itself failed (a user reward function raised or timed out, see sandbox.py):
+# score 0, but not the model's fault, so not a format error. The trainer logs them as reward/errors and
+# reward/timeouts.
+VERIFIER_FAILURE_REASONS = frozenset({"error", "timeout"})
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,8 @@ class RewardResult:
     Attributes:
         score: 1.0 if correct, else 0.0.
         reason: "ok" or a short reason code ("empty", "too_long", "parse_error", "number_too_large",
-            "too_deep", "wrong_numbers", "wrong_value", "division_by_zero").
+            "too_deep", "wrong_numbers", "wrong_value", "division_by_zero"), or a verifier failure
+            ("error": a user reward function raised; "timeout": it did not answer in time).
         answer: normalised final answer (for counting distinct answers per group), None if unparseable.
     """
 
@@ -57,8 +62,9 @@ class RewardResult:
 
     @property
     def format_error(self) -> bool:
-        """True when the completion could not be parsed: `reason` is not in `PARSED_REASONS`."""
-        return self.reason not in PARSED_REASONS
+        """True when the completion could not be parsed: `reason` is neither in `PARSED_REASONS` nor a
+        verifier failure (`VERIFIER_FAILURE_REASONS`: "error", "timeout")."""
+        return self.reason not in PARSED_REASONS and self.reason not in VERIFIER_FAILURE_REASONS
 
 
 def ok(answer: str) -> RewardResult:

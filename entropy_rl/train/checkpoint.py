@@ -130,15 +130,23 @@ def _tensor_bytes(obj: Any) -> int:
     return 0
 
 
-def check_free_space(root: Path, needed: int) -> None:
-    """Raise OSError(ENOSPC) naming `root` if fewer than `needed` bytes are free on its filesystem."""
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def check_free_space(root: Path, needed: int, has_previous: bool = True) -> None:
+    """Raise OSError(ENOSPC, filename=root) if fewer than `needed` bytes are free on `root`'s filesystem."""
     free = shutil.disk_usage(root).free
     if free < needed:
+        kept = "the previous checkpoint is kept" if has_previous else "no checkpoint was written"
         raise OSError(
             errno.ENOSPC,
-            f"not enough free disk space to write a checkpoint under '{root}': {free / 2**20:.1f} MiB free, "
-            f"{needed / 2**20:.1f} MiB required (margin x expected checkpoint size); free space or lower "
-            f"train.keep_checkpoints; the previous checkpoint is kept",
+            f"not enough free disk space for a checkpoint: {_fmt_bytes(free)} free, {_fmt_bytes(needed)} required "
+            f"(margin x expected checkpoint size); free some space or lower train.keep_checkpoints; {kept}",
             str(root),
         )
 
@@ -172,7 +180,7 @@ def save_checkpoint(
     previous = latest_checkpoint(run_dir)
     expected = dir_size(previous) if previous is not None else (
         sum(p.numel() * p.element_size() for p in model.parameters()) + _tensor_bytes(trainer_state))
-    check_free_space(root, max(min_free_bytes, int(free_space_margin * expected)))
+    check_free_space(root, max(min_free_bytes, int(free_space_margin * expected)), previous is not None)
     try:
         save_pretrained(model, tokenizer, tmp / "model")
         torch.save(trainer_state, tmp / "trainer_state.pt")
@@ -183,8 +191,8 @@ def save_checkpoint(
         if not isinstance(e, OSError):
             raise
         hint = " (disk full)" if e.errno == errno.ENOSPC else ""
-        raise OSError(e.errno, f"could not write checkpoint '{final}'{hint}: {e}; the previous checkpoint "
-                               f"{'is kept' if previous is not None else 'does not exist'}", str(final)) from e
+        kept = "the previous checkpoint is kept" if previous is not None else "no checkpoint was written"
+        raise OSError(e.errno, f"could not write checkpoint{hint}: {e}; {kept}", str(final)) from e
     if final.exists():  # re-saving the same step (e.g. after resume): swap, never leave a gap
         old = root / f"{_OLD}step_{step:06d}_{os.getpid()}"  # a kill between the two renames: recover_interrupted
         os.replace(final, old)

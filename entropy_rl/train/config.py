@@ -104,6 +104,7 @@ class TrainConfig:
     eval_samples: int = 8  # samples per eval problem (k of pass@k)
     save_every: int = 100  # checkpoint every N steps (and at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept
+    min_free_gb: float = 0.0  # refuse to write a checkpoint with less free disk than this (and 2x the last one)
     high_entropy_threshold: float = 0.5  # nats; entropy/high_frac counts tokens above it
     dynamics_every: int = 1  # measure dH_actual / dH_pred / dH_identity every N steps (0 = never)
     sinks: list[str] = field(default_factory=lambda: ["jsonl", "stdout"])  # jsonl | stdout | tensorboard | wandb
@@ -280,6 +281,7 @@ def validate(cfg: Config) -> None:
     need(t.eval_samples >= 1, "train.eval_samples", f"must be >= 1, got {t.eval_samples}")
     need(t.eval_every >= 0 and t.save_every >= 0, "train.eval_every/save_every", "must be >= 0")
     need(t.dynamics_every >= 0, "train.dynamics_every", f"must be >= 0, got {t.dynamics_every}")
+    need(t.min_free_gb >= 0, "train.min_free_gb", f"must be >= 0, got {t.min_free_gb}")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
     for sink in t.sinks:
         need(sink in ("jsonl", "stdout", "tensorboard", "wandb"), "train.sinks", f"unknown sink '{sink}'")
@@ -309,6 +311,13 @@ def validate(cfg: Config) -> None:
         method_mode = getattr(p, "loss_agg_mode", a.loss_agg_mode) if where == "algorithm.method" else a.loss_agg_mode
         need(method_mode == a.loss_agg_mode, "algorithm.method_params.loss_agg_mode",
              f"'{method_mode}' differs from algorithm.loss_agg_mode '{a.loss_agg_mode}'; set both to the same mode")
+        if where == "task.name":  # build it: dataset files are read and checked (bad rows named) before any model
+            from entropy_rl.tasks import make_task
+
+            try:
+                make_task(name, **params)
+            except (ValueError, OSError, ImportError) as e:
+                raise ConfigError(f"task.params: {e}") from None
         if where == "algorithm.advantage" and getattr(p, "scale_by_std", False):
             need(r.group_size >= 2, "rollout.group_size",
                  "GRPO std scaling needs groups of >= 2 responses (a group of 1 has no std)")

@@ -219,7 +219,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         truncate_metrics(run_dir / "metrics.jsonl", 0)
 
     sinks = make_sinks(cfg, run_dir, progress)
-    eval_set = task.prompts("eval", cfg.train.eval_problems, seed=cfg.train.seed)
+    eval_set = task.prompts("eval", cfg.train.eval_problems, seed=cfg.train.seed) if cfg.train.eval_every else []
     P, G, T = cfg.rollout.prompts_per_step, cfg.rollout.group_size, cfg.rollout.max_new_tokens
     n_seqs = P * G
     mb_size = n_seqs // o.mini_batches
@@ -239,7 +239,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
             "skipped_total": skipped_total,
             "method_state": state.state_dict() if state is not None else None,
         }
-        ckpt.save_checkpoint(run_dir, step, model, tokenizer, trainer_state, keep=cfg.train.keep_checkpoints)
+        ckpt.save_checkpoint(run_dir, step, model, tokenizer, trainer_state, keep=cfg.train.keep_checkpoints,
+                             min_free_bytes=int(cfg.train.min_free_gb * 2**30))
 
     bar = tqdm(total=cfg.train.steps, initial=start_step, desc="rl", unit="step", disable=not progress, dynamic_ncols=True)
     for step in range(start_step + 1, cfg.train.steps + 1):
@@ -407,6 +408,8 @@ def rollout_metrics(batch: RolloutBatch, results: list, rewards: torch.Tensor, c
         "reward/mean": float(rewards.mean()),
         "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
         "reward/format_error_rate": sum(r.format_error for r in results) / len(results),
+        "reward/errors": sum(r.reason == "error" for r in results) / len(results),
+        "reward/timeouts": sum(r.reason == "timeout" for r in results) / len(results),
         "reward/solve_all_frac": float((groups == 1).float().mean()),
         "reward/solve_none_frac": float((groups == 0).float().mean()),
         "rollout/response_len_mean": float(lengths.mean()),

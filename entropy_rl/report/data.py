@@ -1,0 +1,179 @@
+"""What a report reads from a run directory, and the numbers it derives from it.
+
+A run directory holds `metrics.jsonl` (one row per step, keys defined in `entropy_rl.metrics.names`),
+`config.yaml` and, in newer runs, `token_entropy/step_NNNNNN.json` ({"step": int, "entropy": [nats]}) for the
+first and last step. Anything may be missing (an old run, a run without the dynamics probe or evals): every
+helper here returns empty / None instead of raising, and the page says what was skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from entropy_rl.metrics.dynamics import fit_entropy_performance_law, pearson
+from entropy_rl.metrics.sinks import read_jsonl
+
+__all__ = ["RunData", "load_run", "series", "paired", "pass_keys", "headline", "HEADLINE_COLUMNS",
+           "CORR_KEYS", "window"]
+
+H, R = "entropy/token_mean", "reward/mean"
+D_ACTUAL = "dynamics/dH_actual"
+# Signals compared with dH_actual by Pearson r: (metric key, short name).
+CORR_KEYS: tuple[tuple[str, str], ...] = (
+    ("dynamics/dH_pred", "dH_pred"),
+    ("dynamics/dH_identity", "dH_identity"),
+    ("dynamics/cov_logp_adv", "cov"),
+    ("dynamics/steer_omega", "steer_omega"),
+)
+_PASS_RE = re.compile(r"eval/pass@(\d+)\Z")
+
+
+@dataclass
+class RunData:
+    """One run as the report sees it.
+
+    Attributes:
+        path: the run directory.
+        label: the name shown in legends and tables.
+        rows: metrics.jsonl records in file order (empty if the file is missing).
+        config: config.yaml as a dict (empty if missing or unreadable).
+        token_entropy: {step: per-token entropies in nats} from token_entropy/*.json.
+        problems: what could not be read, for the page.
+    """
+
+    path: Path
+    label: str
+    rows: list[dict[str, Any]]
+    config: dict[str, Any]
+    token_entropy: dict[int, list[float]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _finite(v: Any) -> bool:
+    """Whether `v` is a real, finite number (bools excluded)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def load_run(run_dir: Path, label: str) -> RunData:
+    """Read metrics.jsonl, config.yaml and token_entropy/*.json of one run; missing parts are noted, not raised."""
+    run_dir = Path(run_dir)
+    run = RunData(run_dir, label, [], {})
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        run.rows = sorted((r for r in read_jsonl(metrics) if _finite(r.get("step"))), key=lambda r: r["step"])
+    else:
+        run.problems.append(f"no metrics.jsonl in {run_dir}")
+    cfg_file = run_dir / "config.yaml"
+    if cfg_file.is_file():
+        try:
+            data = yaml.safe_load(cfg_file.read_text())
+            run.config = data if isinstance(data, dict) else {}
+        except yaml.YAMLError as e:
+            run.problems.append(f"config.yaml unreadable: {e}")
+    run.token_entropy = load_token_entropy(run_dir / "token_entropy", run.problems)
+    return run
+
+
+def load_token_entropy(folder: Path, problems: list[str]) -> dict[int, list[float]]:
+    """{step: finite entropies} from folder/step_*.json; unreadable files are noted in `problems`."""
+    out: dict[int, list[float]] = {}
+    if not folder.is_dir():
+        return out
+    for f in sorted(folder.glob("step_*.json")):
+        try:
+            data = json.loads(f.read_text())
+            out[int(data["step"])] = [float(v) for v in data["entropy"] if _finite(v)]
+        except (ValueError, KeyError, TypeError) as e:
+            problems.append(f"{f.name} unreadable: {e}")
+    return out
+
+
+def series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of the rows that have a finite `key`."""
+    pts = [(r["step"], r[key]) for r in rows if _finite(r.get(key))]
+    return [p[0] for p in pts], [float(p[1]) for p in pts]
+
+
+def paired(rows: list[dict[str, Any]], kx: str, ky: str) -> tuple[list[float], list[float]]:
+    """(x, y) over the rows where both keys are finite (e.g. only the probed steps for dynamics keys)."""
+    pts = [(float(r[kx]), float(r[ky])) for r in rows if _finite(r.get(kx)) and _finite(r.get(ky))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def pass_keys(rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """Sorted (k, key) of every eval/pass@k key in the rows."""
+    ks = {int(m.group(1)): key for r in rows for key in r if (m := _PASS_RE.match(key))}
+    return sorted(ks.items())
+
+
+def window(n_rows: int) -> int:
+    """Steps averaged for 'first' and 'last': 10, or half the run if shorter (so the two do not overlap)."""
+    return max(1, min(10, n_rows // 2))
+
+
+def law_fit(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """fit_entropy_performance_law over every step with finite entropy and reward (None if undetermined)."""
+    hs, rs = paired(rows, H, R)
+    return fit_entropy_performance_law(hs, rs)
+
+
+def correlations(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Pearson r of each CORR_KEYS signal with dH_actual over the steps that have both."""
+    return {name: pearson(*paired(rows, key, D_ACTUAL)) for key, name in CORR_KEYS}
+
+
+HEADLINE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("steps", "steps logged"),
+    ("n", "steps averaged as first / last (10, or half a shorter run)"),
+    ("H_first", "mean entropy/token_mean over the first n steps (nats)"),
+    ("H_last", "mean entropy/token_mean over the last n steps (nats)"),
+    ("H_drop_pct", "100 (H_first - H_last) / H_first (%)"),
+    ("R_first", "mean reward/mean over the first n steps"),
+    ("R_last", "mean reward/mean over the last n steps"),
+    ("pass@1", "eval/pass@1 at the last eval"),
+    ("pass@8", "eval/pass@8 at the last eval"),
+    ("r(dH_pred)", "Pearson r of dynamics/dH_pred with dynamics/dH_actual over probed steps"),
+    ("r(dH_identity)", "Pearson r of dynamics/dH_identity with dynamics/dH_actual"),
+    ("r(cov)", "Pearson r of dynamics/cov_logp_adv with dH_actual (negative expected: cov > 0 predicts a fall)"),
+    ("r(steer_omega)", "Pearson r of dynamics/steer_omega with dH_actual (positive expected)"),
+    ("law_R2", "R^2 of R = -a exp(H) + b fitted to (entropy/token_mean, reward/mean) over all steps"),
+    ("law_ceiling", "predicted ceiling b - a of that fit (reward units)"),
+    ("wall_s", "sum of timing/step_s (seconds)"),
+)
+
+
+def headline(rows: list[dict[str, Any]]) -> dict[str, float | int | None]:
+    """The headline numbers of one run (keys = HEADLINE_COLUMNS names), all computed from its logged rows."""
+    out: dict[str, float | int | None] = {name: None for name, _ in HEADLINE_COLUMNS}
+    out["steps"] = len(rows)
+    _, hs = series(rows, H)
+    _, rs = series(rows, R)
+    n = window(len(hs))
+    out["n"] = n if hs else None
+    if hs:
+        out["H_first"], out["H_last"] = statistics.fmean(hs[:n]), statistics.fmean(hs[-n:])
+        if out["H_first"] > 0:
+            out["H_drop_pct"] = 100.0 * (out["H_first"] - out["H_last"]) / out["H_first"]
+    if rs:
+        m = window(len(rs))
+        out["R_first"], out["R_last"] = statistics.fmean(rs[:m]), statistics.fmean(rs[-m:])
+    evals = [r for r in rows if any(_PASS_RE.match(k) for k in r)]
+    if evals:
+        out["pass@1"] = evals[-1].get("eval/pass@1")
+        out["pass@8"] = evals[-1].get("eval/pass@8")
+    for name, r in correlations(rows).items():
+        out[f"r({name})"] = r
+    law = law_fit(rows)
+    if law is not None:
+        out["law_R2"], out["law_ceiling"] = law["r2"], law["ceiling"]
+    _, ts = series(rows, "timing/step_s")
+    out["wall_s"] = sum(ts) if ts else None
+    return out
