@@ -1,4 +1,4 @@
-"""The `entropy-rl` command: demo | train | sft | eval | compare | methods | validate."""
+"""The `entropy-rl` command: demo | train | sft | eval | compare | report | methods | validate."""
 
 from __future__ import annotations
 
@@ -237,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods-dir", default=None, help="where method variant YAMLs live (default <config dir>/methods)")
     p.set_defaults(fn=cmd_compare)
 
+    from entropy_rl.report.cli import cmd_report  # light import (argparse, pathlib only)
+
+    p = sub.add_parser("report", help="self-contained HTML report (embedded figures) of one or more run directories")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (each with metrics.jsonl)")
+    p.add_argument("--out", default=None, help="output directory (default RUN_DIR/report, or <common parent>/report)")
+    p.add_argument("--labels", default=None, help="comma-separated legend names, one per run (default: directory names)")
+    p.add_argument("--summary", default=None, help="markdown table file to include, e.g. a compare summary.md")
+    p.set_defaults(fn=cmd_report)
+
     p = sub.add_parser("methods", help="list methods, advantage estimators and tasks with defaults")
     p.add_argument("--markdown", action="store_true", help="print docs/methods.md (generated from the registries)")
     p.set_defaults(fn=cmd_methods)
@@ -253,7 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     from entropy_rl.core.registry import RegistryError
     from entropy_rl.train.config import ConfigError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may follow --flags (`train cfg.yaml --run-dir d a.b=c`); argparse leaves those unparsed
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args)
     except (ConfigError, RegistryError, FileExistsError, FileNotFoundError) as e:

@@ -61,3 +61,14 @@ def test_bad_dataset_rows_are_named_before_training_and_skippable(tmp_path: Path
     proc = run("train", str(cfg), "--run-dir", str(tmp_path / "r2"), "--no-progress", "--skip-bad-rows", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "r2" / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_overrides_may_follow_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim: {lr: 0.001}\n")
+    proc = run("validate", str(cfg), "rollout.top_k=5", cwd=tmp_path)
+    assert proc.returncode == 0 and "top_k: 5" in proc.stdout
+    proc = run("demo", "--no-progress", "rollout.temprature=1", cwd=tmp_path)  # override after a flag is parsed
+    assert proc.returncode == 2 and "did you mean 'rollout.temperature'" in proc.stderr
+    proc = run("demo", "--no-such-flag", cwd=tmp_path)
+    assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr

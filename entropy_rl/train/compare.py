@@ -11,6 +11,7 @@ interrupted ones resumed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import statistics
@@ -90,9 +91,9 @@ def run_one(spec: RunSpec, threads: int) -> tuple[RunSpec, int, str]:
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = spec.run_dir.parent / f"seed{spec.seed}.yaml"
     save_config(spec.cfg, cfg_file)
+    if threads:  # part of the saved config, so a resume uses the same thread count (bit-reproducible)
+        save_config(dataclasses.replace(spec.cfg, train=dataclasses.replace(spec.cfg.train, threads=threads)), cfg_file)
     cmd = [sys.executable, "-m", "entropy_rl", "train", str(cfg_file), "--run-dir", str(spec.run_dir), "--no-progress"]
-    if threads:
-        cmd.append(f"train.threads={threads}")
     if (spec.run_dir / "config.yaml").is_file():
         cmd = [sys.executable, "-m", "entropy_rl", "train", "--resume", str(spec.run_dir), "--no-progress"]
     with open(spec.run_dir.parent / f"seed{spec.seed}.log", "a") as log:
@@ -103,8 +104,8 @@ def run_one(spec: RunSpec, threads: int) -> tuple[RunSpec, int, str]:
 def summarize_run(run_dir: Path) -> dict[str, float | None]:
     """Final entropy / reward (mean of the last 10 steps), last eval pass@1 / pass@8, steps until the entropy
     first falls to half its first-5-step mean, and the summed step wall time."""
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    if not rows:
+    rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    if not rows:  # the run failed before its first step
         return {k: None for k in SUMMARY_KEYS}
     tail = rows[-10:]
     h0 = statistics.mean(r["entropy/token_mean"] for r in rows[:5])
