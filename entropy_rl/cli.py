@@ -77,22 +77,17 @@ def cmd_sft(args: argparse.Namespace) -> int:
     import torch
 
     from entropy_rl.metrics.sinks import JsonlSink
-    from entropy_rl.models import TinyModelSpec, build_char_tokenizer, build_tiny_model, load_pretrained, save_pretrained
+    from entropy_rl.models import save_pretrained
     from entropy_rl.tasks import make_task
     from entropy_rl.train.config import load_config
-    from entropy_rl.train.loop import pick_device, rollout_sampling
+    from entropy_rl.train.loop import initial_model, pick_device, rollout_sampling
     from entropy_rl.train.sft import run_sft
 
     split_config_arg(args)
     cfg = load_config(args.config, args.overrides)
     torch.manual_seed(cfg.train.seed)
     task = make_task(cfg.task.name, **cfg.task.params)
-    if cfg.model.path:
-        model, tokenizer = load_pretrained(cfg.model.path, cfg.model.dtype)
-    else:
-        tokenizer = build_char_tokenizer(task.alphabet)
-        spec = TinyModelSpec(**{k: getattr(cfg.model, k) for k in TinyModelSpec.__dataclass_fields__})
-        model = build_tiny_model(spec, tokenizer, seed=cfg.train.seed)
+    model, tokenizer = initial_model(cfg, task)
     model.to(pick_device(cfg.train.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,15 @@ from entropy_rl.core.types import masked_mean
 LOG_RATIO_CLAMP = 20.0  # verl clamps log-ratios to [-20, 20] before exp; so do we
 
 
+def token_covariance(logp: Tensor, adv: Tensor, mask: Tensor) -> Tensor:
+    """Centred product Cov_t = (logp_t - mean logp)(A_t - mean A), means over valid tokens; 0 off the mask. [B, T].
+
+    The per-token covariance of Cui et al. 2025 (arXiv:2505.22617), used by Clip-Cov and KL-Cov selection.
+    """
+    centred = (logp - masked_mean(logp, mask)) * (adv - masked_mean(adv, mask))
+    return centred * mask.to(centred.dtype)
+
+
 def log_ratio(logp: Tensor, old_logp: Tensor) -> Tensor:
     """log r = logp - old_logp, clamped to [-20, 20] so exp stays finite. [B, T]."""
     return (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
@@ -40,6 +49,14 @@ class Surrogate:
     def clipped(self) -> Tensor:
         """bool [B, T]: any bound binds, so the token gets no policy gradient."""
         return self.clipped_low | self.clipped_high | self.clipped_dual
+
+
+def check_clip_params(eps_low: float, eps_high: float, clip_ratio_c: float | None) -> None:
+    """Validate PPO clip parameters (for Params.__post_init__): eps >= 0, dual-clip c > 1 or None."""
+    if eps_low < 0 or eps_high < 0:
+        raise ValueError(f"eps_low and eps_high must be >= 0, got {eps_low}, {eps_high}")
+    if clip_ratio_c is not None and clip_ratio_c <= 1:
+        raise ValueError(f"clip_ratio_c must be > 1 (or None), got {clip_ratio_c}")
 
 
 def clipped_surrogate(

@@ -67,10 +67,7 @@ class Params:
             raise ValueError(f"clip_ratio must be a fraction in [0, 1], got {self.clip_ratio}")
         if not self.cov_lb < self.cov_ub:
             raise ValueError(f"cov_lb must be < cov_ub, got {self.cov_lb}, {self.cov_ub}")
-        if self.eps_low < 0 or self.eps_high < 0:
-            raise ValueError(f"eps_low and eps_high must be >= 0, got {self.eps_low}, {self.eps_high}")
-        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1:
-            raise ValueError(f"clip_ratio_c must be > 1 (or None), got {self.clip_ratio_c}")
+        ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -86,12 +83,6 @@ def preset(name: str, **overrides: Any) -> Params:
     return Params(**{**PRESETS[name], **overrides})
 
 
-def token_covariance(logp: Tensor, adv: Tensor, mask: Tensor) -> Tensor:
-    """Centred product Cov_t = (logp_t - mean logp)(A_t - mean A), means over valid tokens; 0 off the mask. [B, T]."""
-    centred = (logp - masked_mean(logp, mask)) * (adv - masked_mean(adv, mask))
-    return centred * mask.to(centred.dtype)
-
-
 def n_to_detach(clip_ratio: float, n_valid: int) -> int:
     """max(1, floor(clip_ratio * N_valid)), or 0 when clip_ratio == 0 or there is no valid token."""
     if clip_ratio == 0.0 or n_valid == 0:
@@ -104,7 +95,7 @@ def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> Tok
     valid = x.mask.bool()
     n_valid = int(valid.sum())
     s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, p.eps_low, p.eps_high, p.clip_ratio_c)
-    cov = token_covariance(x.logp, x.adv, x.mask)
+    cov = ppo.token_covariance(x.logp, x.adv, x.mask)
     candidates = valid & ~s.clipped & (cov > p.cov_lb) & (cov < p.cov_ub)
     idx = candidates.flatten().nonzero().squeeze(1)  # row-major, like torch.nonzero in the official code
     n = min(n_to_detach(p.clip_ratio, n_valid), idx.numel())

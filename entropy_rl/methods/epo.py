@@ -84,10 +84,7 @@ class Params:
     epoch: int = 0  # step index e for w(e), set by the state
 
     def __post_init__(self) -> None:
-        if self.eps_low < 0 or self.eps_high < 0:
-            raise ValueError(f"eps_low and eps_high must be >= 0, got {self.eps_low}, {self.eps_high}")
-        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1:
-            raise ValueError(f"clip_ratio_c must be > 1 (or None), got {self.clip_ratio_c}")
+        ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
         if self.coef < 0 or self.smooth_coef < 0:
             raise ValueError(f"coef and smooth_coef must be >= 0, got {self.coef}, {self.smooth_coef}")
         if not 0 <= self.band_low <= self.band_high:

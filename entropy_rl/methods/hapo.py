@@ -68,10 +68,7 @@ class Params:
     signed_entropy: bool = False  # False: released code (h_hat >= 0); True: sign-preserving
 
     def __post_init__(self) -> None:
-        if self.eps_low < 0 or self.eps_high < 0:
-            raise ValueError(f"eps_low and eps_high must be >= 0, got {self.eps_low}, {self.eps_high}")
-        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1:
-            raise ValueError(f"clip_ratio_c must be > 1 (or None), got {self.clip_ratio_c}")
+        ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
         if not 0.0 <= self.entropy_pivot <= 1.0:
             raise ValueError(f"entropy_pivot must be in [0, 1], got {self.entropy_pivot}")
         if self.clip_alpha < 0 or self.adv_beta < 0:

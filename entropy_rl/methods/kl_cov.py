@@ -82,12 +82,6 @@ _ON_POLICY: dict[str, Any] = {"streak": 0, "warned": False}
 ON_POLICY_STREAK_TO_WARN = 2
 
 
-def token_covariance(logp: Tensor, adv: Tensor, mask: Tensor) -> Tensor:
-    """Centred product Cov_t = (logp_t - mean logp)(A_t - mean A), means over valid tokens; 0 off the mask. [B, T]."""
-    centred = (logp - masked_mean(logp, mask)) * (adv - masked_mean(adv, mask))
-    return centred * mask.to(centred.dtype)
-
-
 def n_to_penalise(kl_ratio: float, n_valid: int) -> int:
     """max(1, floor(kl_ratio * N_valid)), or 0 when kl_ratio == 0 or there is no valid token (official `k != 0`)."""
     if kl_ratio == 0.0 or n_valid == 0:
@@ -116,7 +110,7 @@ def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> Tok
     """Top-k Cov tokens over the mini-batch. In: [B, T] detached. Out: {"penalize": bool [B, T]}, metrics."""
     valid = x.mask.bool()
     n_valid = int(valid.sum())
-    cov = token_covariance(x.logp, x.adv, x.mask)
+    cov = ppo.token_covariance(x.logp, x.adv, x.mask)
     k = n_to_penalise(p.kl_ratio, n_valid)
     penalize = torch.zeros_like(valid).flatten()
     if k > 0:

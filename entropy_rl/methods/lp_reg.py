@@ -111,10 +111,7 @@ class Params:
     min_k: int = 2  # apply a sign's selection only if k >= min_k (official: k > 1)
 
     def __post_init__(self) -> None:
-        if self.eps_low < 0 or self.eps_high < 0:
-            raise ValueError(f"eps_low and eps_high must be >= 0, got {self.eps_low}, {self.eps_high}")
-        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1:
-            raise ValueError(f"clip_ratio_c must be > 1 (or None), got {self.clip_ratio_c}")
+        ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
         for name in ("rho_neg", "rho_pos"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")

@@ -25,10 +25,7 @@ class Params:
     clip_ratio_c: float | None = 3.0  # dual clip for A < 0 (verl default 3; paper recipes use 10)
 
     def __post_init__(self) -> None:
-        if self.eps_low < 0 or self.eps_high < 0:
-            raise ValueError(f"eps_low and eps_high must be >= 0, got {self.eps_low}, {self.eps_high}")
-        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1:
-            raise ValueError(f"clip_ratio_c must be > 1 (or None), got {self.clip_ratio_c}")
+        ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
 
 
 @register_policy_loss("ppo_clip", Params, paper="arXiv:1707.06347", neutral={})

@@ -119,10 +119,7 @@ class Params:
     norm_length: float | None = None  # seq-mean-token-sum-norm constant; None = T of the batch
 
     def __post_init__(self) -> None:
-        if self.eps_low < 0 or self.eps_high < 0:
-            raise ValueError(f"eps_low and eps_high must be >= 0, got {self.eps_low}, {self.eps_high}")
-        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1:
-            raise ValueError(f"clip_ratio_c must be > 1 (or None), got {self.clip_ratio_c}")
+        ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
         if self.coef < 0:
             raise ValueError(f"coef must be >= 0, got {self.coef}")
         if not 0.0 <= self.mask_ratio <= 1.0:

@@ -79,10 +79,7 @@ class Params:
             raise ValueError(f"need 0 < weight_min <= weight_max, got {self.weight_min}, {self.weight_max}")
         if self.weight_map == "exp" and self.weight_min > 1.0:
             raise ValueError(f"the exp map needs weight_min <= 1, got {self.weight_min}")
-        if self.eps_low < 0 or self.eps_high < 0:
-            raise ValueError(f"eps_low and eps_high must be >= 0, got {self.eps_low}, {self.eps_high}")
-        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1:
-            raise ValueError(f"clip_ratio_c must be > 1 (or None), got {self.clip_ratio_c}")
+        ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

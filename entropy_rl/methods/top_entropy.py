@@ -70,10 +70,7 @@ class Params:
             raise ValueError(f"normalize must be one of {NORMALIZE}, got '{self.normalize}'")
         if self.entropy_source not in ENTROPY_SOURCES:
             raise ValueError(f"entropy_source must be one of {ENTROPY_SOURCES}, got '{self.entropy_source}'")
-        if self.eps_low < 0 or self.eps_high < 0:
-            raise ValueError(f"eps_low and eps_high must be >= 0, got {self.eps_low}, {self.eps_high}")
-        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1:
-            raise ValueError(f"clip_ratio_c must be > 1 (or None), got {self.clip_ratio_c}")
+        ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -128,6 +128,15 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     tmp.replace(path)
 
 
+def initial_model(cfg: Config, task: Any):
+    """(model, tokenizer) before any training: a local checkpoint (`model.path`) or a fresh tiny Qwen2 model."""
+    if cfg.model.path:
+        return load_pretrained(cfg.model.path, cfg.model.dtype)
+    tokenizer = build_char_tokenizer(task.alphabet)
+    spec = TinyModelSpec(**{k: getattr(cfg.model, k) for k in TinyModelSpec.__dataclass_fields__})
+    return build_tiny_model(spec, tokenizer, seed=cfg.train.seed), tokenizer
+
+
 def build_policy(cfg: Config, task: Any, run_dir: Path, device: torch.device, log: Callable[[str], None]):
     """The initial policy: a local checkpoint, a cached SFT result, or a fresh tiny model warm-started by SFT."""
     sft_dir = run_dir / "sft"
@@ -135,12 +144,7 @@ def build_policy(cfg: Config, task: Any, run_dir: Path, device: torch.device, lo
     if (sft_dir / ckpt.COMPLETE).is_file():
         log(f"reusing the SFT warm start in {sft_dir}")
         return load_pretrained(sft_dir / "model")
-    if cfg.model.path:
-        model, tokenizer = load_pretrained(cfg.model.path, cfg.model.dtype)
-    else:
-        tokenizer = build_char_tokenizer(task.alphabet)
-        spec = TinyModelSpec(**{k: getattr(cfg.model, k) for k in TinyModelSpec.__dataclass_fields__})
-        model = build_tiny_model(spec, tokenizer, seed=cfg.train.seed)
+    model, tokenizer = initial_model(cfg, task)
     model.to(device)
     if cfg.sft.enabled:
         n_params = sum(p.numel() for p in model.parameters())

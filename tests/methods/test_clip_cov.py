@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from entropy_rl.core import ppo
+
 from entropy_rl.core.aggregate import aggregate
 from entropy_rl.core.policy_loss import POLICY_LOSSES, get_policy_loss, policy_loss, run_select
 from entropy_rl.core.types import PolicyInputs
@@ -34,7 +36,7 @@ def hand_case() -> PolicyInputs:
 
 def test_hand_case_covariance_candidates_and_selection() -> None:
     x = hand_case()
-    torch.testing.assert_close(clip_cov.token_covariance(x.logp.detach(), x.adv, x.mask), torch.tensor([[3.0, 1.0, 1.0, 3.0]]))
+    torch.testing.assert_close(ppo.token_covariance(x.logp.detach(), x.adv, x.mask), torch.tensor([[3.0, 1.0, 1.0, 3.0]]))
     p = Params()  # n_clip = max(1, floor(2e-4 * 4)) = 1
     sel = run_select(ENTRY, p, x, torch.Generator().manual_seed(0))
     assert sel["detach"].tolist() == [[True, False, False, False]]

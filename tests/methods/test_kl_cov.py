@@ -8,6 +8,8 @@ import warnings
 import pytest
 import torch
 
+from entropy_rl.core import ppo
+
 from entropy_rl.core.policy_loss import POLICY_LOSSES, get_policy_loss, policy_loss, run_select
 from entropy_rl.core.types import PolicyInputs
 from entropy_rl.methods import kl_cov
@@ -49,7 +51,7 @@ def test_n_to_penalise_is_max1_floor_of_a_fraction() -> None:
 def test_hand_case_top_k_by_covariance(ratio: float, expected: list[int]) -> None:
     # k = max(1, floor(ratio * 4)): 0.25 -> 1 {t0}; 0.5 -> 2 {t0, t3}; 0.75 -> 3 {t0, t3, t2}; 2e-4 -> 1
     x = hand_case()
-    torch.testing.assert_close(kl_cov.token_covariance(x.logp.detach(), x.adv, x.mask), torch.tensor([[2.625, 0.75, 1.25, 1.875, 0.0]]))
+    torch.testing.assert_close(ppo.token_covariance(x.logp.detach(), x.adv, x.mask), torch.tensor([[2.625, 0.75, 1.25, 1.875, 0.0]]))
     sel = run_select(ENTRY, Params(kl_ratio=ratio), x, None)
     assert sel["penalize"][0].nonzero().flatten().tolist() == expected
 
