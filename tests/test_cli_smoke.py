@@ -29,6 +29,11 @@ def test_demo_runs_end_to_end_with_a_tiny_budget(tmp_path: Path) -> None:
     assert "eval/pass@2" in rows[-1]
     assert (run_dir / "config.yaml").is_file() and (run_dir / "sft" / "model" / "model.safetensors").is_file()
     assert (run_dir / "checkpoints" / "step_000002" / "COMPLETE").is_file()
+    proc = run("eval", str(run_dir / "sft" / "model"), "--problems", "4", "--samples", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert set(json.loads(proc.stdout)) == {"eval/accuracy", "eval/pass@1", "eval/pass@2"}
+    proc = run("report", str(run_dir), cwd=tmp_path)
+    assert proc.returncode == 0 and (run_dir / "report" / "report.html").is_file(), proc.stderr[-2000:]
 
 
 def test_methods_lists_the_catalogue(tmp_path: Path) -> None:
