@@ -28,7 +28,7 @@ def test_schedules() -> None:
 
 
 def test_coefficient_lands_the_prediction_on_the_target() -> None:
-    p = Params(target=0.3, coef=0.01)
+    p = Params(target=0.3, coef=0.01, gain=1.0, smoothing=0.0)  # raw values: the rule itself
     state = ControllerState(p)
     state.before_update(batch_with_entropy(0.25))
     assert state.params(p).coef == 0.01  # no dynamics yet: initial coefficient
@@ -38,6 +38,17 @@ def test_coefficient_lands_the_prediction_on_the_target() -> None:
     # gap = 0.3 - 0.28 = 0.02; coef = (0.02 - (-0.025)) / 0.5 = 0.09
     assert state.params(p).coef == pytest.approx(0.09)
     assert state.metrics()["method/entropy_controller/abs_error"] == pytest.approx(0.02)
+
+
+def test_smoothing_averages_the_entropy_and_base_drift() -> None:
+    p = Params(target=0.3, gain=0.5, smoothing=0.5)
+    state = ControllerState(p)
+    state.before_update(batch_with_entropy(0.20))
+    state.after_update({"dynamics/dH_pred": -0.02, "dynamics/dH_per_bonus": 0.5})  # coef 0: base did -0.02
+    state.before_update(batch_with_entropy(0.40))
+    # H~ = 0.5 * 0.20 + 0.5 * 0.40 = 0.30 -> gap = 0.5 * (0.3 - 0.3) = 0; dH~_base = -0.02 (first estimate)
+    # coef = (0 - (-0.02)) / 0.5 = 0.04
+    assert state.params(p).coef == pytest.approx(0.04)
 
 
 def test_coefficient_is_clipped_and_state_round_trips() -> None:
