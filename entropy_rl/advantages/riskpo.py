@@ -13,7 +13,9 @@ Paper: Ren et al. 2025, "RiskPO: Risk-based Policy Optimization via Verifiable R
                (= (clip(S, q_lo, q_hi) - q_hi) / (alpha_high - alpha_low + eps));
     CVaR part: a_C = -(q_lo - S)^+ / (alpha_low + eps);
     mixed:     a = (w_mix a_C + a_R) / (w_mix + 1);  then a / (std of the bundle's paper scores + eps)
-               (`norm_by_std`; unbiased std);
+               (`norm_by_std`; unbiased std; a std <= 1e-3 is replaced by 1, our guard: with batch-scope
+               quantiles a tied bundle has a != 0 and std 0, and a / 1e-6 gave advantages of -3e4 and a
+               collapsed run, docs/LOG.md);
     credit:    "std" (script): A_i = a / (std of question i's rewards + eps), that std replaced by 1 when
                <= 1e-3;  "uniform": A_i = a.
 With the natural baseline every advantage is <= 0: the top papers get 0, the rest are pushed down, the bottom
@@ -125,8 +127,9 @@ def riskpo(x: AdvantageInputs, p: Params) -> Tensor:
         if p.quantile_scope == "bundle":
             q_lo, q_hi = torch.quantile(s, levels)
         a = mixed_var(s, q_lo, q_hi, p)
-        if p.norm_by_std:
-            a = a / (s.std() + p.eps)
+        if p.norm_by_std:  # a tied bundle has std 0: like the question std, fall back to 1 (else a / 1e-6)
+            bundle_std = s.std()
+            a = a / (bundle_std + p.eps if bundle_std > 1e-3 else 1.0)
         for j, idx in enumerate(bundle):
             ix = torch.tensor(idx)
             adv[ix] = a[j] / (std_q[ix] + p.eps) if p.credit == "std" else a[j]

@@ -57,3 +57,12 @@ def test_singleton_and_unequal_groups() -> None:
 def test_bad_params() -> None:
     with pytest.raises(ValueError):
         compute_advantages("riskpo", torch.ones(2), torch.zeros(2, dtype=torch.long), alpha_low=0.9, alpha_high=0.2)
+
+
+def test_tied_bundle_does_not_explode() -> None:
+    # regression (docs/LOG.md): two bundles of 5 questions x 2 responses; the second bundle's papers tie
+    # (both sum to 2) while batch quantiles come from all papers, so a != 0 and the bundle std is 0
+    rewards = torch.tensor([1.0, 0.0] * 5 + [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+    group_index = torch.arange(20) // 2
+    adv = compute_advantages("riskpo", rewards, group_index)
+    assert torch.isfinite(adv).all() and adv.abs().max() < 100, adv
