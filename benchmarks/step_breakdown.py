@@ -1,4 +1,4 @@
-"""Share of RL step time in generation, verifier, scoring forward pass, update and everything else.
+"""Share of RL step time in generation, verifier, scoring forward pass, update, dynamics probe and the rest.
 
 Runs the CPU demo's RL loop (SFT skipped: step cost does not depend on what the model knows, except through
 response lengths, which are capped) for a few steps in this process and prints each phase's share of the
@@ -17,7 +17,8 @@ from entropy_rl.train.config import load_config
 from entropy_rl.train.loop import train
 
 PHASES = [("generation", "timing/generate_s"), ("verifier", "timing/reward_s"),
-          ("scoring forward", "timing/score_s"), ("update", "timing/update_s")]
+          ("scoring forward", "timing/score_s"), ("update", "timing/update_s"),
+          ("dynamics probe", "timing/dynamics_s")]
 
 
 def main() -> None:
