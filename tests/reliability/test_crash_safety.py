@@ -118,7 +118,7 @@ def test_recover_interrupted_leaves_a_live_writer_alone(tmp_path: Path) -> None:
 
 
 def test_sigkilled_training_resumes_to_one_row_per_step(warm_model_dir: Path, tmp_path: Path) -> None:
-    from conftest import TINY
+    from tiny_setup import TINY
 
     steps = 30
     cfg_path = tmp_path / "tiny.yaml"
