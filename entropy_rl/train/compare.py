@@ -90,12 +90,14 @@ def run_one(spec: RunSpec, threads: int) -> tuple[RunSpec, int, str]:
     """Train one run in a subprocess (resuming if it has started). Returns (spec, exit code, stderr tail)."""
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = spec.run_dir.parent / f"seed{spec.seed}.yaml"
-    save_config(spec.cfg, cfg_file)
+    cfg = spec.cfg
     if threads:  # part of the saved config, so a resume uses the same thread count (bit-reproducible)
-        save_config(dataclasses.replace(spec.cfg, train=dataclasses.replace(spec.cfg.train, threads=threads)), cfg_file)
-    cmd = [sys.executable, "-m", "entropy_rl", "train", str(cfg_file), "--run-dir", str(spec.run_dir), "--no-progress"]
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+    save_config(cfg, cfg_file)
     if (spec.run_dir / "config.yaml").is_file():
         cmd = [sys.executable, "-m", "entropy_rl", "train", "--resume", str(spec.run_dir), "--no-progress"]
+    else:
+        cmd = [sys.executable, "-m", "entropy_rl", "train", str(cfg_file), "--run-dir", str(spec.run_dir), "--no-progress"]
     with open(spec.run_dir.parent / f"seed{spec.seed}.log", "a") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.PIPE, text=True)
     return spec, proc.returncode, proc.stderr[-2000:]

@@ -320,9 +320,12 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                 sel = None
                 if cfg.algorithm.selection_scope == "minibatch" and method.obj.select is not None:
                     first = epoch == 0 and mb_index == 0  # policy == rollout policy: the pre-update pass is exact
-                    cur_logp, cur_ent, cur_extras = (old_logp[rows], old_entropy[rows], {k: v[rows] for k, v in old_extras.items()}) \
-                        if first else score_in_chunks(model, input_ids[rows], attn[rows], Lp, tau, micro, all_features, step_params)
-                    extras = {**{k: v[rows] for k, v in old_extras.items()}, **{k: cur_extras[k] for k, _ in method.obj.cur_features}}
+                    extras = {k: v[rows] for k, v in old_extras.items()}  # the pre-update pass computed every feature
+                    cur_logp, cur_ent = old_logp[rows], old_entropy[rows]
+                    if not first:  # later mini-batches: the current policy's values (only the update-pass features)
+                        cur_logp, cur_ent, cur_extras = score_in_chunks(
+                            model, input_ids[rows], attn[rows], Lp, tau, micro, method.obj.cur_features, step_params)
+                        extras.update(cur_extras)
                     sel = run_select(method, step_params, PolicyInputs(cur_logp, old_logp[rows], adv[rows], mb_mask, cur_ent,
                                                                        old_entropy[rows], None if ref_logp is None else ref_logp[rows], extras), gen)
                 optimizer.zero_grad(set_to_none=True)
