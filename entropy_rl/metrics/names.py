@@ -42,6 +42,10 @@ METRICS: dict[str, str] = {
         "prediction before re-scoring: grad_theta H(batch) . (theta_new - theta_old), the first-order entropy change "
         "of this step's actual optimizer update (nats)"
     ),
+    "dynamics/dH_pred_lin": (
+        "prediction from theta_old and the actual update only: token mean of H(z + J dtheta) - H(z), the network "
+        "linearised by one forward-mode JVP along the update, the softmax entropy exact (nats)"
+    ),
     "dynamics/dH_actual": (
         "entropy/token_mean of the same rollout batch re-scored after the optimizer step minus before (nats)"
     ),

@@ -29,6 +29,7 @@ D_ACTUAL = "dynamics/dH_actual"
 # Signals compared with dH_actual by Pearson r: (metric key, short name).
 CORR_KEYS: tuple[tuple[str, str], ...] = (
     ("dynamics/dH_pred", "dH_pred"),
+    ("dynamics/dH_pred_lin", "dH_pred_lin"),
     ("dynamics/dH_identity", "dH_identity"),
     ("dynamics/cov_logp_adv", "cov"),
     ("dynamics/steer_omega", "steer_omega"),
@@ -141,6 +142,7 @@ HEADLINE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("pass@1", "eval/pass@1 at the last eval"),
     ("pass@8", "eval/pass@8 at the last eval"),
     ("r(dH_pred)", "Pearson r of dynamics/dH_pred with dynamics/dH_actual over probed steps"),
+    ("r(dH_pred_lin)", "Pearson r of dynamics/dH_pred_lin with dynamics/dH_actual over probed steps"),
     ("r(dH_identity)", "Pearson r of dynamics/dH_identity with dynamics/dH_actual"),
     ("r(cov)", "Pearson r of dynamics/cov_logp_adv with dH_actual (negative expected: cov > 0 predicts a fall)"),
     ("r(steer_omega)", "Pearson r of dynamics/steer_omega with dH_actual (positive expected)"),

@@ -166,9 +166,10 @@ def fig_quantiles(runs: list[RunData], out: Path) -> Figure:
 
 
 def fig_dh_scatter(runs: list[RunData], out: Path) -> Figure:
-    """3. dH_pred vs dH_actual and dH_identity vs dH_actual, pooled over runs, Pearson r in the titles."""
+    """3. dH_pred, dH_pred_lin and dH_identity vs dH_actual, pooled over runs, Pearson r in the titles."""
     f = Figure("Predicted vs actual entropy change")
-    panels = (("dynamics/dH_pred", "dH_pred: ∇H · Δθ"), ("dynamics/dH_identity", "dH_identity: −Cov(log π, Δz)"))
+    panels = (("dynamics/dH_pred", "dH_pred: ∇H · Δθ"), ("dynamics/dH_pred_lin", "dH_pred_lin: H(z + JΔθ) − H(z)"),
+              ("dynamics/dH_identity", "dH_identity: −Cov(log π, Δz)"))
     for key, _ in panels:
         f.notes += [f"{run.label}: no probed steps with {key} and {D_ACTUAL}; skipped"
                     for run in runs if not paired(run.rows, key, D_ACTUAL)[0]]
@@ -176,7 +177,7 @@ def fig_dh_scatter(runs: list[RunData], out: Path) -> Figure:
              if any(paired(run.rows, key, D_ACTUAL)[0] for key, _ in panels)]
     if not drawn:
         return f
-    fig, axes = new_figure(12, 5, len(drawn), cols=2)
+    fig, axes = new_figure(15, 5, len(drawn), cols=len(panels))
     captions = []
     for ax, (key, name) in zip(axes[0], panels):
         xs_all, ys_all = [], []

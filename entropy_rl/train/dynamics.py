@@ -6,24 +6,32 @@ the same rollout batch. Then:
   - dH_actual   = H(theta_new) - H(theta_old), measured;
   - dH_pred     = grad H(theta_old) . (theta_new - theta_old): first order in parameter space, using the
                   optimizer's actual update (no post-step forward pass enters it);
+  - dH_pred_lin = mean_t [H(z_t + J_t dtheta) - H(z_t)]: the network linearised at theta_old (one forward-mode
+                  JVP along the update), the softmax entropy kept exact. A function of (theta_old, dtheta) only,
+                  like dH_pred; it tracks dH_actual far better late in training, when peaked tokens make the
+                  entropy strongly non-linear in the logits (docs/LOG.md);
   - dH_identity = mean_t -Cov_{a~pi_old}(log pi_old(a), dz_t(a)) with the actual logit change dz (methods.md
                   section 1): first order in logit space, validates the instrument;
   - dH_per_bonus = predicted dH of adding an entropy bonus of coefficient 1 to this step's gradient under the
                   current Adam preconditioner: lr (1 - b1) / (1 - b1^t) * sum g_H^2 / (sqrt(v_hat) + eps).
-Costs one extra forward + backward before and one forward after the step; `train.dynamics_every` sets how often.
+Costs one extra forward + backward before and, after the step, one forward plus one forward-mode JVP (run with
+eager attention: fused attention kernels have no forward-mode derivative); `train.dynamics_every` sets how often.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import Tensor
+from torch.func import functional_call, jvp
 from transformers import PreTrainedModel
 
 from entropy_rl.core.entropy import token_entropy
 from entropy_rl.metrics.dynamics import entropy_change_identity
-from entropy_rl.train.forward import response_logits
+from entropy_rl.train.forward import position_ids_from_mask, response_logits
 
 
 @dataclass
@@ -80,14 +88,63 @@ def probe_before_update(
                         adam_bonus_sensitivity(optimizer, grads, params))
 
 
+@contextmanager
+def eager_attention(model: PreTrainedModel) -> Iterator[None]:
+    """Run `model` with eager attention inside the block (forward-mode AD needs it), then restore its setting."""
+    before = model.config._attn_implementation
+    if before == "eager":
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+def linearised_logit_change(
+    model: PreTrainedModel, theta_old: dict[str, Tensor], delta: dict[str, Tensor], input_ids: Tensor, attn: Tensor,
+    prompt_len: int,
+) -> tuple[Tensor, Tensor]:
+    """Response logits z at theta_old and their first-order change J delta (one JVP): [B, T, V] each, fp32.
+
+    Reads only `theta_old` and `delta` (by parameter name), never the model's current weights.
+    """
+
+    def logits_at(params: dict[str, Tensor]) -> Tensor:
+        out = functional_call(model, params, (), {"input_ids": input_ids, "attention_mask": attn,
+                                                  "position_ids": position_ids_from_mask(attn)})
+        return out.logits[:, prompt_len - 1 : -1]
+
+    with eager_attention(model):
+        z, dz = jvp(logits_at, (theta_old,), (delta,))
+    return z.float(), dz.float()
+
+
+def linearised_entropy_change(
+    model: PreTrainedModel, theta_old: dict[str, Tensor], delta: dict[str, Tensor], input_ids: Tensor, attn: Tensor,
+    prompt_len: int, temperature: float, mask: Tensor, chunk: int,
+) -> float:
+    """dynamics/dH_pred_lin: token mean over `mask` of H(z + J delta) - H(z) at theta_old, in nats."""
+    n_tokens = float(mask.sum().clamp_min(1.0))
+    total = 0.0
+    for i in range(0, input_ids.shape[0], chunk):
+        z, dz = linearised_logit_change(model, theta_old, delta, input_ids[i : i + chunk], attn[i : i + chunk], prompt_len)
+        change = token_entropy(z + dz, temperature) - token_entropy(z, temperature)
+        total += float((change * mask[i : i + chunk]).sum()) / n_tokens
+    return total
+
+
 @torch.no_grad()
 def measure_after_update(
     model: PreTrainedModel, probe: EntropyProbe, input_ids: Tensor, attn: Tensor, prompt_len: int,
     temperature: float, mask: Tensor, chunk: int,
 ) -> dict[str, float]:
-    """dynamics/dH_actual, dH_pred, dH_identity (and dH_per_bonus when Adam has moments) for this step."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    dh_pred = sum(float((g * (p.detach() - old)).sum()) for g, p, old in zip(probe.grad_h, params, probe.theta_old))
+    """dynamics/dH_actual, dH_pred, dH_pred_lin, dH_identity (and dH_per_bonus when Adam has moments) for this step."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    delta = {n: p.detach() - old for (n, p), old in zip(named, probe.theta_old)}
+    dh_pred = sum(float((g * d).sum()) for g, d in zip(probe.grad_h, delta.values()))
+    theta_old = {n: old for (n, _), old in zip(named, probe.theta_old)}
     was_training = model.training
     model.eval()
     n_tokens = float(mask.sum().clamp_min(1.0))
@@ -97,8 +154,10 @@ def measure_after_update(
         m = mask[i : i + chunk]
         h_new += float((token_entropy(logits, temperature) * m).sum()) / n_tokens
         identity += entropy_change_identity(probe.old_logits[k], logits, m, temperature) * float(m.sum()) / n_tokens
+    dh_lin = linearised_entropy_change(model, theta_old, delta, input_ids, attn, prompt_len, temperature, mask, chunk)
     model.train(was_training)
-    out = {"dynamics/dH_actual": h_new - probe.h_old, "dynamics/dH_pred": dh_pred, "dynamics/dH_identity": identity}
+    out = {"dynamics/dH_actual": h_new - probe.h_old, "dynamics/dH_pred": dh_pred, "dynamics/dH_pred_lin": dh_lin,
+           "dynamics/dH_identity": identity}
     if probe.dh_per_bonus is not None:
         out["dynamics/dH_per_bonus"] = probe.dh_per_bonus
     return out

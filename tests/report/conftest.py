@@ -27,6 +27,7 @@ def fake_rows(steps: int, seed: int, dynamics: bool = True, evals: bool = True) 
         if dynamics and step % 2 == 0 and h_prev is not None:  # probed steps only
             d = h - h_prev
             m.update({"dynamics/dH_actual": d, "dynamics/dH_pred": 0.9 * d + rng.gauss(0, 0.003),
+                      "dynamics/dH_pred_lin": d + rng.gauss(0, 0.001),
                       "dynamics/dH_identity": d + rng.gauss(0, 0.004), "dynamics/steer_omega": d + rng.gauss(0, 0.01)})
         if evals and step % 10 == 0:
             p1 = 0.2 + 0.01 * step

@@ -45,7 +45,7 @@ def test_numbers_on_the_page_are_computed_from_the_metrics(two_runs: list[Path],
     html = write_report(two_runs, tmp_path / "out", labels=["A", "B"]).read_text()
     for run, label in zip(two_runs, ["A", "B"]):
         row = table_row(html, label)
-        for key in ("dynamics/dH_pred", "dynamics/dH_identity", "dynamics/cov_logp_adv", "dynamics/steer_omega"):
+        for key in ("dynamics/dH_pred", "dynamics/dH_pred_lin", "dynamics/dH_identity", "dynamics/cov_logp_adv", "dynamics/steer_omega"):
             xs, ys = pairs(run, key, "dynamics/dH_actual")
             assert len(xs) == 15  # probed steps only (even steps)
             assert f"<td>{fmt(pearson(xs, ys))}</td>" in row, key
