@@ -9,12 +9,15 @@ Our method (entropy-rl), built on the toolkit's dynamics instrument (docs/metric
       Adam's current second moments.
 Each step t, with H_t the pre-update entropy of the rollout batch (`entropy/token_mean`):
     dH_base = dH_pred(t-1) - coef(t-1) * s(t-1)       (what the base loss alone did last step, estimated)
-    coef(t) = clip((gain * (H_target(t+1) - H~_t) - dH~_base) / s(t-1), coef_min, coef_max)
-so the step's predicted change dH_base + coef * s equals the gap to the target. H~ and dH~_base are
+    e_t = H_target(t+1) - H~_t,   I_t = I_(t-1) + e_t  (the integral; frozen while the coefficient is clipped)
+    coef(t) = clip((gain * e_t + integral * I_t - dH~_base) / s~, coef_min, coef_max)
+so the step's predicted change dH_base + coef * s equals the gap to the target. H~, dH~_base and s~ are
 exponential moving averages (factor `smoothing`): every step samples a new batch, and its entropy differs
 from the last one by sampling noise as large as the corrections (docs/LOG.md: without smoothing the
-coefficient chased that noise, jumping between 0 and 0.5). Before two probed steps exist (s is undefined until
-Adam has second moments) coef stays at `coef`. Needs `train.dynamics_every: 1`.
+coefficient chased that noise, jumping between 0 and 0.5). The integral term (off at `integral: 0`) removes
+the steady offset left when dH_pred, measured on the batch the step trained on, overstates the entropy change a
+fresh batch shows (docs/LOG.md). Before two probed steps exist (s is undefined until Adam has second moments)
+coef stays at `coef`. Needs `train.dynamics_every: 1`.
 
 Honest notes: the base loss's effect is estimated from the previous step (one-step lag); the bonus's effect is
 linearised through Adam's preconditioner, ignoring momentum carried into later steps and the change of the
@@ -29,6 +32,7 @@ Params:
     schedule ("constant"): "constant" | "linear" | "cosine".
     horizon (300): steps over which the schedule moves from `target` to `target_end`.
     gain (0.5): fraction of the gap to the target closed per step (< 1 damps).
+    integral (0.0): integral gain: nats/step of extra predicted change per nat-step of accumulated error.
     smoothing (0.8): EMA factor of the entropy and base-drift estimates (0 = use the raw per-batch values).
     coef_min (0.0), coef_max (1.0): clip range of the coefficient (coef_min < 0 allows pushing entropy down).
 """
@@ -58,6 +62,7 @@ class Params:
     schedule: str = "constant"  # constant | linear | cosine
     horizon: int = 300  # schedule length in steps
     gain: float = 0.5  # fraction of the gap closed per step
+    integral: float = 0.0  # integral gain (0 = proportional + feedforward only)
     smoothing: float = 0.8  # EMA factor of H and dH_base (0 = raw per-batch values)
     coef_min: float = 0.0  # lower clip of the coefficient
     coef_max: float = 1.0  # upper clip of the coefficient
@@ -69,6 +74,8 @@ class Params:
             raise ValueError(f"coef_min ({self.coef_min}) must be <= coef_max ({self.coef_max})")
         if not 0 < self.gain <= 1:
             raise ValueError(f"gain must be in (0, 1], got {self.gain}")
+        if self.integral < 0:
+            raise ValueError(f"integral must be >= 0, got {self.integral}")
         if not 0 <= self.smoothing < 1:
             raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
         if self.horizon < 1 or self.target < 0:
@@ -93,6 +100,11 @@ class Params:
         return self.target + (self.target_end - self.target) * frac
 
 
+def ema(previous: float | None, value: float, factor: float) -> float:
+    """Exponential moving average: `value` on the first call, then factor * previous + (1 - factor) * value."""
+    return value if previous is None else factor * previous + (1 - factor) * value
+
+
 class ControllerState:
     """Step counter, current coefficient and last step's dynamics (dH_pred, dH_per_bonus), checkpointed."""
 
@@ -103,6 +115,8 @@ class ControllerState:
         self.h_now = float("nan")
         self.h_smooth: float | None = None
         self.dh_base_smooth: float | None = None
+        self.s_smooth: float | None = None
+        self.error_sum = 0.0
         self.last_dh_pred: float | None = None
         self.last_sensitivity: float | None = None
         self.last_coef = p.coef
@@ -110,18 +124,21 @@ class ControllerState:
     def before_update(self, x: PolicyInputs) -> None:
         assert x.old_entropy is not None
         self.h_now = float(masked_mean(x.old_entropy.double(), x.mask.double()))
-        a = self.schedule.smoothing
-        self.h_smooth = self.h_now if self.h_smooth is None else a * self.h_smooth + (1 - a) * self.h_now
+        self.h_smooth = ema(self.h_smooth, self.h_now, self.schedule.smoothing)
 
     def params(self, p: Params) -> Params:
         """Choose this step's coefficient so the predicted entropy after the step is the next target."""
         s = self.last_sensitivity
         if s is not None and s > 0 and self.last_dh_pred is not None:
             dh_base = self.last_dh_pred - self.last_coef * s
-            a = p.smoothing
-            self.dh_base_smooth = dh_base if self.dh_base_smooth is None else a * self.dh_base_smooth + (1 - a) * dh_base
-            gap = p.gain * (p.target_at(self.step + 1) - self.h_smooth)
-            self.coef = min(p.coef_max, max(p.coef_min, (gap - self.dh_base_smooth) / s))
+            self.dh_base_smooth = ema(self.dh_base_smooth, dh_base, p.smoothing)
+            self.s_smooth = ema(self.s_smooth, s, p.smoothing)
+            error = p.target_at(self.step + 1) - self.h_smooth
+            error_sum = self.error_sum + error
+            raw = (p.gain * error + p.integral * error_sum - self.dh_base_smooth) / self.s_smooth
+            self.coef = min(p.coef_max, max(p.coef_min, raw))
+            if self.coef == raw or (raw > p.coef_max) != (error > 0):  # anti-windup: no integrating into a clip
+                self.error_sum = error_sum
         return dataclasses.replace(p, coef=self.coef)
 
     def after_update(self, metrics: Mapping[str, float]) -> None:

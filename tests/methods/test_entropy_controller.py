@@ -74,3 +74,23 @@ def test_loss_is_base_minus_coef_entropy_and_base_is_validated() -> None:
         Params(base="ppo_clip", base_params={"eps_hihg": 0.3})
     with pytest.raises(KeyError, match="ppo_clip"):
         Params(base="ppo_clipp")
+
+
+def test_integral_accumulates_the_error_and_does_not_wind_up_into_a_clip() -> None:
+    p = Params(target=0.3, gain=0.5, integral=0.1, smoothing=0.0, coef_max=1.0)
+    state = ControllerState(p)
+    state.before_update(batch_with_entropy(0.28))
+    state.after_update({"dynamics/dH_pred": -0.01, "dynamics/dH_per_bonus": 0.5})  # coef 0: base did -0.01
+    state.before_update(batch_with_entropy(0.28))
+    # e = 0.02, I = 0.02: coef = (0.5 * 0.02 + 0.1 * 0.02 + 0.01) / 0.5 = 0.044
+    assert state.params(p).coef == pytest.approx(0.044)
+    state.after_update({"dynamics/dH_pred": -0.01 + 0.044 * 0.5, "dynamics/dH_per_bonus": 0.5})  # base -0.01 again
+    state.before_update(batch_with_entropy(0.28))
+    # I = 0.04: coef = (0.01 + 0.004 + 0.01) / 0.5 = 0.048
+    assert state.params(p).coef == pytest.approx(0.048)
+    # entropy far above the target drives the coefficient to its lower clip; the negative error is not integrated
+    for _ in range(3):
+        state.after_update({"dynamics/dH_pred": -0.01, "dynamics/dH_per_bonus": 0.5})
+        state.before_update(batch_with_entropy(0.9))
+        assert state.params(p).coef == 0.0
+    assert state.error_sum == pytest.approx(0.04)
