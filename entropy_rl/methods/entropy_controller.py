@@ -4,7 +4,7 @@ The target trajectory is constant, linear or cosine; the *predicted* entropy aft
 
 Our method (entropy-rl), built on the toolkit's dynamics instrument (docs/metrics.md `dynamics/*`):
     - `dynamics/dH_pred` = grad H . (theta_new - theta_old): the first-order entropy change of the step's
-      actual update (r ~ 0.9 with the measured change on the CPU demo, docs/LOG.md);
+      actual update (Pearson r 0.707 with the measured change over the 300-step CPU demo, docs/LOG.md);
     - `dynamics/dH_per_bonus` = s: the first-order entropy change a unit entropy bonus adds to a step under
       Adam's current second moments.
 Each step t, with H_t the pre-update entropy of the rollout batch (`entropy/token_mean`):
@@ -14,7 +14,7 @@ Each step t, with H_t the pre-update entropy of the rollout batch (`entropy/toke
 so the step's predicted change dH_base + coef * s equals the gap to the target. H~, dH~_base and s~ are
 exponential moving averages (factor `smoothing`): every step samples a new batch, and its entropy differs
 from the last one by sampling noise as large as the corrections (docs/LOG.md: without smoothing the
-coefficient chased that noise, jumping between 0 and 0.5). The integral term (off at `integral: 0`) removes
+coefficient chased that noise, jumping between 0 and 0.5). The integral term (`integral: 0` turns it off) removes
 the steady offset left when dH_pred, measured on the batch the step trained on, overstates the entropy change a
 fresh batch shows (docs/LOG.md). Before two probed steps exist (s is undefined until Adam has second moments)
 coef stays at `coef`. Needs `train.dynamics_every: 1`.
@@ -32,7 +32,7 @@ Params:
     schedule ("constant"): "constant" | "linear" | "cosine".
     horizon (300): steps over which the schedule moves from `target` to `target_end`.
     gain (0.5): fraction of the gap to the target closed per step (< 1 damps).
-    integral (0.0): integral gain: nats/step of extra predicted change per nat-step of accumulated error.
+    integral (0.03): integral gain: nats/step of extra predicted change per nat-step of accumulated error.
     smoothing (0.8): EMA factor of the entropy and base-drift estimates (0 = use the raw per-batch values).
     coef_min (0.0), coef_max (1.0): clip range of the coefficient (coef_min < 0 allows pushing entropy down).
 """
@@ -62,7 +62,7 @@ class Params:
     schedule: str = "constant"  # constant | linear | cosine
     horizon: int = 300  # schedule length in steps
     gain: float = 0.5  # fraction of the gap closed per step
-    integral: float = 0.0  # integral gain (0 = proportional + feedforward only)
+    integral: float = 0.03  # integral gain (0 = proportional + feedforward only)
     smoothing: float = 0.8  # EMA factor of H and dH_base (0 = raw per-batch values)
     coef_min: float = 0.0  # lower clip of the coefficient
     coef_max: float = 1.0  # upper clip of the coefficient

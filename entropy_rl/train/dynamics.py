@@ -95,6 +95,9 @@ def eager_attention(model: PreTrainedModel) -> Iterator[None]:
     if before == "eager":
         yield
         return
+    if not hasattr(model, "set_attn_implementation"):
+        raise RuntimeError("dynamics/dH_pred_lin needs transformers >= 4.56 (set_attn_implementation), "
+                           "or load the model with attn_implementation='eager'")
     model.set_attn_implementation("eager")
     try:
         yield

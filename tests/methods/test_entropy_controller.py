@@ -28,7 +28,7 @@ def test_schedules() -> None:
 
 
 def test_coefficient_lands_the_prediction_on_the_target() -> None:
-    p = Params(target=0.3, coef=0.01, gain=1.0, smoothing=0.0)  # raw values: the rule itself
+    p = Params(target=0.3, coef=0.01, gain=1.0, smoothing=0.0, integral=0.0)  # raw values, no integral: the rule
     state = ControllerState(p)
     state.before_update(batch_with_entropy(0.25))
     assert state.params(p).coef == 0.01  # no dynamics yet: initial coefficient
@@ -41,7 +41,7 @@ def test_coefficient_lands_the_prediction_on_the_target() -> None:
 
 
 def test_smoothing_averages_the_entropy_and_base_drift() -> None:
-    p = Params(target=0.3, gain=0.5, smoothing=0.5)
+    p = Params(target=0.3, gain=0.5, smoothing=0.5, integral=0.0)
     state = ControllerState(p)
     state.before_update(batch_with_entropy(0.20))
     state.after_update({"dynamics/dH_pred": -0.02, "dynamics/dH_per_bonus": 0.5})  # coef 0: base did -0.02
