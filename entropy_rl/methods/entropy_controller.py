@@ -33,7 +33,7 @@ Params:
     horizon (300): steps over which the schedule moves from `target` to `target_end`.
     gain (0.5): fraction of the gap to the target closed per step (< 1 damps).
     integral (0.03): integral gain: nats/step of extra predicted change per nat-step of accumulated error.
-    smoothing (0.8): EMA factor of the entropy and base-drift estimates (0 = use the raw per-batch values).
+    smoothing (0.8): EMA factor of the entropy, base-drift and sensitivity estimates (0 = raw per-step values).
     coef_min (0.0), coef_max (1.0): clip range of the coefficient (coef_min < 0 allows pushing entropy down).
 """
 
@@ -63,7 +63,7 @@ class Params:
     horizon: int = 300  # schedule length in steps
     gain: float = 0.5  # fraction of the gap closed per step
     integral: float = 0.03  # integral gain (0 = proportional + feedforward only)
-    smoothing: float = 0.8  # EMA factor of H and dH_base (0 = raw per-batch values)
+    smoothing: float = 0.8  # EMA factor of H, dH_base and s (0 = raw per-step values)
     coef_min: float = 0.0  # lower clip of the coefficient
     coef_max: float = 1.0  # upper clip of the coefficient
 
