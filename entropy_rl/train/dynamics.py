@@ -38,8 +38,8 @@ from entropy_rl.train.forward import position_ids_from_mask, response_logits
 class EntropyProbe:
     """What the probe keeps from before the step: gradient of H, parameters, logits, H itself."""
 
-    grad_h: list[Tensor]
-    theta_old: list[Tensor]
+    grad_h: dict[str, Tensor]  # by parameter name (trainable parameters only), like theta_old
+    theta_old: dict[str, Tensor]
     old_logits: list[Tensor]  # per chunk, [b, T, V] fp32
     h_old: float
     dh_per_bonus: float | None
@@ -69,7 +69,7 @@ def probe_before_update(
     temperature: float, mask: Tensor, chunk: int,
 ) -> EntropyProbe:
     """Gradient of the batch token-mean entropy and a snapshot of the parameters (grads are left zeroed)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     was_training = model.training
     model.eval()
     optimizer.zero_grad(set_to_none=True)
@@ -81,11 +81,11 @@ def probe_before_update(
         h_sum += h.detach().item()
         h.backward()
         logits_kept.append(logits.detach().float())
-    grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+    grads = {n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for n, p in named.items()}
     optimizer.zero_grad(set_to_none=True)
     model.train(was_training)
-    return EntropyProbe(grads, [p.detach().clone() for p in params], logits_kept, h_sum,
-                        adam_bonus_sensitivity(optimizer, grads, params))
+    return EntropyProbe(grads, {n: p.detach().clone() for n, p in named.items()}, logits_kept, h_sum,
+                        adam_bonus_sensitivity(optimizer, list(grads.values()), list(named.values())))
 
 
 @contextmanager
@@ -144,10 +144,8 @@ def measure_after_update(
     temperature: float, mask: Tensor, chunk: int,
 ) -> dict[str, float]:
     """dynamics/dH_actual, dH_pred, dH_pred_lin, dH_identity (and dH_per_bonus when Adam has moments) for this step."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    delta = {n: p.detach() - old for (n, p), old in zip(named, probe.theta_old)}
-    dh_pred = sum(float((g * d).sum()) for g, d in zip(probe.grad_h, delta.values()))
-    theta_old = {n: old for (n, _), old in zip(named, probe.theta_old)}
+    delta = {n: p.detach() - probe.theta_old[n] for n, p in model.named_parameters() if p.requires_grad}
+    dh_pred = sum(float((probe.grad_h[n] * d).sum()) for n, d in delta.items())
     was_training = model.training
     model.eval()
     n_tokens = float(mask.sum().clamp_min(1.0))
@@ -157,7 +155,7 @@ def measure_after_update(
         m = mask[i : i + chunk]
         h_new += float((token_entropy(logits, temperature) * m).sum()) / n_tokens
         identity += entropy_change_identity(probe.old_logits[k], logits, m, temperature) * float(m.sum()) / n_tokens
-    dh_lin = linearised_entropy_change(model, theta_old, delta, input_ids, attn, prompt_len, temperature, mask, chunk)
+    dh_lin = linearised_entropy_change(model, probe.theta_old, delta, input_ids, attn, prompt_len, temperature, mask, chunk)
     model.train(was_training)
     out = {"dynamics/dH_actual": h_new - probe.h_old, "dynamics/dH_pred": dh_pred, "dynamics/dH_pred_lin": dh_lin,
            "dynamics/dH_identity": identity}
