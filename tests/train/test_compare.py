@@ -41,3 +41,12 @@ def test_summary_of_runs(tmp_path: Path) -> None:
     table = summary_table({"m": runs})
     # reward over the two finished seeds: mean 0.3, sample std 0.141
     assert "| m | 3 | 0.400 ± 0.000 | 0.300 ± 0.141 |" in table and "6 ± 0 (2/3)" in table
+
+
+def test_summary_ignores_the_step_0_eval_row(tmp_path: Path) -> None:
+    rows = [{"step": 0, "eval/pass@1": 0.5, "eval/pass@8": 0.9, "timing/eval_s": 1.0}]  # the warm start's eval
+    rows += [{"step": s, "entropy/token_mean": 1.0, "reward/mean": 0.1, "timing/step_s": 0.5} for s in range(1, 4)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert summarize_run(tmp_path)["final_entropy"] == 1.0
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")  # failed before its first RL step
+    assert summarize_run(tmp_path)["final_reward"] is None
