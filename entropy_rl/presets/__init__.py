@@ -22,6 +22,7 @@ import yaml
 from entropy_rl.train.config import ConfigError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # what a method name may be: no path separators, no dots
+REGISTRY_SOURCE = "registry key (default parameters)"  # the source of a name that is no variant
 MAX_VARIANT_BYTES = 65536  # a variant is a few lines; refuse anything that is plainly not one
 
 
@@ -32,7 +33,7 @@ class Variant:
     Attributes:
         name: the name as given (`--methods`), also the run directory's name.
         source: where it came from, for logs and summaries: a file path, `packaged variant <file>`, or
-            `registry key (default parameters)`.
+            REGISTRY_SOURCE.
         overrides: the partial config merged over the base config.
         description: the variant file's first comment line ('' for a registry key).
     """
@@ -112,16 +113,21 @@ def resolve(name: str, user_dir: Path | None = None) -> Variant:
     files = packaged_files()
     if name in files:
         return _packaged(name, files[name])
-    return Variant(name, "registry key (default parameters)", {"algorithm": {"method": name}}, "")
+    return Variant(name, REGISTRY_SOURCE, {"algorithm": {"method": name}}, "")
 
 
-def settings(overrides: dict[str, Any], prefix: str = "") -> list[str]:
-    """A partial config as `dotted.key=value` strings, depth first (what a variant sets)."""
-    out = []
-    for key, value in overrides.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value and not path.endswith("_params"):
-            out += settings(value, path + ".")
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {dotted.path: leaf value}, depth first; lists are leaves, empty dicts contribute nothing
+    (merged over a config, they change nothing)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
-            out.append(f"{path}={value}")
+            out[f"{prefix}{key}"] = value
     return out
+
+
+def settings(overrides: dict[str, Any]) -> list[str]:
+    """A partial config as `dotted.key=value` strings (the override syntax): what a variant sets."""
+    return [f"{k}={v}" for k, v in flatten(overrides).items()]
