@@ -4,7 +4,6 @@ safely (no path names, no YAML aliases, no oversized files)."""
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ def test_every_packaged_variant_is_a_valid_config_with_a_description() -> None:
 
 
 def test_package_data_ships_every_variant_file() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["entropy_rl"]
     files = [p.relative_to(ROOT / "entropy_rl").as_posix() for p in (ROOT / "entropy_rl" / "presets").rglob("*")
              if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts]
