@@ -149,16 +149,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     split_config_arg(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not methods:
-        raise SystemExit("entropy-rl compare: --methods needs at least one name")
-    out = args.out or f"runs/compare_{Path(args.config).stem if args.config else 'demo'}"
-    compare(args.config, args.overrides, methods, args.seeds, out, jobs=args.jobs, methods_dir=args.methods_dir)
+    compare(args.config, args.overrides, methods, args.seeds, args.out, jobs=args.jobs, methods_dir=args.methods_dir)
     return 0
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    """List registered policy-loss methods, advantage estimators and tasks with their defaults."""
-    from entropy_rl.catalogue import describe_params, method_needs, paper_links, render_markdown
+    """List method variants, registered policy-loss methods, advantage estimators and tasks with their defaults."""
+    from entropy_rl.catalogue import describe_params, method_needs, render_markdown
+    from entropy_rl.presets import packaged_variants, settings
 
     if args.markdown:
         print(render_markdown(), end="")
@@ -169,6 +167,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from entropy_rl.core.policy_loss import POLICY_LOSSES
     from entropy_rl.tasks import TASKS
 
+    print("Method variants (entropy-rl compare --methods NAME; entropy_rl/presets/methods/NAME.yaml):")
+    for v in packaged_variants():
+        print(f"  {v.name:<22} {v.description}")
+        print(f"  {'':<22} sets: {', '.join(settings(v.overrides))}")
     print("Policy-loss methods (algorithm.method):")
     for name in POLICY_LOSSES.names():
         e = POLICY_LOSSES.get(name)
@@ -247,11 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="run methods x seeds on one config and summarise side by side")
     p.add_argument("config", nargs="?", default=None, help="base YAML config (default: the demo config)")
     p.add_argument("overrides", nargs="*", help="config overrides a.b=c applied to every run")
-    p.add_argument("--methods", required=True, help="comma-separated method variants (configs/methods/<name>.yaml or registry keys)")
+    p.add_argument("--methods", required=True,
+                   help="comma-separated method variants (`entropy-rl methods` lists them) or policy-loss registry keys")
     p.add_argument("--seeds", type=int, default=1, help="seeds per method (base seed, +1, ...)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1: sequential)")
-    p.add_argument("--out", default=None, help="output directory (default runs/compare_<config name>)")
-    p.add_argument("--methods-dir", default=None, help="where method variant YAMLs live (default <config dir>/methods)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default runs/compare_<config name>_<hash of the config with overrides>)")
+    p.add_argument("--methods-dir", default=None,
+                   help="a directory of your own variants <name>.yaml (partial configs); they win over the packaged ones")
     p.set_defaults(fn=cmd_compare)
 
     from entropy_rl.report.cli import cmd_report  # light import (argparse, pathlib only)
@@ -263,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", default=None, help="markdown table file to include, e.g. a compare summary.md")
     p.set_defaults(fn=cmd_report)
 
-    p = sub.add_parser("methods", help="list methods, advantage estimators and tasks with defaults")
+    p = sub.add_parser("methods", help="list method variants, methods, advantage estimators and tasks with defaults")
     p.add_argument("--markdown", action="store_true", help="print docs/methods.md (generated from the registries)")
     p.set_defaults(fn=cmd_methods)
 

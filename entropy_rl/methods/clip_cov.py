@@ -25,10 +25,9 @@ Departures from the official code (deliberate):
     - `policy/clipfrac` keeps its PPO meaning; the detached fraction is `method/clip_cov/detached_frac`
       (verl reports it as pg_clipfrac).
 
-Presets (`PRESETS`, overrides of the Params defaults; Params stay the single source of defaults):
-    "verl"  = {}                                   verl `PolicyLossConfig` / actor.yaml defaults
-    "paper" = {"eps_low": 1.0, "eps_high": 1.0}    recipe/dapo/{7b,32b}_clip_cov.sh: ratio clamped to [0, 2]
-Use `preset("paper")` or put the dict in `algorithm.method_params`.
+Variants (entropy_rl/presets/methods/, `entropy-rl compare --methods NAME`):
+    clip_cov        eps_low = eps_high = 1.0 (recipe/dapo/{7b,32b}_clip_cov.sh: ratio clamped to [0, 2])
+    clip_cov_verl   the defaults (verl `PolicyLossConfig` / actor.yaml)
 
 Params:
     clip_ratio (2e-4): r_clip, fraction of the mini-batch's valid tokens to detach (a fraction, not a percent).
@@ -43,7 +42,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -68,19 +66,6 @@ class Params:
         if not self.cov_lb < self.cov_ub:
             raise ValueError(f"cov_lb must be < cov_ub, got {self.cov_lb}, {self.cov_ub}")
         ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "verl": {},  # verl PolicyLossConfig / actor.yaml: clip_cov_ratio 2e-4, lb 1, ub 5, clip 0.2
-    "paper": {"eps_low": 1.0, "eps_high": 1.0},  # recipe/dapo/{7b,32b}_clip_cov.sh
-}
-
-
-def preset(name: str, **overrides: Any) -> Params:
-    """Params of a named preset (see `PRESETS`), with further overrides on top."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown clip_cov preset '{name}'. Valid: {', '.join(sorted(PRESETS))}")
-    return Params(**{**PRESETS[name], **overrides})
 
 
 def n_to_detach(clip_ratio: float, n_valid: int) -> int:

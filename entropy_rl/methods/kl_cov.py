@@ -25,11 +25,10 @@ Departures from the official code (deliberate):
       |logp - old_logp|. Official KL-Cov does not clamp.
     - kl_ratio is a fraction (verl's unit). PRIME's `k_percent` is a percent: divide it by 100.
 
-Presets (`PRESETS`, overrides of the Params defaults; Params stay the single source of defaults):
-    "verl"      = {}                                   verl PolicyLossConfig: kl_cov_ratio 2e-4, ppo_kl_coef 0.1
-    "paper_7b"  = {"kl_ratio": 2e-3, "kl_coef": 1.0}   recipe/dapo/7b_kl_cov.sh (k_percent 0.2 = 2e-3)
-    "paper_32b" = {"kl_ratio": 2e-4, "kl_coef": 1.0}   recipe/dapo/32b_kl_cov.sh (k_percent 0.02 = 2e-4)
-Use `preset("paper_7b")` or put the dict in `algorithm.method_params`.
+Variants (entropy_rl/presets/methods/, `entropy-rl compare --methods NAME`):
+    kl_cov        kl_ratio 2e-3, kl_coef 1.0 (recipe/dapo/7b_kl_cov.sh, k_percent 0.2 = 2e-3)
+    kl_cov_32b    kl_ratio 2e-4, kl_coef 1.0 (recipe/dapo/32b_kl_cov.sh, k_percent 0.02 = 2e-4)
+    kl_cov_verl   the defaults (verl PolicyLossConfig: kl_cov_ratio 2e-4, ppo_kl_coef 0.1)
 
 Params:
     kl_ratio (2e-4): fraction of the mini-batch's valid tokens that get the penalty (verl kl_cov_ratio).
@@ -61,20 +60,6 @@ class Params:
             raise ValueError(f"kl_ratio must be a fraction in [0, 1] (PRIME's k_percent / 100), got {self.kl_ratio}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "verl": {},  # verl PolicyLossConfig / actor.yaml
-    "paper_7b": {"kl_ratio": 2e-3, "kl_coef": 1.0},  # recipe/dapo/7b_kl_cov.sh, verl-recipe/entropy/7b_kl_cov.sh
-    "paper_32b": {"kl_ratio": 2e-4, "kl_coef": 1.0},  # recipe/dapo/32b_kl_cov.sh
-}
-
-
-def preset(name: str, **overrides: Any) -> Params:
-    """Params of a named preset (see `PRESETS`), with further overrides on top."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown kl_cov preset '{name}'. Valid: {', '.join(sorted(PRESETS))}")
-    return Params(**{**PRESETS[name], **overrides})
 
 
 # Once-per-process on-policy warning: count consecutive selections whose penalty is identically zero.

@@ -27,10 +27,9 @@ Departures from the official code (deliberate):
       signature's (linear, 0.8/1.2, c = 3) nor dp_actor's fallback (0.95/1.05).
     - weight_max is read by the linear map only; the exp map clamps to [weight_min, 1] as the official code.
 
-Presets (`PRESETS`, overrides of the Params defaults; Params stay the single source of defaults):
-    "exp"    = {}                                            run/run_exp.sh
-    "linear" = {"weight_map": "linear", "weight_max": 1.2}   run_linear.sh: [0.8, 1.2]
-Use `preset("linear")` or put the dict in `algorithm.method_params`.
+Variants (entropy_rl/presets/methods/, `entropy-rl compare --methods NAME`):
+    steer          the defaults (run/run_exp.sh)
+    steer_linear   weight_map linear, weight_max 1.2 (run_linear.sh: [0.8, 1.2])
 
 Params:
     weight_map ("exp"): "exp" (paper's lambda = exp(-k |Omega|)) or "linear".
@@ -46,7 +45,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -80,19 +78,6 @@ class Params:
         if self.weight_map == "exp" and self.weight_min > 1.0:
             raise ValueError(f"the exp map needs weight_min <= 1, got {self.weight_min}")
         ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "exp": {},  # run/run_exp.sh
-    "linear": {"weight_map": "linear", "weight_max": 1.2},  # run_linear.sh
-}
-
-
-def preset(name: str, **overrides: Any) -> Params:
-    """Params of a named preset (see `PRESETS`), with further overrides on top."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown steer preset '{name}'. Valid: {', '.join(sorted(PRESETS))}")
-    return Params(**{**PRESETS[name], **overrides})
 
 
 def steer_omega(logp: Tensor, old_logp: Tensor, adv: Tensor, old_entropy: Tensor, omega: str = "official") -> Tensor:

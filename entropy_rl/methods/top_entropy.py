@@ -20,14 +20,13 @@ as the official code does; the trainer gives `select` the current policy's entro
 
 Departures from the official code (deliberate):
     - Selection over the whole optimizer mini-batch, not per micro-batch (toolkit rule).
-    - Default entropy source is H_old (official: H_cur); use the "official" preset to reproduce the code.
+    - Default entropy source is H_old (official: H_cur); the `top_entropy_official` variant reproduces the code.
     - Default normaliser is the paper's (all tokens); the official code's is offered as "selected_tokens".
     - k uses ceil(rho * N_valid - 1e-6), so float noise (0.7 * 10 = 7.000000000000001) does not add a token.
 
-Presets (`PRESETS`, overrides of the Params defaults; Params stay the single source of defaults):
-    "paper"    = {}                                                      paper objective, H_old (toolkit default)
-    "official" = {"normalize": "selected_tokens", "entropy_source": "current"}   the released code
-Use `preset("official")` or put the dict in `algorithm.method_params`.
+Variants (entropy_rl/presets/methods/, `entropy-rl compare --methods NAME`):
+    top_entropy            the defaults: paper objective, H_old (toolkit default)
+    top_entropy_official   normalize selected_tokens, entropy_source current (the released code)
 
 Params:
     rho (0.2): fraction of the mini-batch's valid tokens kept (actor.entropy_top_ratio); 1.0 reproduces ppo_clip.
@@ -42,7 +41,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -71,19 +69,6 @@ class Params:
         if self.entropy_source not in ENTROPY_SOURCES:
             raise ValueError(f"entropy_source must be one of {ENTROPY_SOURCES}, got '{self.entropy_source}'")
         ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},  # the paper's objective (all-token normaliser) with the toolkit's H_old
-    "official": {"normalize": "selected_tokens", "entropy_source": "current"},  # the released code
-}
-
-
-def preset(name: str, **overrides: Any) -> Params:
-    """Params of a named preset (see `PRESETS`), with further overrides on top."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown top_entropy preset '{name}'. Valid: {', '.join(sorted(PRESETS))}")
-    return Params(**{**PRESETS[name], **overrides})
 
 
 def n_to_keep(rho: float, n_valid: int) -> int:

@@ -1,19 +1,27 @@
 """`entropy-rl compare`: run several methods x seeds on one task, model and budget, then summarise.
 
-Every run shares one SFT warm start (done once, seed = the base config's seed) so that methods differ only in
-the RL phase; seeds vary the RL phase (sampling, data order, selection). A method name resolves to
-`<methods dir>/<name>.yaml` (a partial config merged over the base config: method, params, and any setting
-the method needs) or, failing that, to a registry key with default parameters. Runs are subprocesses
-(`entropy-rl train`), so one failing run does not end the comparison; finished runs are skipped and
-interrupted ones resumed.
+Every run that needs an SFT warm start shares one (done once, seed = the base config's seed) so that methods
+differ only in the RL phase; seeds vary the RL phase (sampling, data order, selection). A method name resolves
+to a variant (`entropy_rl.presets`: a `--methods-dir` file, else a packaged one) or, failing that, to a
+policy-loss registry key with default parameters; the summary says which. Every run's config is resolved and
+validated before anything is trained, so a typo fails in a second.
+
+Nothing is reused on a name alone. A run directory that holds a run (its `config.yaml`) is resumed or counted as
+finished only when the saved config equals the run's resolved config; otherwise compare stops and names the
+differing keys. The warm start lives in `<out>/_sft/<hash>`, keyed by the sha256 of the settings it depends on
+(`warm_start_settings`), so a changed task or model gets a new one. The default output directory carries a
+hash of the resolved base config, so compares with different overrides never share one. Runs are subprocesses
+(`entropy-rl train`), so one failing run does not end the comparison.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -21,25 +29,62 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from entropy_rl.metrics.sinks import read_jsonl
+from entropy_rl.presets import REGISTRY_SOURCE, Variant, check_name, flatten, resolve, settings
 from entropy_rl.train.checkpoint import COMPLETE, latest_checkpoint
-from entropy_rl.train.config import ConfigError, apply_overrides, from_dict, Config, save_config, to_dict, validate
+from entropy_rl.train.config import Config, ConfigError, from_dict, load_config, save_config, to_dict, validate
 
 SUMMARY_KEYS = ("final_entropy", "final_reward", "pass@1", "pass@8", "steps_to_half_entropy", "wall_s")
+IGNORED_KEYS = frozenset({"train.threads"})  # compare sets it from --jobs; a resumed run keeps its own value
+RESERVED_NAMES = frozenset({"report"})  # <out>/report is the HTML report, not a method's run directories
+SFT_DIR = "_sft"  # <out>/_sft/<hash>: warm starts (a method name cannot start with '_')
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A shared SFT warm start: the config `entropy-rl sft` runs with and the directory keyed by its hash."""
+
+    cfg: Config
+    model_dir: Path
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One (method, seed) run: its resolved config and directory."""
+    """One (method, seed) run: what its name resolved to, its resolved config, directory and warm start."""
 
     method: str
+    variant: Variant
     seed: int
     cfg: Config
     run_dir: Path
+    warm_start: WarmStart | None
+
+
+def config_hash(data: dict[str, Any]) -> str:
+    """sha256 hex digest of a config dict's canonical JSON (sorted keys, no whitespace)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], ignore: frozenset[str] = IGNORED_KEYS) -> list[str]:
+    """'dotted.key: old -> new' for every leaf that differs (a missing leaf reads '<unset>'), sorted by key."""
+    a, b = flatten(old), flatten(new)
+    unset = "<unset>"
+    return [f"{k}: {a.get(k, unset)} -> {b.get(k, unset)}" for k in sorted(a.keys() | b.keys())
+            if k not in ignore and a.get(k, unset) != b.get(k, unset)]
+
+
+def warm_start_settings(cfg: Config) -> dict[str, Any]:
+    """What an SFT warm start depends on: the model, task and sft sections, the seed and device, and the sampling
+    settings of its accuracy check (the rollout section without the RL batch shape)."""
+    d = to_dict(cfg)
+    batch_shape = ("prompts_per_step", "group_size")
+    return {"model": d["model"], "task": d["task"], "sft": d["sft"],
+            "train": {"seed": d["train"]["seed"], "device": d["train"]["device"]},
+            "rollout": {k: v for k, v in d["rollout"].items() if k not in batch_shape}}
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -50,50 +95,110 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def method_overrides(name: str, methods_dir: Path) -> dict[str, Any]:
-    """The partial config of a method variant: `<methods_dir>/<name>.yaml`, else algorithm.method=<name>."""
-    path = methods_dir / f"{name}.yaml"
-    if path.is_file():
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        return data
-    return {"algorithm": {"method": name}}
+def check_methods(methods: list[str]) -> None:
+    """Raise ConfigError on an empty list, an unsafe or reserved name, or a name given twice."""
+    if not methods:
+        raise ConfigError("--methods needs at least one name")
+    for name in methods:
+        check_name(name)
+        if name in RESERVED_NAMES:
+            raise ConfigError(f"method name '{name}' is reserved (<out>/{name} holds the comparison's own files)")
+    twice = sorted({m for m in methods if methods.count(m) > 1})
+    if twice:
+        raise ConfigError(f"--methods names {', '.join(twice)} more than once (two runs would share a directory)")
 
 
-def plan_runs(base: dict[str, Any], methods: list[str], seeds: int, out_dir: Path, methods_dir: Path,
-              sft_model: Path | None) -> list[RunSpec]:
-    """Resolve and validate every run's config before anything is trained (a typo fails in a second)."""
+def resolved_config(name: str, variant: Variant, data: dict[str, Any]) -> Config:
+    """from_dict + validate of one run's merged config; ConfigError names the method and where it came from."""
+    try:
+        cfg = from_dict(Config, data)
+        validate(cfg)
+    except ConfigError as e:
+        if variant.source == REGISTRY_SOURCE:
+            raise ConfigError(f"method '{name}' is not a variant (`entropy-rl methods` lists them); {e}") from None
+        raise ConfigError(f"method '{name}' ({variant.source}): {e}") from None
+    return cfg
+
+
+def plan_runs(base: dict[str, Any], methods: list[str], seeds: int, out_dir: Path, methods_dir: Path | None,
+              threads: int = 0) -> list[RunSpec]:
+    """Resolve and validate every run's config before anything is trained (a typo fails in a second).
+
+    Args:
+        base: the base config as a dict (file + overrides); variants merge over it.
+        methods: method names (variants or registry keys).
+        seeds: runs per method; run k has train.seed = base seed + k.
+        out_dir: the comparison's directory; run k of method m lives in <out_dir>/m/seed<seed>.
+        methods_dir: a directory of user variants that win over the packaged ones, or None.
+        threads: torch threads per run (saved in each run's config); 0 keeps the base config's value.
+
+    Returns:
+        One RunSpec per (method, seed), method-major. A run whose config asks for an SFT warm start from a fresh
+        model gets a shared one instead: model.path = <out_dir>/_sft/<hash>, sft.enabled = false.
+    """
+    check_methods(methods)
+    base_seed = from_dict(Config, base).train.seed
     specs = []
     for name in methods:
+        variant = resolve(name, methods_dir)
         for k in range(seeds):
-            data = deep_merge(base, method_overrides(name, methods_dir))
-            data = deep_merge(data, {"train": {"seed": base.get("train", {}).get("seed", 0) + k}})
-            if sft_model is not None:
-                data = deep_merge(data, {"model": {"path": str(sft_model)}, "sft": {"enabled": False}})
-            try:
-                cfg = from_dict(Config, data)
-                validate(cfg)
-            except ConfigError as e:
-                raise ConfigError(f"method '{name}': {e}") from None
-            specs.append(RunSpec(name, cfg.train.seed, cfg, out_dir / name / f"seed{cfg.train.seed}"))
+            data = deep_merge(base, variant.overrides)
+            data = deep_merge(data, {"train": {"seed": base_seed + k, **({"threads": threads} if threads else {})}})
+            cfg = resolved_config(name, variant, data)
+            warm_start = None
+            if cfg.sft.enabled and not cfg.model.path:
+                ws_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=base_seed))
+                key = config_hash(warm_start_settings(ws_cfg))[:16]
+                warm_start = WarmStart(ws_cfg, out_dir / SFT_DIR / key)
+                cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(warm_start.model_dir)),
+                                          sft=dataclasses.replace(cfg.sft, enabled=False))
+            specs.append(RunSpec(name, variant, cfg.train.seed, cfg, out_dir / name / f"seed{cfg.train.seed}", warm_start))
     return specs
 
 
+def check_run_dir(spec: RunSpec) -> None:
+    """Raise ConfigError if the run directory holds a run whose saved config differs from `spec.cfg`.
+
+    The message names the differing keys (dotted paths, old -> new); train.threads is not compared.
+    """
+    saved = spec.run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    try:
+        old = to_dict(from_dict(Config, yaml.safe_load(saved.read_text(encoding="utf-8")) or {}))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError) as e:
+        raise ConfigError(f"{saved}: not a run config compare can check ({str(e).splitlines()[0]}); "
+                          "use another --out") from None
+    diff = config_diff(old, to_dict(spec.cfg))
+    if diff:
+        more = f"; and {len(diff) - 5} more" if len(diff) > 5 else ""
+        raise ConfigError(f"{spec.run_dir} holds a {spec.method} run with another config ({'; '.join(diff[:5])}{more}); "
+                          "use another --out, or remove that run directory to train this config")
+
+
 def is_finished(spec: RunSpec) -> bool:
-    """A run is finished when its final-step checkpoint exists."""
+    """A run is finished when its final-step checkpoint exists (its config was checked by `check_run_dir`)."""
     ckpt = latest_checkpoint(spec.run_dir)
     return ckpt is not None and ckpt.name == f"step_{spec.cfg.train.steps:06d}"
 
 
-def run_one(spec: RunSpec, threads: int) -> tuple[RunSpec, int, str]:
+def train_warm_start(ws: WarmStart, log: Callable[[str], None]) -> None:
+    """Run `entropy-rl sft` for a warm start in a subprocess, then mark it complete. RuntimeError on failure."""
+    log(f"compare: SFT warm start -> {ws.model_dir}")
+    ws.model_dir.parent.mkdir(parents=True, exist_ok=True)
+    cfg_file = ws.model_dir.with_suffix(".yaml")
+    save_config(ws.cfg, cfg_file)
+    proc = subprocess.run([sys.executable, "-m", "entropy_rl", "sft", str(cfg_file), "--out", str(ws.model_dir)])
+    if proc.returncode != 0:
+        raise RuntimeError(f"the SFT warm start failed (exit {proc.returncode}, output above); config {cfg_file}")
+    (ws.model_dir / COMPLETE).write_text(ws.model_dir.name)
+
+
+def run_one(spec: RunSpec) -> tuple[RunSpec, int, str]:
     """Train one run in a subprocess (resuming if it has started). Returns (spec, exit code, stderr tail)."""
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = spec.run_dir.parent / f"seed{spec.seed}.yaml"
-    cfg = spec.cfg
-    if threads:  # part of the saved config, so a resume uses the same thread count (bit-reproducible)
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
-    save_config(cfg, cfg_file)
+    save_config(spec.cfg, cfg_file)
     if (spec.run_dir / "config.yaml").is_file():
         cmd = [sys.executable, "-m", "entropy_rl", "train", "--resume", str(spec.run_dir), "--no-progress"]
     else:
@@ -150,45 +255,98 @@ def summary_table(results: dict[str, list[dict[str, float | None]]]) -> str:
     return "\n".join(lines)
 
 
-def compare(config: str | None, overrides: list[str], methods: list[str], seeds: int, out_dir: str | Path,
-            jobs: int = 1, methods_dir: str | Path | None = None, log=print) -> Path:
-    """Run methods x seeds (skipping finished runs), then write summary.json / summary.md (and a report)."""
-    out_dir = Path(out_dir)
-    base: dict[str, Any] = {}
-    if config is not None:
-        base = yaml.safe_load(Path(config).read_text()) or {}
-    base = apply_overrides(base, overrides)
-    methods_dir = Path(methods_dir) if methods_dir else (Path(config).parent / "methods" if config else Path("configs/methods"))
-    base_cfg = from_dict(Config, base)
-    validate(base_cfg)
-    sft_model = None
-    if base_cfg.sft.enabled and not base_cfg.model.path:
-        sft_model = out_dir / "sft_model"
-        if not (sft_model / COMPLETE).is_file():
-            log(f"compare: SFT warm start shared by every run -> {sft_model}")
-            cfg_file = out_dir / "sft.yaml"
-            out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(base_cfg, cfg_file)
-            subprocess.run([sys.executable, "-m", "entropy_rl", "sft", str(cfg_file), "--out", str(sft_model)], check=True)
-            (sft_model / COMPLETE).write_text("ok")
-    specs = plan_runs(base, methods, seeds, out_dir, methods_dir, sft_model)
+def check_out_dir(out_dir: Path) -> None:
+    """Raise ConfigError if `out_dir` is a file or lies under one (instead of a traceback at the first write)."""
+    p = out_dir
+    while not p.exists() and p != p.parent:  # exists() is False for a path under a file
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"--out '{out_dir}': '{p}' is a file, not a directory")
+
+
+def default_out_dir(config: str | None, base_cfg: Config) -> Path:
+    """runs/compare_<config name>_<first 8 hex of the resolved base config's hash>: other overrides, other dir."""
+    return Path("runs") / f"compare_{Path(config).stem if config else 'demo'}_{config_hash(to_dict(base_cfg))[:8]}"
+
+
+def describe(variant: Variant) -> str:
+    """One line: what a method name resolved to and what it sets."""
+    what = f" ({variant.description})" if variant.description else ""
+    return f"{variant.source}{what}: {', '.join(settings(variant.overrides))}"
+
+
+def write_summary(specs: list[RunSpec], out_dir: Path) -> str:
+    """Write summary.json (per method: what the name resolved to, and per run its seed, directory, config hash and
+    summary) and summary.md (the table, then what each name resolved to); return the markdown."""
+    results: dict[str, list[dict[str, float | None]]] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        summary = summarize_run(spec.run_dir)
+        results.setdefault(spec.method, []).append(summary)
+        entry = entries.setdefault(spec.method, {"variant": spec.variant.source, "settings": spec.variant.overrides,
+                                                 "runs": []})
+        entry["runs"].append({"seed": spec.seed, "run_dir": str(spec.run_dir),
+                              "config_sha256": config_hash(to_dict(spec.cfg)), **summary})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(entries, indent=2))
+    variants = {s.method: s.variant for s in specs}
+    table = summary_table(results) + "\n\n" + "\n".join(f"- `{name}`: {describe(v)}" for name, v in variants.items())
+    (out_dir / "summary.md").write_text(table + "\n")
+    return table
+
+
+def compare(config: str | None, overrides: list[str], methods: list[str], seeds: int, out_dir: str | Path | None = None,
+            jobs: int = 1, methods_dir: str | Path | None = None, log: Callable[[str], None] = print) -> Path:
+    """Run methods x seeds (skipping finished runs), then write summary.json / summary.md (and a report).
+
+    Everything is checked before anything is trained or written: the counts, the method names, every run's
+    config, and that no run directory holds a run with another config (ConfigError, one line).
+
+    Args:
+        config: base YAML config, or None for the defaults (the CPU demo).
+        overrides: `a.b=c` overrides applied to every run.
+        methods: method names: variants or policy-loss registry keys.
+        seeds: runs per method (>= 1).
+        out_dir: the comparison's directory; None gives runs/compare_<config name>_<base config hash>.
+        jobs: runs in parallel (>= 1).
+        methods_dir: a directory of user variants (win over the packaged ones), or None.
+        log: where progress lines go.
+
+    Returns:
+        The output directory.
+    """
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    check_methods(methods)
+    user_dir = Path(methods_dir) if methods_dir is not None else None
+    if user_dir is not None and not user_dir.is_dir():
+        raise ConfigError(f"--methods-dir '{user_dir}' is not a directory")
+    base_cfg = load_config(config, overrides)
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(config, base_cfg)
+    check_out_dir(out_dir)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+    specs = plan_runs(to_dict(base_cfg), methods, seeds, out_dir, user_dir, threads)
+    for spec in specs:
+        check_run_dir(spec)
+    for name in methods:
+        log(f"compare: {name} = {describe(next(s.variant for s in specs if s.method == name))}")
+    warm_starts = {s.warm_start.model_dir: s.warm_start for s in specs if s.warm_start is not None}
+    for ws in warm_starts.values():
+        if not (ws.model_dir / COMPLETE).is_file():
+            train_warm_start(ws, log)
     todo = [s for s in specs if not is_finished(s)]
     log(f"compare: {len(specs)} runs ({len(specs) - len(todo)} already finished), {jobs} at a time, in {out_dir}")
-    threads = max(1, 2 // jobs) if jobs > 1 else 0
     failures = []
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for i, (spec, code, err) in enumerate(pool.map(lambda s: run_one(s, threads), todo), 1):
+        for i, (spec, code, err) in enumerate(pool.map(run_one, todo), 1):
             status = "ok" if code == 0 else f"FAILED (exit {code})"
             log(f"[{i}/{len(todo)}] {spec.method} seed {spec.seed}: {status} ({time.perf_counter() - t0:.0f} s elapsed)")
             if code != 0:
                 failures.append(f"{spec.method} seed {spec.seed}: {err.strip().splitlines()[-1] if err.strip() else code}")
-    results: dict[str, list[dict[str, float | None]]] = {}
-    for spec in specs:
-        results.setdefault(spec.method, []).append(summarize_run(spec.run_dir))
-    (out_dir / "summary.json").write_text(json.dumps(results, indent=2))
-    table = summary_table(results)
-    (out_dir / "summary.md").write_text(table + "\n")
+    table = write_summary(specs, out_dir)
     log(table)
     try:
         from entropy_rl.report import write_report

@@ -13,9 +13,17 @@ from entropy_rl.core.aggregate import aggregate
 from entropy_rl.core.policy_loss import POLICY_LOSSES, get_policy_loss, policy_loss, run_select
 from entropy_rl.core.types import PolicyInputs
 from entropy_rl.methods import clip_cov
-from entropy_rl.methods.clip_cov import PRESETS, Params, n_to_detach, preset
+from entropy_rl.methods.clip_cov import Params, n_to_detach
+from entropy_rl.presets import resolve
 
 ENTRY = get_policy_loss("clip_cov")
+
+
+def variant_params(name: str) -> Params:
+    """The Params a packaged variant sets (entropy_rl/presets/methods/<name>.yaml), checked to be a clip_cov variant."""
+    algorithm = resolve(name).overrides["algorithm"]
+    assert algorithm["method"] == "clip_cov"
+    return ENTRY.make_params(**algorithm.get("method_params", {}))
 
 
 def hand_case() -> PolicyInputs:
@@ -107,22 +115,17 @@ def test_clip_ratio_zero_is_ppo_clip() -> None:
     torch.testing.assert_close(out.per_token, expected.per_token)
 
 
-def test_presets_are_overrides_of_params() -> None:
-    assert preset("verl") == Params()
-    paper = preset("paper")
+def test_variants_hold_the_paper_and_verl_settings() -> None:
+    assert variant_params("clip_cov_verl") == Params()
+    paper = variant_params("clip_cov")
     assert (paper.eps_low, paper.eps_high, paper.clip_ratio, paper.cov_lb, paper.cov_ub) == (1.0, 1.0, 2e-4, 1.0, 5.0)
-    assert preset("paper", clip_ratio=1e-3).clip_ratio == 1e-3
-    for overrides in PRESETS.values():
-        ENTRY.make_params(**overrides)  # every preset is valid config
-    with pytest.raises(ValueError, match="unknown clip_cov preset"):
-        preset("nope")
 
 
 def test_paper_preset_clamps_ratio_to_0_2() -> None:
     # eps 1.0: r = e^1 = 2.718 with A = 1 is clipped at 2 -> loss -2; r = e^-1 with A = -1 is inside [0, 2]
     logp = torch.tensor([[1.0, -1.0]])
     x = PolicyInputs(logp, torch.zeros(1, 2), torch.tensor([[1.0, -1.0]]), torch.ones(1, 2))
-    out = ENTRY.obj.loss(x, preset("paper", clip_ratio=0.0), None)
+    out = ENTRY.obj.loss(x, Params(eps_low=1.0, eps_high=1.0, clip_ratio=0.0), None)
     torch.testing.assert_close(out.per_token, torch.tensor([[-2.0, math.exp(-1.0)]]))
 
 

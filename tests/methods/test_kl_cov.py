@@ -13,9 +13,17 @@ from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import POLICY_LOSSES, get_policy_loss, policy_loss, run_select
 from entropy_rl.core.types import PolicyInputs
 from entropy_rl.methods import kl_cov
-from entropy_rl.methods.kl_cov import PRESETS, Params, n_to_penalise, preset
+from entropy_rl.methods.kl_cov import Params, n_to_penalise
+from entropy_rl.presets import resolve
 
 ENTRY = get_policy_loss("kl_cov")
+
+
+def variant_params(name: str) -> Params:
+    """The Params a packaged variant sets (entropy_rl/presets/methods/<name>.yaml), checked to be a kl_cov variant."""
+    algorithm = resolve(name).overrides["algorithm"]
+    assert algorithm["method"] == "kl_cov"
+    return ENTRY.make_params(**algorithm.get("method_params", {}))
 
 
 @pytest.fixture(autouse=True)
@@ -124,14 +132,10 @@ def test_on_policy_penalty_and_its_gradient_are_zero() -> None:
     assert float(out.metrics["method/kl_cov/abs_logratio_mean"]) == 0.0
 
 
-def test_presets_are_overrides_of_params() -> None:
-    assert preset("verl") == Params() == Params(kl_ratio=2e-4, kl_coef=0.1)
-    assert (preset("paper_7b").kl_ratio, preset("paper_7b").kl_coef) == (2e-3, 1.0)
-    assert (preset("paper_32b").kl_ratio, preset("paper_32b").kl_coef) == (2e-4, 1.0)
-    for overrides in PRESETS.values():
-        ENTRY.make_params(**overrides)
-    with pytest.raises(ValueError, match="unknown kl_cov preset"):
-        preset("paper")
+def test_variants_hold_the_paper_and_verl_settings() -> None:
+    assert variant_params("kl_cov_verl") == Params() == Params(kl_ratio=2e-4, kl_coef=0.1)
+    assert (variant_params("kl_cov").kl_ratio, variant_params("kl_cov").kl_coef) == (2e-3, 1.0)  # paper 7B
+    assert (variant_params("kl_cov_32b").kl_ratio, variant_params("kl_cov_32b").kl_coef) == (2e-4, 1.0)
 
 
 def test_no_neutral_setting_is_declared() -> None:

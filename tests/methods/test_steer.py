@@ -9,9 +9,19 @@ import torch
 
 from entropy_rl.core.policy_loss import POLICY_LOSSES, get_policy_loss, policy_loss, run_select
 from entropy_rl.core.types import PolicyInputs
-from entropy_rl.methods.steer import PRESETS, Params, preset, steer_omega
+from entropy_rl.methods.steer import Params, steer_omega
+from entropy_rl.presets import resolve
 
 ENTRY = get_policy_loss("steer")
+
+
+def variant_params(name: str) -> Params:
+    """The Params a packaged variant sets (entropy_rl/presets/methods/<name>.yaml), checked to be a steer variant."""
+    algorithm = resolve(name).overrides["algorithm"]
+    assert algorithm["method"] == "steer"
+    return ENTRY.make_params(**algorithm.get("method_params", {}))
+
+
 PROBS = [0.5, 0.25, 0.8]
 
 
@@ -66,13 +76,13 @@ def test_linear_map_hand_weights() -> None:
     #   t0 1.2 - 0                       = 1.2
     #   t1 1.2 - 0.136295 * 2.934824     = 0.8
     #   t2 1.2 - (0.155371 - 0.153426) * 2.934824 = 1.2 - 0.005708 = 1.194292
-    sel = run_select(ENTRY, preset("linear"), hand_case(), None)
+    sel = run_select(ENTRY, Params(weight_map="linear", weight_max=1.2), hand_case(), None)
     torch.testing.assert_close(sel["weight"], torch.tensor([[1.2, 0.8, 1.19429212]]))
 
 
 def test_linear_map_with_equal_omegas_gives_the_midpoint() -> None:
     # A = 0 -> Omega = 0 everywhere -> max == min -> w = (0.8 + 1.2) / 2 = 1.0
-    sel = run_select(ENTRY, preset("linear"), hand_case(adv=0.0), None)
+    sel = run_select(ENTRY, Params(weight_map="linear", weight_max=1.2), hand_case(adv=0.0), None)
     torch.testing.assert_close(sel["weight"], torch.ones(1, 3))
 
 
@@ -126,12 +136,10 @@ def test_weight_min_one_is_all_ones() -> None:
     torch.testing.assert_close(sel["weight"], torch.ones(1, 3))
 
 
-def test_presets_are_overrides_of_params() -> None:
-    assert preset("exp") == Params()
-    lin = preset("linear")
+def test_variants_hold_the_scripts_settings() -> None:
+    assert variant_params("steer") == Params()
+    lin = variant_params("steer_linear")
     assert (lin.weight_map, lin.weight_min, lin.weight_max) == ("linear", 0.8, 1.2)
-    for overrides in PRESETS.values():
-        ENTRY.make_params(**overrides)
     assert POLICY_LOSSES.get("steer").obj.needs_old_entropy
 
 

@@ -8,9 +8,17 @@ import torch
 from entropy_rl.core.aggregate import aggregate
 from entropy_rl.core.policy_loss import POLICY_LOSSES, get_policy_loss, run_select
 from entropy_rl.core.types import PolicyInputs
-from entropy_rl.methods.top_entropy import PRESETS, Params, n_to_keep, preset
+from entropy_rl.methods.top_entropy import Params, n_to_keep
+from entropy_rl.presets import resolve
 
 ENTRY = get_policy_loss("top_entropy")
+
+
+def variant_params(name: str) -> Params:
+    """The Params a packaged variant sets (entropy_rl/presets/methods/<name>.yaml), checked to be a top_entropy variant."""
+    algorithm = resolve(name).overrides["algorithm"]
+    assert algorithm["method"] == "top_entropy"
+    return ENTRY.make_params(**algorithm.get("method_params", {}))
 
 
 def hand_case() -> PolicyInputs:
@@ -105,12 +113,10 @@ def test_missing_entropy_raises() -> None:
         run_select(ENTRY, Params(entropy_source="current"), x, None)
 
 
-def test_presets_are_overrides_of_params() -> None:
-    assert preset("paper") == Params()
-    official = preset("official")
+def test_variants_hold_the_paper_and_official_settings() -> None:
+    assert variant_params("top_entropy") == Params()
+    official = variant_params("top_entropy_official")
     assert (official.normalize, official.entropy_source, official.rho) == ("selected_tokens", "current", 0.2)
-    for overrides in PRESETS.values():
-        ENTRY.make_params(**overrides)
 
 
 @pytest.mark.parametrize("bad", [{"rho": 0.0}, {"rho": 1.5}, {"normalize": "tokens"}, {"entropy_source": "new"}])
