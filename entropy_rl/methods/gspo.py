@@ -35,7 +35,7 @@ import torch
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean
 
 MAX_LOG_SEQ_RATIO = 10.0  # verl clamps the token-form log-ratio at 10 before exp
 
@@ -57,7 +57,7 @@ def sequence_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.T
 
 
 @register_policy_loss("gspo", Params, paper="arXiv:2507.18071", neutral=None)
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
     """GSPO-token clipped surrogate. In: [B, T] each. Out: loss [B, T] and policy/*, method/gspo/* metrics."""
     seq_lr = sequence_log_ratio(x.logp, x.old_logp, x.mask).detach()  # [B], no gradient (sg)
     token_lr = (seq_lr.unsqueeze(-1) + x.logp - x.logp.detach()).clamp(max=MAX_LOG_SEQ_RATIO)  # value log s_i
