@@ -53,7 +53,7 @@ SFT_DIR = "_sft"  # <out>/_sft/<hash>: warm starts (a method name cannot start w
 DEFAULT_BASELINE = "ppo_clip"  # the plain clipped objective every entropy paper compares against
 CONFIDENCE = 0.95
 CI_MIN_SEEDS = 3  # 2 values give a bootstrap of 3 distinct means, a t-interval 1 degree of freedom: n/a below 3
-IQM_MIN_SEEDS = 5  # with fewer, trimming a quarter at each end drops nothing (4) or leaves 1-2 values
+IQM_MIN_SEEDS = 5  # trim_mean(x, 0.25) drops nothing below 4 values and leaves the middle 2 of 4
 BOOTSTRAP_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0  # a fixed seed: the same runs always give the same summary
 STATS_NOTE = (
@@ -411,11 +411,12 @@ def summary_markdown(results: dict[str, list[dict[str, float | None]]], baseline
     parts = [summary_table(results), STATS_NOTE]
     table = difference_table(results, baseline)
     if table:
-        parts += [f"Differences from the baseline `{baseline}` (mean of the method - mean of the baseline; 95% "
-                  "bootstrap CI with the seeds of each resampled independently). \"CI excludes 0\" flags a "
-                  "difference larger than the seed-to-seed noise; \"CI includes 0: within seed noise\" means these "
-                  "seeds cannot tell the method from the baseline on that metric. With 3 seeds each the interval "
-                  "covers the true difference about 4 times in 5 (5 each: about 89%), not 95%.", table]
+        intro = (f"Differences from the baseline `{baseline}` (mean of the method - mean of the baseline; 95% "
+                 "bootstrap CI with the seeds of each resampled independently). \"CI excludes 0\" flags a "
+                 "difference larger than the seed-to-seed noise; \"CI includes 0: within seed noise\" means these "
+                 "seeds cannot tell the method from the baseline on that metric. With 3 seeds each the interval "
+                 "covers the true difference about 4 times in 5 (5 each: about 89%), not 95%.")
+        parts += [intro, table]
     return "\n\n".join(parts)
 
 
