@@ -35,8 +35,13 @@ def aggregate(
     - seq-mean-token-mean: sum_i [sum_t M*l / sum_t M]_i / num_seqs (original GRPO).
     - seq-mean-token-sum: sum_i [sum_t M*l]_i / num_seqs.
     - seq-mean-token-sum-norm: sum_i [sum_t M*l]_i / (num_seqs * norm_length) (Dr.GRPO, arXiv:2503.20783:
-      a constant length, by default T, replaces |o_i|). Upstream verl omits the 1/num_seqs; we keep the
-      paper's mean over sequences so the scale does not grow with batch size.
+      a constant length, by default T, replaces |o_i|), as verl 0.9.1 (`loss_scale_factor`; older verl
+      omitted the 1/num_seqs).
+
+    num_seqs counts every response, a fully masked (empty) one included; it adds 0 to the sum. verl 0.9.1's
+    trainer does the same (`global_batch_size` = ppo_mini_batch_size * rollout.n), but its `agg_loss` called
+    without `global_batch_size` divides by the number of non-empty responses instead. The two differ only
+    when a response has no token in the mask; `num_seqs` = that count reproduces the latter.
 
     Args:
         per_token: [B, T] loss per token.

@@ -6,7 +6,10 @@ Reasoning", arXiv:2506.01939 (NeurIPS 2025). Official code: Shenzhi-Wang/Beyond-
 
 Selection (`select`, over the valid tokens of the optimizer mini-batch):
     k = max(1, ceil(rho * N_valid)) tokens with the highest entropy, by torch.topk (exactly k: ties at the
-    threshold are broken by topk, like the official code; TRL's `H >= quantile` can select more).
+    threshold are broken by topk, like the official code). TRL's `H >= torch.quantile(H, 1 - rho)` (trl 1.16
+    `get_high_entropy_mask`) keeps 1 + floor(rho (N_valid - 1)) tokens of distinct entropy: the same k when
+    rho = 1/m (0.2, 0.1, 0.5, ...), one fewer when frac(rho N_valid) lies in (0, rho) (rho 0.3, N_valid 7: 2
+    against 3), and every token tied at its threshold besides (then more).
     threshold = the k-th largest entropy (logged).
 Loss (`loss`, per micro-batch): l_t = 1[t selected] * scale * PPO clipped loss (clip-higher and dual clip), where
     normalize="all_tokens" (paper objective, TRL): scale = 1; the trainer's token-mean divides by all valid tokens.

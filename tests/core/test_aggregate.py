@@ -33,6 +33,17 @@ def test_seq_mean_token_sum_norm() -> None:
     assert aggregate(LOSS, MASK, "seq-mean-token-sum-norm", norm_length=6).item() == pytest.approx(1.5)
 
 
+@pytest.mark.parametrize("mode, per_seq", [("seq-mean-token-mean", [1.5, 5.0]), ("seq-mean-token-sum", [3.0, 15.0]),
+                                           ("seq-mean-token-sum-norm", [1.0, 5.0])])
+def test_seq_means_count_an_empty_response(mode: str, per_seq: list[float]) -> None:
+    # a third, fully masked response: the sequence mean divides by all 3 responses (verl 0.9.1's trainer:
+    # global_batch_size = mini-batch size); num_seqs = 2 (non-empty ones) gives verl's stand-alone agg_loss default
+    loss = torch.cat([LOSS, torch.full((1, 3), 7.0)])
+    mask = torch.cat([MASK, torch.zeros(1, 3)])
+    assert aggregate(loss, mask, mode).item() == pytest.approx(sum(per_seq) / 3)
+    assert aggregate(loss, mask, mode, num_seqs=2).item() == pytest.approx(sum(per_seq) / 2)
+
+
 def test_unknown_mode_names_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="token-mean"):
         aggregate(LOSS, MASK, "mean")

@@ -107,6 +107,21 @@ def test_n_to_keep() -> None:
     assert n_to_keep(0.2, 0) == 0
 
 
+def trl_quantile_count(entropy: torch.Tensor, rho: float) -> int:
+    """How many tokens TRL's mask keeps: H >= torch.quantile(H, 1 - rho) (trl 1.16 `get_high_entropy_mask`)."""
+    return int((entropy >= torch.quantile(entropy, 1 - rho)).sum())
+
+
+def test_trl_quantile_rule_keeps_the_same_k_or_one_fewer_as_the_docstring_says() -> None:
+    g = torch.Generator().manual_seed(0)
+    for n in range(1, 60):
+        h = torch.rand(n, generator=g)  # distinct entropies
+        assert trl_quantile_count(h, 0.2) == n_to_keep(0.2, n)  # rho = 1/5: always the same k
+        assert trl_quantile_count(h, 0.3) == 1 + int(0.3 * (n - 1) + 1e-9)  # 1 + floor(rho (N - 1))
+    assert trl_quantile_count(torch.rand(7, generator=g), 0.3) == 2 and n_to_keep(0.3, 7) == 3  # one fewer
+    assert trl_quantile_count(torch.tensor([0.0] * 6 + [1.0] * 4), 0.2) == 4 > n_to_keep(0.2, 10)  # ties: more
+
+
 def test_missing_entropy_raises() -> None:
     x = PolicyInputs(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2))
     with pytest.raises(ValueError, match="needs entropy"):
