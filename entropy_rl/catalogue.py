@@ -35,14 +35,13 @@ def module_doc(obj: object) -> str:
 
 
 def method_needs(m) -> str:
-    """What a policy-loss method needs beyond log-probs."""
-    needs = []
-    if m.needs_entropy:
-        needs.append("full-vocab H_cur (with grad)")
-    if m.needs_old_entropy:
-        needs.append("H_old (pre-update pass)")
+    """What a policy-loss method needs beyond log-probs: its declared inputs, trainer metrics, state, selection."""
+    from entropy_rl.core.policy_loss import TOKEN_INPUTS
+
+    needs = [text for name, text in TOKEN_INPUTS.items() if name in m.inputs]
     needs += [f"feature `{n}` (pre-update pass)" for n, _ in m.old_features]
     needs += [f"feature `{n}` (update pass)" for n, _ in m.cur_features]
+    needs += [f"trainer metric `{k}` every step" for k in m.requires]
     if m.make_state is not None:
         needs.append("state (checkpointed)")
     if m.select is not None:

@@ -149,7 +149,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     split_config_arg(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    compare(args.config, args.overrides, methods, args.seeds, args.out, jobs=args.jobs, methods_dir=args.methods_dir)
+    compare(args.config, args.overrides, methods, args.seeds, args.out, jobs=args.jobs, methods_dir=args.methods_dir,
+            baseline=args.baseline)
     return 0
 
 
@@ -257,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory (default runs/compare_<config name>_<hash of the config with overrides>)")
     p.add_argument("--methods-dir", default=None,
                    help="a directory of your own variants <name>.yaml (partial configs); they win over the packaged ones")
+    p.add_argument("--baseline", default=None,
+                   help="the method the summary compares the others with (default ppo_clip if compared, else the first)")
     p.set_defaults(fn=cmd_compare)
 
     from entropy_rl.report.cli import cmd_report  # light import (argparse, pathlib only)

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def n_to_detach(clip_ratio: float, n_valid: int) -> int:
     return max(1, math.floor(clip_ratio * n_valid))
 
 
-def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> TokenWeights:
+def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights:
     """Draw the tokens to detach over the mini-batch. In: [B, T] detached. Out: {"detach": bool [B, T]}, metrics."""
     valid = x.mask.bool()
     n_valid = int(valid.sum())
@@ -99,14 +99,8 @@ def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> Tok
 
 
 @register_policy_loss("clip_cov", Params, select=select, paper="arXiv:2505.22617", neutral={"clip_ratio": 0.0})
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
-    """Per-token PPO loss with the selected tokens zeroed (no gradient). In: [B, T] each. Out: [B, T], metrics.
-
-    Without a selection (direct calls), the selection runs here on this batch with the global RNG.
-    """
-    if sel is None:
-        with torch.no_grad():
-            sel = select(x.detached(), p, None)
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
+    """Per-token PPO loss with the selected tokens zeroed (no gradient). In: [B, T] each. Out: [B, T], metrics."""
     detach = sel["detach"]
     s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, p.eps_low, p.eps_high, p.clip_ratio_c)
     per_token = torch.where(detach, torch.zeros_like(s.loss), s.loss)

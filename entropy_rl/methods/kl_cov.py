@@ -47,7 +47,7 @@ from torch import Tensor
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean, zero_scalar
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean, zero_scalar
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ ON_POLICY_MESSAGE = (
 )
 
 
-def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> TokenWeights:
+def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights:
     """Top-k Cov tokens over the mini-batch. In: [B, T] detached. Out: {"penalize": bool [B, T]}, metrics."""
     valid = x.mask.bool()
     n_valid = int(valid.sum())
@@ -116,14 +116,8 @@ def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> Tok
 
 
 @register_policy_loss("kl_cov", Params, select=select, paper="arXiv:2505.22617", neutral=None)
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
-    """Per-token -A r everywhere plus kl_coef |logp - old_logp| on selected tokens. In: [B, T]. Out: [B, T], metrics.
-
-    Without a selection (direct calls), the selection runs here on this batch.
-    """
-    if sel is None:
-        with torch.no_grad():
-            sel = select(x.detached(), p, None)
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
+    """Per-token -A r everywhere plus kl_coef |logp - old_logp| on selected tokens. In: [B, T]. Out: [B, T], metrics."""
     penalize = sel["penalize"]
     lr = ppo.log_ratio(x.logp, x.old_logp)
     ratio = torch.exp(lr)

@@ -57,7 +57,7 @@ from torch import Tensor
 from entropy_rl.core import ppo
 from entropy_rl.core.kl import kl_k3
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean, zero_scalar
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean, zero_scalar
 
 FEATURE_KAPPA = 0.02  # kappa of the registered `lp_proxy` feature (recipe minp_p_threshold)
 FEATURE_REGULAR_TYPE = "relative"
@@ -138,7 +138,7 @@ def _lowest_logp(logp: Tensor, candidates: Tensor, rho: float, min_k: int) -> Te
     return out
 
 
-def select(x: PolicyInputs, p: Params, generator: torch.Generator | None = None) -> TokenWeights:
+def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights:
     """Lowest-logp negative (and positive) tokens of the mini-batch whose logp < lp_proxy. In: [B, T]. Out: bool."""
     valid = x.mask > 0
     lp_proxy = x.extras["lp_proxy"]
@@ -158,12 +158,10 @@ def select(x: PolicyInputs, p: Params, generator: torch.Generator | None = None)
     "lp_reg", Params, select=select, stage="regularizer", paper="arXiv:2510.03222",
     neutral={"rho_neg": 0.0, "rho_pos": 0.0}, old_features={"lp_proxy": lp_proxy_feature},
 )
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
     """PPO clip; on selected tokens -A r + beta * k3(logp, lp_proxy). In: [B, T] each. Out: [B, T], metrics."""
     s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, p.eps_low, p.eps_high, p.clip_ratio_c)
     metrics = ppo.surrogate_metrics(s, x.logp, x.old_logp, x.mask)
-    if sel is None:
-        sel = select(x.detached(), p, None)
     reg = sel["reg"] & (x.mask > 0)
     k3 = kl_k3(x.logp, x.extras["lp_proxy"].detach())
     per_token = torch.where(reg, -x.adv * s.ratio + p.beta * k3, s.loss)

@@ -51,7 +51,7 @@ from torch import Tensor
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean, zero_scalar
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean, zero_scalar
 
 WEIGHT_MAPS = ("exp", "linear")
 OMEGAS = ("official", "first_order")
@@ -131,7 +131,7 @@ def _quantile(values: Tensor, q: float) -> Tensor:
     return a + frac * (torch.kthvalue(values, i + 2).values - a)
 
 
-def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> TokenWeights:
+def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights:
     """Per-token weights from |Omega| over the mini-batch. In: [B, T] detached. Out: {"weight": [B, T]}, metrics."""
     if x.old_entropy is None:
         raise ValueError("steer needs old_entropy (H_old from the pre-update pass)")
@@ -152,16 +152,10 @@ def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> Tok
 
 
 @register_policy_loss(
-    "steer", Params, select=select, paper="arXiv:2510.10150", needs_old_entropy=True, neutral={"weight_min": 1.0}
+    "steer", Params, select=select, paper="arXiv:2510.10150", inputs={"old_entropy"}, neutral={"weight_min": 1.0}
 )
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
-    """Per-token w * PPO clipped loss, w detached from `select`. In: [B, T] each. Out: [B, T], metrics.
-
-    Without a selection (direct calls), the weights are computed here on this batch.
-    """
-    if sel is None:
-        with torch.no_grad():
-            sel = select(x.detached(), p, None)
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
+    """Per-token w * PPO clipped loss, w detached from `select`. In: [B, T] each. Out: [B, T], metrics."""
     w = sel["weight"].detach()
     s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, p.eps_low, p.eps_high, p.clip_ratio_c)
     metrics = ppo.surrogate_metrics(s, x.logp, x.old_logp, x.mask)

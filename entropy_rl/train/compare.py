@@ -12,6 +12,12 @@ differing keys. The warm start lives in `<out>/_sft/<hash>`, keyed by the sha256
 (`warm_start_settings`), so a changed task or model gets a new one. The default output directory carries a
 hash of the resolved base config, so compares with different overrides never share one. Runs are subprocesses
 (`entropy-rl train`), so one failing run does not end the comparison.
+
+The summary gives, per method and metric, the mean, sample std and 95% bootstrap CI of the mean over seeds
+(scipy.stats.bootstrap, percentile method, fixed seed: deterministic) and with >= 5 seeds the interquartile mean;
+then each method's difference from a baseline (`--baseline`; default ppo_clip when compared, else the first
+method) with its bootstrap CI, flagged "CI excludes 0" or, in words, "CI includes 0: within seed noise". Below 3
+seeds the CIs are n/a (std too with 1 seed): 2 values give no usable interval.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import yaml
+from scipy import stats
 
 from entropy_rl.metrics.sinks import read_jsonl
 from entropy_rl.presets import REGISTRY_SOURCE, Variant, check_name, flatten, resolve, settings
@@ -42,6 +50,19 @@ SUMMARY_KEYS = ("final_entropy", "final_reward", "pass@1", "pass@8", "steps_to_h
 IGNORED_KEYS = frozenset({"train.threads"})  # compare sets it from --jobs; a resumed run keeps its own value
 RESERVED_NAMES = frozenset({"report"})  # <out>/report is the HTML report, not a method's run directories
 SFT_DIR = "_sft"  # <out>/_sft/<hash>: warm starts (a method name cannot start with '_')
+DEFAULT_BASELINE = "ppo_clip"  # the plain clipped objective every entropy paper compares against
+CONFIDENCE = 0.95
+CI_MIN_SEEDS = 3  # 2 values give a bootstrap of 3 distinct means, a t-interval 1 degree of freedom: n/a below 3
+IQM_MIN_SEEDS = 5  # trim_mean(x, 0.25) drops nothing below 4 values and leaves the middle 2 of 4
+BOOTSTRAP_RESAMPLES = 9999
+BOOTSTRAP_SEED = 0  # a fixed seed: the same runs always give the same summary
+STATS_NOTE = (
+    "Cells: mean ± sample std over the seeds with a value ((n/N) when only n of N had one: failed runs, or runs "
+    "whose entropy never halved), then the 95% bootstrap CI of the mean (percentile, scipy.stats.bootstrap, "
+    f"{BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}) and, with {IQM_MIN_SEEDS} or more seeds, the "
+    "interquartile mean (IQM). std is n/a with 1 seed, the CI with fewer than "
+    f"{CI_MIN_SEEDS}. Few seeds make the CI too narrow: with 3 it spans about the lowest to the highest seed and "
+    "covers the true mean about 3 times in 4 (5 seeds: about 84%), so read it as a lower bound on the uncertainty.")
 
 
 @dataclass(frozen=True)
@@ -229,30 +250,195 @@ def summarize_run(run_dir: Path) -> dict[str, float | None]:
     }
 
 
-def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:
-    """Mean and sample std of the non-None values, and how many there were."""
-    xs = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+def finite(values: list[float | None]) -> list[float]:
+    """The values that are numbers: a failed run's None and a non-finite value are left out."""
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def bootstrap_ci(samples: tuple[list[float], ...], statistic: Callable[..., Any]) -> tuple[float, float] | None:
+    """95% percentile bootstrap CI of `statistic` (scipy.stats.bootstrap), or None if a sample has < CI_MIN_SEEDS.
+
+    Every call draws from a fresh generator seeded with BOOTSTRAP_SEED, so a summary is the same every time it is
+    written. Samples are resampled independently of each other (`paired=False`).
+    """
+    if any(len(x) < CI_MIN_SEEDS for x in samples):
+        return None
+    res = stats.bootstrap(tuple(np.asarray(x, dtype=np.float64) for x in samples), statistic, paired=False,
+                          vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=CONFIDENCE,
+                          method="percentile", rng=np.random.default_rng(BOOTSTRAP_SEED))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Mean along `axis` (the vectorised statistic scipy's bootstrap calls)."""
+    return np.mean(x, axis=axis)
+
+
+def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """mean(x) - mean(y) along `axis` (the vectorised statistic scipy's bootstrap calls)."""
+    return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+
+@dataclass(frozen=True)
+class MetricStats:
+    """One metric of one method over its seeds: n = how many values there were (failed runs and, for
+    steps_to_half_entropy, runs whose entropy never halved are left out); std is the sample std (None below 2
+    values); ci the 95% bootstrap CI of the mean (None below CI_MIN_SEEDS); iqm the interquartile mean
+    (None below IQM_MIN_SEEDS)."""
+
+    n: int
+    mean: float | None
+    std: float | None
+    ci: tuple[float, float] | None
+    iqm: float | None
+
+
+def metric_stats(values: list[float | None]) -> MetricStats:
+    """Mean, sample std, 95% bootstrap CI of the mean and interquartile mean of one metric over seeds.
+
+    The IQM is scipy.stats.trim_mean(x, 0.25) (as in rliable): the mean after dropping floor(n/4) values at
+    each end, so with 5 seeds the mean of the middle 3.
+    """
+    xs = finite(values)
+    n = len(xs)
     if not xs:
-        return None, None, 0
-    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0), len(xs)
+        return MetricStats(0, None, None, None, None)
+    return MetricStats(n, statistics.mean(xs), statistics.stdev(xs) if n > 1 else None,
+                       bootstrap_ci((xs,), _mean), float(stats.trim_mean(xs, 0.25)) if n >= IQM_MIN_SEEDS else None)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(method) - mean(baseline) of one metric with its 95% bootstrap CI (None below CI_MIN_SEEDS values of
+    either); n and n_baseline count the values each side had."""
+
+    diff: float | None
+    ci: tuple[float, float] | None
+    n: int
+    n_baseline: int
+
+    @property
+    def excludes_zero(self) -> bool | None:
+        """True if the CI lies wholly above or below 0, None without a CI."""
+        return None if self.ci is None else (self.ci[0] > 0 or self.ci[1] < 0)
+
+    @property
+    def verdict(self) -> str:
+        """The difference in words."""
+        if self.diff is None:
+            return "n/a: no values"
+        if self.ci is None:
+            return f"n/a: the CI needs >= {CI_MIN_SEEDS} seeds of each"
+        return "CI excludes 0" if self.excludes_zero else "CI includes 0: within seed noise"
+
+
+def difference(values: list[float | None], baseline_values: list[float | None]) -> Difference:
+    """A method's difference from the baseline on one metric; the seeds of the two are resampled independently
+    (conservative when runs with the same seed are correlated, and failed runs may leave unequal counts)."""
+    xs, bs = finite(values), finite(baseline_values)
+    if not xs or not bs:
+        return Difference(None, None, len(xs), len(bs))
+    return Difference(statistics.mean(xs) - statistics.mean(bs), bootstrap_ci((xs, bs), _mean_difference),
+                      len(xs), len(bs))
+
+
+def choose_baseline(methods: list[str], baseline: str | None) -> str:
+    """The method others are compared with: `baseline` if given (ConfigError unless it is one of `methods`),
+    else DEFAULT_BASELINE when it is among them, else the first method."""
+    if baseline is not None:
+        if baseline not in methods:
+            raise ConfigError(f"--baseline '{baseline}' is not one of --methods ({', '.join(methods)})")
+        return baseline
+    return DEFAULT_BASELINE if DEFAULT_BASELINE in methods else methods[0]
+
+
+def _fmt(key: str) -> str:
+    """Format spec of a summary key's values: whole steps and seconds, else 3 decimals."""
+    return ".0f" if key in ("wall_s", "steps_to_half_entropy") else ".3f"
+
+
+def stats_cell(key: str, st: MetricStats, runs: int) -> str:
+    """'mean ± std, CI [lo, hi]' (', IQM x' with >= IQM_MIN_SEEDS values; ' (n/runs)' when values are missing);
+    'n/a' where a statistic needs more seeds; '-' without values (steps_to_half_entropy: 'never (runs)')."""
+    if st.mean is None:
+        return "-" if key != "steps_to_half_entropy" else f"never ({runs})"
+    f = _fmt(key)
+    std = "n/a" if st.std is None else f"{st.std:{f}}"
+    ci = "n/a" if st.ci is None else f"[{st.ci[0]:{f}}, {st.ci[1]:{f}}]"
+    iqm = "" if st.iqm is None else f", IQM {st.iqm:{f}}"
+    missing = f" ({st.n}/{runs})" if st.n < runs else ""
+    return f"{st.mean:{f}} ± {std}, CI {ci}{iqm}{missing}"
 
 
 def summary_table(results: dict[str, list[dict[str, float | None]]]) -> str:
-    """Markdown table: one row per method, mean +- std over seeds of each summary key."""
+    """Markdown table: one row per method, per summary key mean ± std, 95% CI and IQM over seeds (stats_cell)."""
     head = "| method | seeds | " + " | ".join(SUMMARY_KEYS) + " |"
     lines = [head, "|" + "---|" * (len(SUMMARY_KEYS) + 2)]
     for method, runs in results.items():
-        cells = []
-        for key in SUMMARY_KEYS:
-            mean, std, n = mean_std([r[key] for r in runs])
-            if mean is None:
-                cells.append("-" if key != "steps_to_half_entropy" else f"never ({len(runs)})")
-            else:
-                fmt = ".0f" if key in ("wall_s", "steps_to_half_entropy") else ".3f"
-                suffix = f" ({n}/{len(runs)})" if key == "steps_to_half_entropy" and n < len(runs) else ""
-                cells.append(f"{mean:{fmt}} ± {std:{fmt}}{suffix}")
+        cells = [stats_cell(key, metric_stats([r[key] for r in runs]), len(runs)) for key in SUMMARY_KEYS]
         lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def differences(results: dict[str, list[dict[str, float | None]]], baseline: str) -> dict[str, dict[str, Difference]]:
+    """Per method other than the baseline, per summary key, its Difference from the baseline."""
+    base = results[baseline]
+    return {m: {k: difference([r[k] for r in runs], [r[k] for r in base]) for k in SUMMARY_KEYS}
+            for m, runs in results.items() if m != baseline}
+
+
+def difference_table(results: dict[str, list[dict[str, float | None]]], baseline: str) -> str:
+    """Markdown table: one row per (method, summary key) with the difference from the baseline, its 95% CI, the
+    values each side had and the verdict in words; a key neither side has a value for (e.g. pass@k without
+    evaluation) gets no row; '' with a single method."""
+    diffs = differences(results, baseline)
+    if not diffs:
+        return ""
+    lines = [f"| method | metric | Δ vs {baseline} | 95% CI | seeds (method vs baseline) | verdict |",
+             "|---|---|---|---|---|---|"]
+    for method, by_key in diffs.items():
+        for key, d in by_key.items():
+            if d.n == d.n_baseline == 0:
+                continue
+            f = _fmt(key).replace(".", "+.")
+            diff = "-" if d.diff is None else f"{d.diff:{f}}"
+            ci = "n/a" if d.ci is None else f"[{d.ci[0]:{f}}, {d.ci[1]:{f}}]"
+            lines.append(f"| {method} | {key} | {diff} | {ci} | {d.n} vs {d.n_baseline} | {d.verdict} |")
+    return "\n".join(lines)
+
+
+def summary_markdown(results: dict[str, list[dict[str, float | None]]], baseline: str) -> str:
+    """The statistics part of summary.md: the per-method table, what its cells mean, and the difference table."""
+    parts = [summary_table(results), STATS_NOTE]
+    table = difference_table(results, baseline)
+    if table:
+        intro = (f"Differences from the baseline `{baseline}` (mean of the method - mean of the baseline; 95% "
+                 "bootstrap CI with the seeds of each resampled independently). \"CI excludes 0\" flags a "
+                 "difference larger than the seed-to-seed noise; \"CI includes 0: within seed noise\" means these "
+                 "seeds cannot tell the method from the baseline on that metric. With 3 seeds each the interval "
+                 "covers the true difference about 4 times in 5 (5 each: about 89%), not 95%.")
+        parts += [intro, table]
+    return "\n\n".join(parts)
+
+
+def summary_stats(results: dict[str, list[dict[str, float | None]]], baseline: str) -> dict[str, dict[str, Any]]:
+    """JSON-ready statistics per method: "stats" (per key n, mean, std, ci95, iqm) and "vs_baseline" (None for
+    the baseline, else {"baseline": name, "metrics": per key diff, ci95, n, n_baseline, excludes_zero, verdict})."""
+    diffs = differences(results, baseline)
+    out: dict[str, dict[str, Any]] = {}
+    for method, runs in results.items():
+        per_key = {}
+        for key in SUMMARY_KEYS:
+            st = metric_stats([r[key] for r in runs])
+            per_key[key] = {"n": st.n, "mean": st.mean, "std": st.std, "ci95": list(st.ci) if st.ci else None,
+                            "iqm": st.iqm}
+        vs = None
+        if method in diffs:
+            vs = {"baseline": baseline, "metrics": {
+                k: {"diff": d.diff, "ci95": list(d.ci) if d.ci else None, "n": d.n, "n_baseline": d.n_baseline,
+                    "excludes_zero": d.excludes_zero, "verdict": d.verdict} for k, d in diffs[method].items()}}
+        out[method] = {"stats": per_key, "vs_baseline": vs}
+    return out
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -275,9 +461,14 @@ def describe(variant: Variant) -> str:
     return f"{variant.source}{what}: {', '.join(settings(variant.overrides))}"
 
 
-def write_summary(specs: list[RunSpec], out_dir: Path) -> str:
-    """Write summary.json (per method: what the name resolved to, and per run its seed, directory, config hash and
-    summary) and summary.md (the table, then what each name resolved to); return the markdown."""
+def write_summary(specs: list[RunSpec], out_dir: Path, baseline: str | None = None) -> str:
+    """Write summary.json and summary.md; return the markdown.
+
+    summary.json, per method: what the name resolved to ("variant", "settings"), per run its seed, directory,
+    config hash and summary ("runs"), and the statistics over seeds ("stats", "vs_baseline": see summary_stats).
+    summary.md: the statistics (summary_markdown), then what each name resolved to. `baseline` as in
+    choose_baseline.
+    """
     results: dict[str, list[dict[str, float | None]]] = {}
     entries: dict[str, dict[str, Any]] = {}
     for spec in specs:
@@ -287,16 +478,21 @@ def write_summary(specs: list[RunSpec], out_dir: Path) -> str:
                                                  "runs": []})
         entry["runs"].append({"seed": spec.seed, "run_dir": str(spec.run_dir),
                               "config_sha256": config_hash(to_dict(spec.cfg)), **summary})
+    base = choose_baseline(list(results), baseline)
+    for method, st in summary_stats(results, base).items():
+        entries[method].update(st)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(entries, indent=2))
     variants = {s.method: s.variant for s in specs}
-    table = summary_table(results) + "\n\n" + "\n".join(f"- `{name}`: {describe(v)}" for name, v in variants.items())
+    table = summary_markdown(results, base) + "\n\n" + "\n".join(f"- `{name}`: {describe(v)}"
+                                                                    for name, v in variants.items())
     (out_dir / "summary.md").write_text(table + "\n")
     return table
 
 
 def compare(config: str | None, overrides: list[str], methods: list[str], seeds: int, out_dir: str | Path | None = None,
-            jobs: int = 1, methods_dir: str | Path | None = None, log: Callable[[str], None] = print) -> Path:
+            jobs: int = 1, methods_dir: str | Path | None = None, baseline: str | None = None,
+            log: Callable[[str], None] = print) -> Path:
     """Run methods x seeds (skipping finished runs), then write summary.json / summary.md (and a report).
 
     Everything is checked before anything is trained or written: the counts, the method names, every run's
@@ -310,6 +506,8 @@ def compare(config: str | None, overrides: list[str], methods: list[str], seeds:
         out_dir: the comparison's directory; None gives runs/compare_<config name>_<base config hash>.
         jobs: runs in parallel (>= 1).
         methods_dir: a directory of user variants (win over the packaged ones), or None.
+        baseline: the method the summary compares the others with; None: ppo_clip if among `methods`, else the
+            first.
         log: where progress lines go.
 
     Returns:
@@ -320,6 +518,7 @@ def compare(config: str | None, overrides: list[str], methods: list[str], seeds:
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     check_methods(methods)
+    baseline = choose_baseline(methods, baseline)
     user_dir = Path(methods_dir) if methods_dir is not None else None
     if user_dir is not None and not user_dir.is_dir():
         raise ConfigError(f"--methods-dir '{user_dir}' is not a directory")
@@ -346,7 +545,7 @@ def compare(config: str | None, overrides: list[str], methods: list[str], seeds:
             log(f"[{i}/{len(todo)}] {spec.method} seed {spec.seed}: {status} ({time.perf_counter() - t0:.0f} s elapsed)")
             if code != 0:
                 failures.append(f"{spec.method} seed {spec.seed}: {err.strip().splitlines()[-1] if err.strip() else code}")
-    table = write_summary(specs, out_dir)
+    table = write_summary(specs, out_dir, baseline)
     log(table)
     try:
         from entropy_rl.report import write_report

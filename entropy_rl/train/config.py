@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -311,10 +311,6 @@ def validate(cfg: Config) -> None:
             p = entry.make_params(**params)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{params_where}: {e}") from None
-        # a method that re-derives the trainer's aggregation (e.g. SIREN's penalty) must use the same mode
-        method_mode = getattr(p, "loss_agg_mode", a.loss_agg_mode) if where == "algorithm.method" else a.loss_agg_mode
-        need(method_mode == a.loss_agg_mode, "algorithm.method_params.loss_agg_mode",
-             f"'{method_mode}' differs from algorithm.loss_agg_mode '{a.loss_agg_mode}'; set both to the same mode")
         if where == "task.name":  # build it: dataset files are read and checked (bad rows named) before any model
             from entropy_rl.tasks import make_task
 
@@ -325,6 +321,49 @@ def validate(cfg: Config) -> None:
         if where == "algorithm.advantage" and getattr(p, "scale_by_std", False):
             need(r.group_size >= 2, "rollout.group_size",
                  "GRPO std scaling needs groups of >= 2 responses (a group of 1 has no std)")
+    validate_method_requirements(cfg)
+
+
+def _every_step_probe(cfg: Config) -> str | None:
+    every = cfg.train.dynamics_every
+    return None if every == 1 else f"set train.dynamics_every=1 (the entropy-change probe at every step; got {every})"
+
+
+def _reference_model(cfg: Config) -> str | None:
+    kl = cfg.algorithm.kl_coef
+    return None if kl > 0 else f"set algorithm.kl_coef > 0 (the reference model is kept only then; got {kl})"
+
+
+# What the trainer can supply to a method, and the config condition for it (None = always supplied):
+# per-token inputs (a method's own features are always computed) and metrics logged at every step.
+TRAINER_INPUTS: dict[str, Callable[[Config], str | None]] = {
+    "entropy": lambda cfg: None,
+    "old_entropy": lambda cfg: None,
+    "ref_logp": _reference_model,
+}
+TRAINER_STEP_METRICS: dict[str, Callable[[Config], str | None]] = {
+    "entropy/token_mean": lambda cfg: None,
+    "dynamics/dH_pred": _every_step_probe,
+    "dynamics/dH_per_bonus": _every_step_probe,  # from the second step on (needs Adam's second moments)
+}
+
+
+def validate_method_requirements(cfg: Config) -> None:
+    """Refuse a run whose trainer cannot supply what `algorithm.method` declares (`inputs`, `requires`).
+
+    Raises:
+        ConfigError: naming the method, the missing input or metric, and the setting that supplies it.
+    """
+    from entropy_rl.core.policy_loss import get_policy_loss
+
+    method = get_policy_loss(cfg.algorithm.method)
+    features = {name for name, _ in method.obj.old_features + method.obj.cur_features}
+    checks = [("input", name, TRAINER_INPUTS.get(name)) for name in sorted(method.obj.inputs - features)]
+    checks += [("trainer metric", name, TRAINER_STEP_METRICS.get(name)) for name in method.obj.requires]
+    for kind, name, condition in checks:
+        problem = "the trainer does not supply it" if condition is None else condition(cfg)
+        if problem is not None:
+            raise ConfigError(f"algorithm.method: '{method.name}' needs {kind} '{name}' at every step; {problem}")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

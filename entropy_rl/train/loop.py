@@ -23,10 +23,10 @@ import torch
 from tqdm import tqdm
 
 from entropy_rl.core.advantage import compute_advantages
-from entropy_rl.core.aggregate import aggregate
+from entropy_rl.core.aggregate import Aggregation, aggregate
 from entropy_rl.core.kl import kl_estimate
-from entropy_rl.core.policy_loss import check_inputs, get_policy_loss, run_select
-from entropy_rl.core.types import PolicyInputs
+from entropy_rl.core.policy_loss import check_inputs, get_policy_loss, run_select, step_context
+from entropy_rl.core.types import PolicyInputs, TokenWeights
 from entropy_rl.metrics.dynamics import (
     cov_logp_adv,
     distinct_answers,
@@ -291,9 +291,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         m.update(rollout_metrics(batch, results, rewards, correct, G, old_logp, mask))
         m.update(entropy_stats(old_entropy, mask, adv, correct, high_threshold=cfg.train.high_entropy_threshold))
         m["dynamics/cov_logp_adv"] = cov_logp_adv(old_logp, adv, mask)
-        if state is not None:  # first show the state this batch (anchors, histories), then ask for this step's params
+        if state is not None:  # first show the state this batch (anchors, histories), then take this step's values
             state.before_update(PolicyInputs(old_logp, old_logp, adv, mask, old_entropy, old_entropy, ref_logp, old_extras))
-        step_params = state.params(params) if state is not None else params
+        ctx = step_context(state, params, Aggregation(cfg.algorithm.loss_agg_mode, norm_length=T))
         if step in (1, cfg.train.steps):  # per-token entropies of the first and last batch, for the report's histogram
             save_token_entropies(run_dir, step, old_entropy, mask)
         m["dynamics/steer_omega"] = steer_omega_signal(old_logp, adv, old_entropy, mask)
@@ -324,27 +324,30 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                 mb_mask = mask[rows]
                 n_tokens = mb_mask.sum()
                 gen = torch.Generator().manual_seed(((cfg.train.seed * 1_000_003 + step) * 101 + epoch) * 1_009 + mb_index)
-                sel = None
+                mb_ctx = ctx.for_minibatch(num_tokens=n_tokens, num_seqs=mb_size)
+                sel = TokenWeights()  # a method without `select` gets an empty selection
                 if cfg.algorithm.selection_scope == "minibatch" and method.obj.select is not None:
                     first = epoch == 0 and mb_index == 0  # policy == rollout policy: the pre-update pass is exact
                     extras = {k: v[rows] for k, v in old_extras.items()}  # the pre-update pass computed every feature
                     cur_logp, cur_ent = old_logp[rows], old_entropy[rows]
                     if not first:  # later mini-batches: the current policy's values (only the update-pass features)
                         cur_logp, cur_ent, cur_extras = score_in_chunks(
-                            model, input_ids[rows], attn[rows], Lp, tau, micro, method.obj.cur_features, step_params)
+                            model, input_ids[rows], attn[rows], Lp, tau, micro, method.obj.cur_features, params)
                         extras.update(cur_extras)
-                    sel = run_select(method, step_params, PolicyInputs(cur_logp, old_logp[rows], adv[rows], mb_mask, cur_ent,
-                                                                       old_entropy[rows], None if ref_logp is None else ref_logp[rows], extras), gen)
+                    sel = run_select(method, params, PolicyInputs(cur_logp, old_logp[rows], adv[rows], mb_mask, cur_ent,
+                                                                  old_entropy[rows], None if ref_logp is None else ref_logp[rows], extras),
+                                     mb_ctx, gen)
                 optimizer.zero_grad(set_to_none=True)
                 finite, mb_loss = True, 0.0
                 for start in range(0, mb_size, micro):
                     r = rows[start : start + micro]
-                    logp, ent, cur = score_responses(model, input_ids[r], attn[r], Lp, tau, method.obj.cur_features, step_params)
+                    logp, ent, cur = score_responses(model, input_ids[r], attn[r], Lp, tau, method.obj.cur_features, params)
                     x = PolicyInputs(logp, old_logp[r], adv[r], mask[r], ent, old_entropy[r],
                                      None if ref_logp is None else ref_logp[r], {**{k: v[r] for k, v in old_extras.items()}, **cur})
                     check_inputs(method, x)
-                    micro_sel = sel.rows(slice(start, start + micro)) if sel is not None else run_select(method, step_params, x, gen)
-                    out = method.obj.loss(x, step_params, micro_sel)
+                    micro_sel = sel.rows(slice(start, start + micro)) if cfg.algorithm.selection_scope == "minibatch" \
+                        else run_select(method, params, x, mb_ctx, gen)
+                    out = method.obj.loss(x, params, micro_sel, mb_ctx)
                     per_token = out.per_token
                     if ref_logp is not None:
                         kl = kl_estimate(logp, ref_logp[r], cfg.algorithm.kl_estimator)
@@ -356,8 +359,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                         break
                     loss.backward()
                     mb_loss += loss.item()  # micro losses sum to the mini-batch loss (mini-batch normalisers)
-                    if micro_sel is not None:
-                        out.metrics.update(micro_sel.metrics)
+                    out.metrics.update(micro_sel.metrics)
                     weighted_update(acc, out.metrics, float(x.mask.sum()))
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))
                 if not finite or not torch.isfinite(grad_norm):

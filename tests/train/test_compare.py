@@ -11,7 +11,9 @@ import pytest
 
 from entropy_rl.cli import main
 from entropy_rl.train import compare as compare_mod
-from entropy_rl.train.compare import compare, config_diff, default_out_dir, plan_runs, summarize_run, summary_table
+from entropy_rl.train.compare import (STATS_NOTE, SUMMARY_KEYS, choose_baseline, compare, config_diff, default_out_dir,
+                                      difference, difference_table, metric_stats, plan_runs, summarize_run,
+                                      summary_markdown, summary_stats, summary_table)
 from entropy_rl.train.config import Config, ConfigError, load_config, save_config, to_dict
 
 from tiny_setup import TASK, TINY, TINY_MODEL
@@ -133,6 +135,7 @@ def test_unsafe_or_repeated_method_names_are_refused(tmp_path: Path, monkeypatch
     (["--out", "afile"], "--out 'afile': 'afile' is a file, not a directory"),
     (["--out", "afile/sub"], "--out 'afile/sub': 'afile' is a file, not a directory"),
     (["--methods-dir", "nowhere"], "--methods-dir 'nowhere' is not a directory"),
+    (["--baseline", "clip_cov"], "--baseline 'clip_cov' is not one of --methods (ppo_clip)"),
     (["--methods", "../../x"], "method name '../../x' is not a variant or registry name "
                                "(letters, digits, '_' and '-' only; `entropy-rl methods` lists them)"),
 ])
@@ -160,8 +163,114 @@ def test_summary_of_runs(tmp_path: Path) -> None:
                        "steps_to_half_entropy": 6, "wall_s": 10.0}
     assert runs[2]["final_reward"] is None  # a failed run does not break the table
     table = summary_table({"m": runs})
-    # reward over the two finished seeds: mean 0.3, sample std 0.141
-    assert "| m | 3 | 0.400 ± 0.000 | 0.300 ± 0.141 |" in table and "6 ± 0 (2/3)" in table
+    # reward over the two finished seeds: mean 0.3, sample std 0.141; no CI with 2 values
+    assert "| m | 3 | 0.400 ± 0.000, CI n/a (2/3) | 0.300 ± 0.141, CI n/a (2/3) |" in table
+    assert "6 ± 0, CI n/a (2/3)" in table
+
+
+def runs_of(key: str, values: list[float | None]) -> list[dict[str, float | None]]:
+    """Hand-built per-run summaries: `values` for `key`, None for every other summary key."""
+    return [{k: (v if k == key else None) for k in SUMMARY_KEYS} for v in values]
+
+
+def test_the_ci_contains_the_mean_and_lies_within_the_seeds() -> None:
+    xs = [0.31, 0.12, 0.45, 0.27, 0.38, 0.22]
+    st = metric_stats(xs)
+    assert st.n == 6 and st.mean == pytest.approx(sum(xs) / 6) and st.std == pytest.approx(0.1169, abs=1e-4)
+    assert min(xs) <= st.ci[0] < st.mean < st.ci[1] <= max(xs)
+    assert metric_stats(xs[:3]).ci is not None  # 3 seeds are enough for a CI
+
+
+def test_interquartile_mean_on_five_seeds_by_hand() -> None:
+    # sorted 0.1, 0.2, 0.3, 0.4, 5.0: trimming floor(5/4) = 1 value at each end leaves 0.2, 0.3, 0.4 -> 0.3
+    st = metric_stats([0.4, 5.0, 0.1, 0.3, 0.2])
+    assert st.iqm == pytest.approx(0.3) and st.mean == pytest.approx(1.2)  # the outlier moves the mean, not the IQM
+    assert metric_stats([0.4, 5.0, 0.1, 0.3]).iqm is None  # 4 seeds: no IQM
+    assert "IQM 0.300" in summary_table({"m": runs_of("final_reward", [0.4, 5.0, 0.1, 0.3, 0.2])})
+
+
+def test_one_seed_prints_na_instead_of_a_zero_std() -> None:
+    st = metric_stats([0.4])
+    assert (st.n, st.mean, st.std, st.ci, st.iqm) == (1, 0.4, None, None, None)
+    table = summary_table({"m": runs_of("final_entropy", [0.4])})
+    assert "| m | 1 | 0.400 ± n/a, CI n/a |" in table and "± 0.000" not in table
+    d = difference([0.5], [0.4])
+    assert d.diff == pytest.approx(0.1) and d.ci is None and d.excludes_zero is None
+    assert d.verdict == "n/a: the CI needs >= 3 seeds of each"
+
+
+def test_two_seeds_give_a_std_but_no_ci() -> None:
+    st = metric_stats([0.2, 0.4])
+    assert st.std == pytest.approx(0.1414, abs=1e-4) and st.ci is None
+    assert "0.300 ± 0.141, CI n/a" in summary_table({"m": runs_of("final_reward", [0.2, 0.4])})
+
+
+def test_difference_is_flagged_only_when_its_ci_excludes_zero() -> None:
+    base = [0.30, 0.32, 0.31, 0.29, 0.33]
+    far = difference([0.50, 0.52, 0.51, 0.49, 0.53], base)  # every seed 0.2 above
+    assert far.diff == pytest.approx(0.2) and far.ci[0] > 0 and far.excludes_zero is True
+    assert far.verdict == "CI excludes 0"
+    below = difference([0.10, 0.12, 0.11, 0.09, 0.13], base)
+    assert below.ci[1] < 0 and below.excludes_zero is True
+    noise = difference([0.31, 0.29, 0.33, 0.30, 0.34], base)  # +0.006 against a spread of 0.04
+    assert noise.ci[0] < 0 < noise.ci[1] and noise.excludes_zero is False
+    assert noise.verdict == "CI includes 0: within seed noise"
+    assert difference([None, None], base).verdict == "n/a: no values"  # every run failed
+
+
+def test_differences_are_against_the_chosen_baseline_in_words() -> None:
+    assert choose_baseline(["clip_cov", "ppo_clip"], None) == "ppo_clip"
+    assert choose_baseline(["clip_cov", "kl_cov"], None) == "clip_cov"
+    assert choose_baseline(["clip_cov", "ppo_clip"], "clip_cov") == "clip_cov"
+    results = {"ppo_clip": runs_of("final_entropy", [0.30, 0.32, 0.31]),
+               "up": runs_of("final_entropy", [0.50, 0.52, 0.51]),
+               "same": runs_of("final_entropy", [0.29, 0.33, 0.31])}
+    table = difference_table(results, "ppo_clip")
+    assert "| up | final_entropy | +0.200 | [+0.187, +0.213] | 3 vs 3 | CI excludes 0 |" in table
+    assert "| same | final_entropy | +0.000 | [-0.020, +0.020] | 3 vs 3 | CI includes 0: within seed noise |" in table
+    assert "| ppo_clip |" not in table  # the baseline is not compared with itself
+    assert "pass@1" not in table  # no method has a value: no row
+    results["failed"] = runs_of("final_entropy", [None, None, None])
+    assert "| failed | final_entropy | - | n/a | 0 vs 3 | n/a: no values |" in difference_table(results, "ppo_clip")
+    del results["failed"]
+    md = summary_markdown(results, "ppo_clip")
+    assert STATS_NOTE in md and "Differences from the baseline `ppo_clip`" in md
+    assert difference_table({"ppo_clip": results["ppo_clip"]}, "ppo_clip") == ""  # one method: nothing to compare
+    js = summary_stats(results, "ppo_clip")
+    assert js["ppo_clip"]["vs_baseline"] is None
+    up = js["up"]["vs_baseline"]
+    assert up["baseline"] == "ppo_clip" and up["metrics"]["final_entropy"]["excludes_zero"] is True
+    assert js["same"]["vs_baseline"]["metrics"]["final_entropy"]["verdict"] == "CI includes 0: within seed noise"
+    assert js["up"]["stats"]["final_entropy"]["ci95"] == pytest.approx([0.50, 0.52], abs=1e-9)  # 3 seeds: min..max
+    json.dumps(js, allow_nan=False)  # valid JSON: no NaN anywhere
+
+
+def test_write_summary_puts_statistics_and_verdicts_in_both_files(tmp_path: Path) -> None:
+    specs = plan_runs(to_dict(load_config(None, NO_SFT)), ["clip_higher", "ppo_clip"], 3, tmp_path, None)
+    for spec in specs:  # clip_higher's final entropy 0.2 above ppo_clip's on every seed
+        spec.run_dir.mkdir(parents=True)
+        h = (0.5 if spec.method == "clip_higher" else 0.3) + 0.01 * spec.seed
+        rows = [{"step": s, "entropy/token_mean": h, "reward/mean": 0.5, "timing/step_s": 1.0} for s in range(1, 3)]
+        (spec.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    md = compare_mod.write_summary(specs, tmp_path)  # default baseline: ppo_clip, although listed second
+    assert (tmp_path / "summary.md").read_text() == md + "\n"
+    assert "| clip_higher | final_entropy | +0.200 |" in md and "| final_reward | +0.000 |" in md
+    assert "- `clip_higher`: packaged variant clip_higher.yaml" in md
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["ppo_clip"]["vs_baseline"] is None and len(summary["ppo_clip"]["runs"]) == 3
+    vs = summary["clip_higher"]["vs_baseline"]
+    assert vs["baseline"] == "ppo_clip" and vs["metrics"]["final_entropy"]["verdict"] == "CI excludes 0"
+    assert vs["metrics"]["final_reward"]["verdict"] == "CI includes 0: within seed noise"
+    assert summary["clip_higher"]["stats"]["final_entropy"]["ci95"] == pytest.approx([0.5, 0.52])
+    md = compare_mod.write_summary(specs, tmp_path, baseline="clip_higher")
+    assert "| ppo_clip | final_entropy | -0.200 |" in md
+
+
+def test_summary_is_deterministic() -> None:
+    results = {"a": runs_of("final_reward", [0.1, 0.5, 0.3, 0.2]), "b": runs_of("final_reward", [0.2, 0.6, 0.3, 0.4])}
+    first = summary_markdown(results, "a"), json.dumps(summary_stats(results, "a"))
+    assert (summary_markdown(results, "a"), json.dumps(summary_stats(results, "a"))) == first
+    assert metric_stats([0.1, 0.5, 0.3, 0.2]).ci == metric_stats([0.1, 0.5, 0.3, 0.2]).ci
 
 
 @pytest.mark.slow
