@@ -29,10 +29,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def summarize(result, seconds: float) -> None:
-    """Print the first-vs-last entropy and reward summary of a finished run."""
+    """Print the first-vs-last entropy and reward summary of a finished run, and its pass@k from step 0 on."""
     from entropy_rl.metrics.sinks import read_jsonl
+    from entropy_rl.report.data import pass_story
 
-    rows = read_jsonl(result.run_dir / "metrics.jsonl")
+    logged = read_jsonl(result.run_dir / "metrics.jsonl")
+    rows = [r for r in logged if r.get("step", 0) >= 1]  # RL steps; step 0 is the warm start's eval
     if len(rows) >= 2:
         n = min(10, len(rows) // 2)
         mean = lambda key, rs: sum(r[key] for r in rs) / len(rs)  # noqa: E731
@@ -40,6 +42,9 @@ def summarize(result, seconds: float) -> None:
         r0, r1 = mean("reward/mean", rows[:n]), mean("reward/mean", rows[-n:])
         print(f"entropy/token_mean {h0:.4f} -> {h1:.4f} nats ({100 * (h1 - h0) / max(h0, 1e-12):+.1f}%), "
               f"reward/mean {r0:.3f} -> {r1:.3f} (first vs last {n} steps)")
+    story = pass_story(logged)
+    if story:
+        print(f"eval/{story}")
     print(f"done in {seconds:.0f} s; metrics in {result.run_dir / 'metrics.jsonl'}")
 
 
@@ -104,20 +109,35 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+EVAL_DEFAULTS = {"task": "countdown", "task_params": {}, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 16}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Sampled accuracy and pass@k of a local checkpoint on a task's eval split."""
+    """Sampled accuracy and pass@k of a model directory, or of a run directory's final model, on a task's eval
+    split. For a run directory the task and sampling settings default to the run's config.yaml."""
     import json
 
     from entropy_rl.models import load_pretrained
     from entropy_rl.rollout.hf import SamplingParams
     from entropy_rl.tasks import make_task
-    from entropy_rl.train.evaluate import evaluate
-    from entropy_rl.train.config import apply_overrides
+    from entropy_rl.train.config import apply_overrides, load_config
+    from entropy_rl.train.evaluate import evaluate, find_model
 
-    task_params = apply_overrides({}, args.task_params)
-    task = make_task(args.task, **task_params)
-    model, tokenizer = load_pretrained(args.model)
-    sampling = SamplingParams(args.temperature, args.top_p, 0, args.max_new_tokens)
+    model_dir, run_dir = find_model(args.model)
+    defaults = dict(EVAL_DEFAULTS)
+    if run_dir is not None and (run_dir / "config.yaml").is_file():
+        cfg = load_config(run_dir / "config.yaml")
+        r = cfg.rollout
+        defaults = {"task": cfg.task.name, "task_params": dict(cfg.task.params), "temperature": r.temperature,
+                    "top_p": r.top_p, "top_k": r.top_k, "max_new_tokens": r.max_new_tokens}
+    if run_dir is not None:
+        print(f"evaluating {model_dir}", file=sys.stderr)
+    flags = {k: getattr(args, k) for k in ("task", "temperature", "top_p", "max_new_tokens") if getattr(args, k) is not None}
+    pick = {**defaults, **flags}
+    same_task = pick["task"] == defaults["task"]  # the run's task params only go with the run's task
+    task = make_task(pick["task"], **apply_overrides(dict(defaults["task_params"]) if same_task else {}, args.task_params))
+    model, tokenizer = load_pretrained(model_dir)
+    sampling = SamplingParams(pick["temperature"], pick["top_p"], pick["top_k"], pick["max_new_tokens"])
     problems = task.prompts("eval", args.problems, seed=args.seed)
     print(json.dumps(evaluate(model, tokenizer, task, problems, args.samples, sampling, seed=args.seed), indent=2))
     return 0
@@ -213,15 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory to save the model and tokenizer")
     p.set_defaults(fn=cmd_sft)
 
-    p = sub.add_parser("eval", help="sampled accuracy and pass@k of a local checkpoint")
-    p.add_argument("model", help="local checkpoint directory (model + tokenizer)")
-    p.add_argument("--task", default="countdown")
-    p.add_argument("--task-params", nargs="*", default=[], help="task parameters key=value")
+    p = sub.add_parser("eval", help="sampled accuracy and pass@k of a model directory or of a run's final model")
+    p.add_argument("model", metavar="MODEL_OR_RUN_DIR",
+                   help="a model directory (model + tokenizer), or a run directory: its newest complete checkpoint, "
+                        "else its SFT warm start; task and sampling then default to the run's config")
+    p.add_argument("--task", default=None, help="task name (default: the run's, else countdown)")
+    p.add_argument("--task-params", nargs="*", default=[], help="task parameters key=value (over the run's, same task)")
     p.add_argument("--problems", type=int, default=256)
     p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=None, help="default: the run's rollout.temperature, else 1.0")
+    p.add_argument("--top-p", type=float, default=None, help="default: the run's rollout.top_p, else 1.0")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's rollout.max_new_tokens, else 16")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_eval)
 

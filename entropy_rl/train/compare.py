@@ -232,7 +232,8 @@ def run_one(spec: RunSpec) -> tuple[RunSpec, int, str]:
 def summarize_run(run_dir: Path) -> dict[str, float | None]:
     """Final entropy / reward (mean of the last 10 steps), last eval pass@1 / pass@8, steps until the entropy
     first falls to half its first-5-step mean, and the summed step wall time."""
-    rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    logged = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    rows = [r for r in logged if r.get("step", 0) >= 1]  # RL steps; step 0 is the warm start's eval
     if not rows:  # the run failed before its first step
         return {k: None for k in SUMMARY_KEYS}
     tail = rows[-10:]

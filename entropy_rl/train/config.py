@@ -107,6 +107,8 @@ class TrainConfig:
     min_free_gb: float = 0.0  # refuse to write a checkpoint with less free disk than this (and 2x the last one)
     high_entropy_threshold: float = 0.5  # nats; entropy/high_frac counts tokens above it
     dynamics_every: int = 1  # measure dH_actual / dH_pred / dH_identity every N steps (0 = never)
+    log_completions_every: int = 10  # write sampled completions to completions.jsonl at step 1, every N steps and the last (0 = never)
+    log_completions_n: int = 8  # completions written per logged step: the first n of the batch (whole groups when a multiple of G)
     sinks: list[str] = field(default_factory=lambda: ["jsonl", "stdout"])  # jsonl | stdout | tensorboard | wandb
 
 
@@ -281,6 +283,8 @@ def validate(cfg: Config) -> None:
     need(t.eval_samples >= 1, "train.eval_samples", f"must be >= 1, got {t.eval_samples}")
     need(t.eval_every >= 0 and t.save_every >= 0, "train.eval_every/save_every", "must be >= 0")
     need(t.dynamics_every >= 0, "train.dynamics_every", f"must be >= 0, got {t.dynamics_every}")
+    need(t.log_completions_every >= 0 and t.log_completions_n >= 1, "train.log_completions_every/log_completions_n",
+         f"must be >= 0 and >= 1, got {t.log_completions_every} and {t.log_completions_n}")
     need(t.min_free_gb >= 0, "train.min_free_gb", f"must be >= 0, got {t.min_free_gb}")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
     for sink in t.sinks:

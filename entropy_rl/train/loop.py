@@ -42,8 +42,9 @@ from entropy_rl.tasks import make_task
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, ConfigError, save_config, to_dict
 from entropy_rl.train.dynamics import measure_after_update, probe_before_update
-from entropy_rl.train.evaluate import evaluate
+from entropy_rl.train.evaluate import eval_at_step
 from entropy_rl.train.forward import score_in_chunks, score_responses
+from entropy_rl.train.samples import CompletionLog
 from entropy_rl.train.sft import run_sft
 
 
@@ -230,9 +231,15 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     micro = o.micro_batch_size or mb_size
     tau = cfg.rollout.temperature
     last: dict[str, float] = {}
+    logged = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     # (entropy, reward) pairs of every step so far, for the running R = -a exp(H) + b fit (rebuilt on resume)
-    law_points = [(r["entropy/token_mean"], r["reward/mean"]) for r in read_jsonl(run_dir / "metrics.jsonl")] \
-        if (run_dir / "metrics.jsonl").exists() else []
+    law_points = [(r["entropy/token_mean"], r["reward/mean"]) for r in logged if r.get("step", 0) >= 1]
+    if cfg.train.eval_every and start_step == 0 and not any(r.get("step") == 0 for r in logged):
+        # step 0: the policy RL starts from (the warm start), before any update; its own seed, RNG restored
+        last = eval_at_step(model, tokenizer, task, eval_set, cfg.train.eval_samples, sampling, cfg.train.seed, 0)
+        sinks.log(0, last)
+    completions = CompletionLog(run_dir, cfg.train.log_completions_every, cfg.train.log_completions_n,
+                                cfg.train.steps, start_step)
 
     def save(step: int) -> None:
         trainer_state = {
@@ -378,7 +385,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
 
         # ---- eval, log, checkpoint ----
         if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):
-            m.update(evaluate(model, tokenizer, task, eval_set, cfg.train.eval_samples, sampling, seed=cfg.train.seed + 10_007 * step))
+            m.update(eval_at_step(model, tokenizer, task, eval_set, cfg.train.eval_samples, sampling, cfg.train.seed, step))
+        completions.maybe_log(step, problems, G, batch, results, adv, old_entropy, tokenizer, sinks)
         m["timing/step_s"] = time.perf_counter() - t_step
         sinks.log(step, m)
         last = m

@@ -295,3 +295,12 @@ def test_tiny_compare_end_to_end_reuses_only_the_same_config(tmp_path: Path, mon
         compare(None, overrides + ["train.steps=2"], ["clip_higher"], 1, "out", log=lines.append)
     with pytest.raises(ConfigError, match=r"model.path: out/_sft/\w+ -> out/_sft/\w+; task.name: arithmetic -> countdown"):
         compare(None, overrides + ["task.name=countdown", "task.params={}"], ["clip_higher"], 1, "out", log=lines.append)
+
+
+def test_summary_ignores_the_step_0_eval_row(tmp_path: Path) -> None:
+    rows = [{"step": 0, "eval/pass@1": 0.5, "eval/pass@8": 0.9, "timing/eval_s": 1.0}]  # the warm start's eval
+    rows += [{"step": s, "entropy/token_mean": 1.0, "reward/mean": 0.1, "timing/step_s": 0.5} for s in range(1, 4)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert summarize_run(tmp_path)["final_entropy"] == 1.0
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")  # failed before its first RL step
+    assert summarize_run(tmp_path)["final_reward"] is None
