@@ -15,18 +15,19 @@ that recomputes each chunk (the planned kernel behind this same signature).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Literal, Mapping, Union
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from entropy_rl.core.entropy import entropy_from_logp
 
-ChunkFeature = Callable[[Tensor, Tensor, Union[float, Tensor]], Tensor]
+ChunkFeature = Callable[[Tensor, Tensor, float | Tensor], Tensor]
 """A per-chunk feature: (logits [n, V] raw, tokens [n] int64, temperature float or [n, 1] fp32) -> [n] fp32."""
 
-WantEntropy = Union[bool, Literal["grad", "nograd"]]
+WantEntropy = bool | Literal["grad", "nograd"]
 
 DEFAULT_CHUNK_TOKENS = 1024  # [1024, V] fp32 is 0.6 GiB at V = 152k
 
@@ -104,18 +105,27 @@ def token_stats(
 
     return TokenStats(
         logp=stitch([[tile.logp for tile in line] for line in grid]),
-        entropy=stitch([[tile.entropy for tile in line if tile.entropy is not None] for line in grid]) if want_entropy else None,
+        entropy=stitch([[tile.entropy for tile in line if tile.entropy is not None] for line in grid])
+        if want_entropy
+        else None,
         features={name: stitch([[tile.features[name] for tile in line] for line in grid]) for name in features},
     )
 
 
 def check_args(
-    x: Tensor, tokens: Tensor, temperature: float | Tensor, weight: Tensor | None, want_entropy: WantEntropy,
-    mask: Tensor | None, chunk_tokens: int,
+    x: Tensor,
+    tokens: Tensor,
+    temperature: float | Tensor,
+    weight: Tensor | None,
+    want_entropy: WantEntropy,
+    mask: Tensor | None,
+    chunk_tokens: int,
 ) -> None:
     """Raise a one-line ValueError on inconsistent shapes or settings of `token_stats`."""
     if tokens.dim() != 2 or x.dim() != 3 or x.shape[:2] != tokens.shape:
-        raise ValueError(f"expected logits/hidden [B, T, *] and tokens [B, T], got {tuple(x.shape)} and {tuple(tokens.shape)}")
+        raise ValueError(
+            f"expected logits/hidden [B, T, *] and tokens [B, T], got {tuple(x.shape)} and {tuple(tokens.shape)}"
+        )
     if weight is not None and (weight.dim() != 2 or weight.shape[1] != x.shape[2]):
         raise ValueError(f"lm_head_weight must be [V, d] with d = {x.shape[2]}, got {tuple(weight.shape)}")
     if mask is not None and mask.shape != tokens.shape:
@@ -128,7 +138,9 @@ def check_args(
         raise ValueError("want_entropy='grad' asks for an entropy with gradient, but grad mode is off")
     if isinstance(temperature, Tensor):
         if temperature.shape != tokens.shape:
-            raise ValueError(f"a tensor temperature must be [B, T] = {tuple(tokens.shape)}, got {tuple(temperature.shape)}")
+            raise ValueError(
+                f"a tensor temperature must be [B, T] = {tuple(tokens.shape)}, got {tuple(temperature.shape)}"
+            )
         used = temperature if mask is None else temperature[mask != 0]
         if not bool((used > 0).all()):
             raise ValueError("temperature must be > 0 on every computed token")
@@ -137,8 +149,13 @@ def check_args(
 
 
 def tile_stats(
-    x: Tensor, tokens: Tensor, temperature: float | Tensor, weight: Tensor | None, want_entropy: WantEntropy,
-    features: Mapping[str, ChunkFeature], mask: Tensor | None,
+    x: Tensor,
+    tokens: Tensor,
+    temperature: float | Tensor,
+    weight: Tensor | None,
+    want_entropy: WantEntropy,
+    features: Mapping[str, ChunkFeature],
+    mask: Tensor | None,
 ) -> TokenStats:
     """`token_stats` of one tile: x [nb, nt, V or d], tokens [nb, nt] -> TokenStats of [nb, nt] tensors."""
     nb, nt = tokens.shape

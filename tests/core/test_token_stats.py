@@ -21,7 +21,9 @@ def naive(logits: torch.Tensor, tokens: torch.Tensor, tau: float | torch.Tensor)
     """The unchunked reference: [B, T, V] fp32 log-softmax, gathered log-probs and entropies."""
     t = tau if isinstance(tau, float) else tau.unsqueeze(-1).float()
     logp_all = torch.log_softmax(logits.float() / t, dim=-1)
-    return logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy_from_logp(torch.log_softmax(logits.float() / t, -1))
+    return logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy_from_logp(
+        torch.log_softmax(logits.float() / t, -1)
+    )
 
 
 def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,7 +89,11 @@ def test_hidden_states_with_lm_head_weight_equal_logits_input() -> None:
     tokens = torch.randint(V, (B, T), generator=g)
     stats = token_stats(hidden, tokens, 0.8, lm_head_weight=weight, features={"lse": logsumexp_feature}, chunk_tokens=4)
     ref = token_stats(hidden @ weight.T, tokens, 0.8, features={"lse": logsumexp_feature}, chunk_tokens=B * T)
-    for got, want in ((stats.logp, ref.logp), (stats.entropy, ref.entropy), (stats.features["lse"], ref.features["lse"])):
+    for got, want in (
+        (stats.logp, ref.logp),
+        (stats.entropy, ref.entropy),
+        (stats.features["lse"], ref.features["lse"]),
+    ):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # the chunked matmul may round differently
     loss = (stats.logp + stats.entropy).sum()
     ref_loss = (ref.logp + ref.entropy).sum()
@@ -126,7 +132,9 @@ def test_bad_arguments_raise_one_line_errors() -> None:
 
 
 def test_empty_batch() -> None:
-    stats = token_stats(torch.zeros(0, 5, V), torch.zeros(0, 5, dtype=torch.long), 1.0, features={"lse": logsumexp_feature})
+    stats = token_stats(
+        torch.zeros(0, 5, V), torch.zeros(0, 5, dtype=torch.long), 1.0, features={"lse": logsumexp_feature}
+    )
     assert stats.logp.shape == stats.entropy.shape == stats.features["lse"].shape == (0, 5)
 
 
@@ -134,8 +142,11 @@ def registered_features() -> list[tuple[str, str]]:
     import entropy_rl.methods  # noqa: F401  (registers the catalogue)
     from entropy_rl.core.policy_loss import POLICY_LOSSES
 
-    return [(m, f) for m in POLICY_LOSSES.names() for f, _ in
-            get_policy_loss(m).obj.old_features + get_policy_loss(m).obj.cur_features]
+    return [
+        (m, f)
+        for m in POLICY_LOSSES.names()
+        for f, _ in get_policy_loss(m).obj.old_features + get_policy_loss(m).obj.cur_features
+    ]
 
 
 @pytest.mark.parametrize("method,feature", registered_features())
@@ -161,10 +172,12 @@ class LargestAllocation(TorchDispatchMode):
         super().__init__()
         self.numel, self.op, self.ops = 0, "", set()
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.ops.add(str(func))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        inputs = {
+            t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
+        }
         for t in tree_flatten(out)[0]:
             fresh = isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs
             if fresh and t.numel() > self.numel:
@@ -185,8 +198,14 @@ def test_largest_tensor_is_one_chunk_not_the_batch() -> None:
     bound = CHUNK * PEAK_V
     assert PEAK_B * PEAK_T * PEAK_V >= 8 * bound and PEAK_V * PEAK_D <= bound  # the weight's gradient fits too
     with LargestAllocation() as chunked:
-        stats = token_stats(hidden, tokens, torch.full((PEAK_B, PEAK_T), 0.9), lm_head_weight=weight,
-                            features={"lse": logsumexp_feature}, chunk_tokens=CHUNK)
+        stats = token_stats(
+            hidden,
+            tokens,
+            torch.full((PEAK_B, PEAK_T), 0.9),
+            lm_head_weight=weight,
+            features={"lse": logsumexp_feature},
+            chunk_tokens=CHUNK,
+        )
         (stats.logp + stats.entropy + stats.features["lse"]).sum().backward()
     assert chunked.numel <= bound, (chunked.numel, chunked.op)
     assert any("backward" in op for op in chunked.ops)  # the probe saw the backward pass too
