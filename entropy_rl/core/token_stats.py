@@ -6,11 +6,13 @@ at most `chunk_tokens` tokens at a time, so the fp32 `[B, T, V]` tensors of the 
 log-softmax, probabilities) never exist at once. The input is either logits `[B, T, V]` or hidden states
 `[B, T, d]` plus the LM-head weight `[V, d]`; the second form never builds the logits of more than one chunk.
 
-Memory, honestly: without gradient the peak is a few `[chunk, V]` fp32 tensors. With gradient, plain autograd
-keeps what each chunk's backward needs (the chunk's log-softmax, and for the entropy its probabilities) until
-`backward()`, so the saved tensors still add up to about `B*T*V` fp32 per requested statistic, as in the
-unchunked path; a logits input also gets a full `[B, T, V]` gradient. Removing that needs a custom backward
-that recomputes each chunk (the planned kernel behind this same signature).
+Memory: without gradient the peak is a few `[chunk, V]` fp32 tensors. With gradient each chunk runs under
+`torch.utils.checkpoint`: autograd keeps only the chunk's inputs and recomputes the chunk in the backward (one
+extra chunk forward, for the hidden-state form including its `[chunk, d] x [d, V]` matmul), so the backward's
+peak is also one chunk. What stays: a logits input gets a full `[B, T, V]` gradient (in the logits' dtype, which
+the model's own backward needs anyway), assembled from the chunks' gradients, which autograd holds until all are
+done. A custom backward writing each chunk's gradient in place (the planned kernel behind this signature)
+removes that.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from entropy_rl.core.entropy import entropy_from_logp
 
@@ -89,6 +92,9 @@ def token_stats(
         return TokenStats(empty, empty.clone() if want_entropy else None, {k: empty.clone() for k in features})
     # tiles of whole rows (or of one row's positions when T > chunk_tokens): split views, no [B*T, V] reshape copy
     rows, cols = max(1, chunk_tokens // T), min(T, chunk_tokens)
+    recompute = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (logits_or_hidden, lm_head_weight)
+    )
     grid: list[list[TokenStats]] = []
     for r0, x_rows in zip(range(0, B, rows), logits_or_hidden.split(rows, dim=0)):
         line = []
@@ -97,7 +103,9 @@ def token_stats(
             window = (slice(r0, r0 + nb), slice(c0, c0 + nt))
             tile_tau = temperature[window] if isinstance(temperature, Tensor) else temperature
             tile_mask = None if mask is None else mask[window]
-            line.append(tile_stats(x, tokens[window], tile_tau, lm_head_weight, want_entropy, features, tile_mask))
+            args = (x, tokens[window], tile_tau, lm_head_weight, want_entropy, features, tile_mask)
+            # with gradient, autograd keeps only the tile's inputs and recomputes the tile in the backward
+            line.append(checkpoint(tile_stats, *args, use_reentrant=False) if recompute else tile_stats(*args))
         grid.append(line)
 
     def stitch(parts: list[list[Tensor]]) -> Tensor:

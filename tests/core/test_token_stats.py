@@ -216,3 +216,27 @@ def test_largest_tensor_is_one_chunk_not_the_batch() -> None:
     with LargestAllocation() as unchunked, torch.no_grad():
         naive(logits, tokens, 0.9)
     assert unchunked.numel == PEAK_B * PEAK_T * PEAK_V
+
+
+@pytest.mark.parametrize("form", ["hidden", "logits"])
+def test_autograd_keeps_no_chunk_logits_between_forward_and_backward(form: str) -> None:
+    """With gradient, each chunk is recomputed in the backward: what autograd saves beyond the inputs is tiny,
+    where plain autograd would keep several [chunk, V] fp32 tensors per chunk (7 x B*T*V elements here)."""
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(PEAK_B, PEAK_T, PEAK_D, generator=g).requires_grad_()
+    weight = (0.1 * torch.randn(PEAK_V, PEAK_D, generator=g)).requires_grad_()
+    tokens = torch.randint(PEAK_V, (PEAK_B, PEAK_T), generator=g)
+    x, w = (hidden, weight) if form == "hidden" else (hidden @ weight.T, None)
+    inputs = {t.untyped_storage().data_ptr() for t in (hidden, weight, x)}
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in inputs:
+            saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        stats = token_stats(x, tokens, 0.9, lm_head_weight=w, features={"lse": logsumexp_feature}, chunk_tokens=CHUNK)
+    assert sum(saved) <= PEAK_B * PEAK_T, sum(saved)  # token ids at most
+    (stats.logp + stats.entropy + stats.features["lse"]).sum().backward()
+    assert hidden.grad is not None and hidden.grad.abs().sum() > 0
