@@ -25,11 +25,11 @@ def setup():
 
 
 @pytest.mark.parametrize("method,want", [("entropy_bonus", "grad"), ("entropy_controller", "grad"), ("epo", "grad"),
-                                         ("hapo", "nograd"), ("top_entropy", "nograd"), ("ppo_clip", False),
-                                         ("gspo", False)])
-def test_update_pass_computes_entropy_with_grad_only_for_methods_whose_loss_reads_it(method: str, want) -> None:
-    """Grad for needs_entropy; detached where a selection may read H_cur (hapo prefers it, top_entropy's "current"
-    source uses it); none otherwise."""
+                                         ("top_entropy", "grad"), ("hapo", "nograd"), ("clip_cov", "nograd"),
+                                         ("ppo_clip", False), ("gspo", False)])
+def test_update_pass_computes_entropy_with_grad_only_for_methods_that_declare_it(method: str, want) -> None:
+    """Grad where "entropy" is in the method's inputs; detached where only a selection may read H_cur (hapo prefers
+    it when present); none otherwise."""
     assert entropy_for_update(get_policy_loss(method).obj) == want
 
 
