@@ -51,9 +51,10 @@ class SelectFn(Protocol):
 
 
 class FeatureFn(Protocol):
-    """Per-token feature from logits: (logits [B, T, V], tokens [B, T], temperature, params) -> [B, T] fp32."""
+    """Per-token feature, called per chunk of tokens by `core.token_stats`: (raw logits [n, V], tokens [n],
+    temperature (a float, or [n, 1] fp32 for per-token temperatures), params) -> [n] fp32."""
 
-    def __call__(self, logits: Tensor, tokens: Tensor, temperature: float, p: Any) -> Tensor: ...
+    def __call__(self, logits: Tensor, tokens: Tensor, temperature: float | Tensor, p: Any) -> Tensor: ...
 
 
 class MethodState(Protocol):

@@ -65,19 +65,21 @@ MASKED_LOGIT = -1e4  # "hard" masking of the official apply_min_p
 
 
 def min_p_proxy_logp(
-    logits: Tensor, tokens: Tensor, temperature: float, kappa: float = FEATURE_KAPPA, regular_type: str = FEATURE_REGULAR_TYPE
+    logits: Tensor, tokens: Tensor, temperature: float | Tensor, kappa: float = FEATURE_KAPPA,
+    regular_type: str = FEATURE_REGULAR_TYPE,
 ) -> Tensor:
     """log pi_proxy(o_t): min-p filter on the un-tempered probs, masked logits -> -1e4, tempered log-softmax.
 
     Args:
-        logits: [B, T, V] raw logits (any dtype; computed in fp32).
-        tokens: [B, T] sampled token ids.
-        temperature: rollout temperature tau (applied after the filter).
+        logits: [..., V] raw logits (any dtype; computed in fp32), e.g. one chunk [n, V] or a batch [B, T, V].
+        tokens: [...] sampled token ids.
+        temperature: rollout temperature tau (applied after the filter): a float or a tensor broadcasting
+            against the logits ([n, 1] for per-token temperatures).
         kappa: min-p threshold.
         regular_type: "relative" (p_v >= kappa * max p) or "fixed" (p_v >= kappa).
 
     Returns:
-        [B, T] fp32 log-probabilities of the tokens under the proxy (no gradient).
+        [...] fp32 log-probabilities of the tokens under the proxy (no gradient).
     """
     with torch.no_grad():
         z = logits.float()
@@ -93,8 +95,8 @@ def min_p_proxy_logp(
         return lp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def lp_proxy_feature(logits: Tensor, tokens: Tensor, temperature: float, p: "Params") -> Tensor:
-    """The registered feature: `min_p_proxy_logp` with the method's kappa and regular_type. [B, T]."""
+def lp_proxy_feature(logits: Tensor, tokens: Tensor, temperature: float | Tensor, p: "Params") -> Tensor:
+    """The registered feature, per chunk: `min_p_proxy_logp` with the method's kappa and regular_type. [n, V] -> [n]."""
     return min_p_proxy_logp(logits, tokens, temperature, p.kappa, p.regular_type)
 
 

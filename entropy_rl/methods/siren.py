@@ -79,12 +79,15 @@ FEATURE_TOP_K = 10_000  # entropy_topk of the registered feature
 NORM_EPS = 1e-12  # the official renormalisation / log epsilon
 
 
-def topp_entropy(logits: Tensor, temperature: float, top_p: float = FEATURE_TOP_P, top_k: int = FEATURE_TOP_K) -> Tensor:
+def topp_entropy(
+    logits: Tensor, temperature: float | Tensor, top_p: float = FEATURE_TOP_P, top_k: int = FEATURE_TOP_K
+) -> Tensor:
     """SIREN's top-p entropy, differentiable, fp32: the crossing token is excluded; m = 0 gives 0.
 
     Args:
         logits: [..., V] raw logits.
-        temperature: tau; probabilities are softmax(logits / tau).
+        temperature: tau; probabilities are softmax(logits / tau). A float or a tensor broadcasting against the
+            logits ([n, 1] for per-token temperatures).
         top_p: nucleus mass p; tokens whose cumulative mass (descending) is < p are kept.
         top_k: only the top-K probabilities are considered, K = min(top_k, V).
 
@@ -101,8 +104,8 @@ def topp_entropy(logits: Tensor, temperature: float, top_p: float = FEATURE_TOP_
     return -(q * torch.log(q + NORM_EPS)).sum(-1)
 
 
-def topp_entropy_feature(logits: Tensor, tokens: Tensor, temperature: float, p: "Params") -> Tensor:
-    """The registered feature: `topp_entropy` with the method's top_p and top_k. [B, T, V] -> [B, T]."""
+def topp_entropy_feature(logits: Tensor, tokens: Tensor, temperature: float | Tensor, p: "Params") -> Tensor:
+    """The registered feature, per chunk: `topp_entropy` with the method's top_p and top_k. [n, V] -> [n]."""
     return topp_entropy(logits, temperature, p.top_p, p.top_k)
 
 

@@ -3,7 +3,9 @@
 The response of each row runs up to and including its first EOS (the EOS token is trained, as in verl);
 positions after it are padding with mask 0. Sampling log-probs come from the processed scores of
 `generate` (after temperature / top-k / top-p), so they are the log-probs of the distribution actually
-sampled from; the trainer recomputes `old_logp` in its own pre-update pass and logs the mismatch.
+sampled from; the trainer recomputes `old_logp` in its own pre-update pass and logs the mismatch. They are
+taken one step at a time from `generate`'s per-step scores (which `generate` itself keeps, T x [B, V] fp32),
+never stacked into a [B, T, V] tensor.
 """
 
 from __future__ import annotations
@@ -146,8 +148,7 @@ def generate_chunk(
     )
     P, T = prompt_ids.shape[1], sampling.max_new_tokens
     response_ids = out.sequences[:, P:]  # [B, T'] with T' <= T
-    scores = torch.stack(out.scores, dim=1).float()  # [B, T', V] processed logits
-    logp = torch.log_softmax(scores, dim=-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)  # [B, T']
+    logp = sampled_logprobs(out.scores, response_ids)  # [B, T']
     pad = T - response_ids.shape[1]
     if pad > 0:
         response_ids = torch.nn.functional.pad(response_ids, (0, pad), value=tokenizer.pad_token_id)
@@ -157,6 +158,23 @@ def generate_chunk(
     logp = torch.where(mask.bool(), logp, torch.zeros_like(logp))
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
     return RolloutBatch(prompt_ids, prompt_mask, response_ids, mask, logp, [t.strip() for t in texts], truncated)
+
+
+def sampled_logprobs(scores: tuple[Tensor, ...], response_ids: Tensor) -> Tensor:
+    """Log-prob of each sampled token under its step's processed scores, one step at a time (no [B, T, V] stack).
+
+    Args:
+        scores: T' >= 1 per-step processed logits [B, V] from `generate` (after temperature / top-k / top-p).
+        response_ids: [B, T'] the tokens sampled at those steps.
+
+    Returns:
+        [B, T'] fp32 log-probs.
+    """
+    steps = [
+        torch.log_softmax(s.float(), dim=-1).gather(-1, response_ids[:, t : t + 1]).squeeze(-1)  # [B]
+        for t, s in enumerate(scores)
+    ]
+    return torch.stack(steps, dim=1)
 
 
 def concat_rollouts(parts: list[RolloutBatch], pad_id: int) -> RolloutBatch:

@@ -43,7 +43,7 @@ from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, ConfigError, save_config, to_dict
 from entropy_rl.train.dynamics import measure_after_update, probe_before_update
 from entropy_rl.train.evaluate import eval_at_step
-from entropy_rl.train.forward import score_in_chunks, score_responses
+from entropy_rl.train.forward import entropy_for_update, score_in_chunks, score_responses
 from entropy_rl.train.samples import CompletionLog
 from entropy_rl.train.sft import run_sft
 
@@ -276,8 +276,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         input_ids, attn = batch.input_ids, batch.attention_mask
         Lp = batch.prompt_ids.shape[1]
         mask = batch.response_mask  # [B, T]
-        old_logp, old_entropy, old_extras = score_in_chunks(model, input_ids, attn, Lp, tau, micro, all_features, params)
-        ref_logp = score_in_chunks(ref_model, input_ids, attn, Lp, tau, micro)[0] if ref_model is not None else None
+        old_logp, old_entropy, old_extras = score_in_chunks(model, input_ids, attn, Lp, tau, micro, all_features, params, mask=mask)
+        ref_logp = score_in_chunks(ref_model, input_ids, attn, Lp, tau, micro, mask=mask)[0] if ref_model is not None else None
         m["timing/score_s"] = time.perf_counter() - t0
 
         # ---- advantages ----
@@ -332,7 +332,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                     cur_logp, cur_ent = old_logp[rows], old_entropy[rows]
                     if not first:  # later mini-batches: the current policy's values (only the update-pass features)
                         cur_logp, cur_ent, cur_extras = score_in_chunks(
-                            model, input_ids[rows], attn[rows], Lp, tau, micro, method.obj.cur_features, params)
+                            model, input_ids[rows], attn[rows], Lp, tau, micro, method.obj.cur_features, params,
+                            mask=mb_mask)
                         extras.update(cur_extras)
                     sel = run_select(method, params, PolicyInputs(cur_logp, old_logp[rows], adv[rows], mb_mask, cur_ent,
                                                                   old_entropy[rows], None if ref_logp is None else ref_logp[rows], extras),
@@ -341,7 +342,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                 finite, mb_loss = True, 0.0
                 for start in range(0, mb_size, micro):
                     r = rows[start : start + micro]
-                    logp, ent, cur = score_responses(model, input_ids[r], attn[r], Lp, tau, method.obj.cur_features, params)
+                    logp, ent, cur = score_responses(model, input_ids[r], attn[r], Lp, tau, method.obj.cur_features, params,
+                                                  want_entropy=entropy_for_update(method.obj), mask=mask[r])
                     x = PolicyInputs(logp, old_logp[r], adv[r], mask[r], ent, old_entropy[r],
                                      None if ref_logp is None else ref_logp[r], {**{k: v[r] for k, v in old_extras.items()}, **cur})
                     check_inputs(method, x)
