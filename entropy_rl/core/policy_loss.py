@@ -170,9 +170,7 @@ def register_policy_loss(
 
 
 def get_policy_loss(name: str) -> Entry[PolicyLossMethod]:
-    """Look up a registered method; importing `entropy_rl.methods` registers the built-in catalogue."""
-    import entropy_rl.methods  # noqa: F401  (registration side effect)
-
+    """Look up a registered method (the built-in catalogue registers when the `entropy_rl` package loads)."""
     return POLICY_LOSSES.get(name)
 
 

@@ -51,6 +51,7 @@ from torch import Tensor
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
+from entropy_rl.core.stats import entropy_change_omega, quantiles
 from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean, zero_scalar
 
 WEIGHT_MAPS = ("exp", "linear")
@@ -93,12 +94,8 @@ def steer_omega(logp: Tensor, old_logp: Tensor, adv: Tensor, old_entropy: Tensor
     Returns:
         [B, T] signed Omega (not masked).
     """
-    p = torch.exp(logp).clamp(1e-8, 1.0 - 1e-8)
-    p_old = torch.exp(old_logp).clamp(1e-8, 1.0)
-    out = (adv / p_old) * (p * (1.0 - p) * (torch.log(p) + old_entropy))
-    if omega == "first_order":
-        out = p * out
-    return torch.where(torch.isfinite(out), out, torch.zeros_like(out))
+    out = entropy_change_omega(logp, old_logp, adv, old_entropy)
+    return torch.exp(logp).clamp(1e-8, 1.0 - 1e-8) * out if omega == "first_order" else out
 
 
 def steer_weights(abs_omega: Tensor, mask: Tensor, p: Params) -> Tensor:
@@ -120,17 +117,6 @@ def steer_weights(abs_omega: Tensor, mask: Tensor, p: Params) -> Tensor:
     return weights
 
 
-def _quantile(values: Tensor, q: float) -> Tensor:
-    """q-quantile of a 1-D tensor by kthvalue, linear interpolation at q (N - 1) (torch.quantile caps at 2^24)."""
-    n = values.numel()
-    pos = q * (n - 1)
-    i, frac = int(math.floor(pos)), pos - math.floor(pos)
-    a = torch.kthvalue(values, i + 1).values
-    if frac == 0.0 or i + 1 >= n:
-        return a
-    return a + frac * (torch.kthvalue(values, i + 2).values - a)
-
-
 def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights:
     """Per-token weights from |Omega| over the mini-batch. In: [B, T] detached. Out: {"weight": [B, T]}, metrics."""
     if x.old_entropy is None:
@@ -139,7 +125,7 @@ def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Genera
     weights = steer_weights(abs_omega, x.mask, p)
     valid = x.mask.bool()
     if valid.any():
-        w_min, om_p99 = weights[valid].min(), _quantile(abs_omega[valid].float(), 0.99).to(x.logp.dtype)
+        w_min, om_p99 = weights[valid].min(), quantiles(abs_omega[valid].float(), [0.99])[0].to(x.logp.dtype)
     else:
         w_min, om_p99 = zero_scalar(x.logp), zero_scalar(x.logp)
     metrics = {

@@ -41,7 +41,7 @@ from entropy_rl.rollout.hf import RolloutBatch, SamplingParams, generate
 from entropy_rl.tasks import make_task
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, ConfigError, save_config, to_dict
-from entropy_rl.train.dynamics import measure_after_update, probe_before_update
+from entropy_rl.train.entropy_probe import measure_after_update, probe_before_update
 from entropy_rl.train.evaluate import eval_at_step
 from entropy_rl.train.forward import entropy_for_update, score_in_chunks, score_responses
 from entropy_rl.train.samples import CompletionLog

@@ -1,4 +1,4 @@
-"""The entropy-dynamics probe (train/dynamics.py) against independent autograd / finite-difference computations."""
+"""The entropy-dynamics probe (train/entropy_probe.py) against independent autograd / finite-difference computations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch.utils._pytree import tree_flatten
 from entropy_rl.core.entropy import token_entropy
 from entropy_rl.metrics.dynamics import entropy_change_identity
 from entropy_rl.models import TinyModelSpec, build_char_tokenizer, build_tiny_model
-from entropy_rl.train.dynamics import (
+from entropy_rl.train.entropy_probe import (
     adam_bonus_sensitivity,
     linearised_entropy_change,
     linearised_logit_change,
