@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from entropy_rl.metrics.sinks import MetricSink, TableSink, append_jsonl, truncate_jsonl
-from entropy_rl.rollout.hf import RolloutBatch
+from entropy_rl.rollout.base import RolloutBatch
 from entropy_rl.tasks.base import Problem, RewardResult
 
 FILE = "completions.jsonl"
