@@ -6,14 +6,17 @@ Reinforcement Learning" (arXiv:2509.20712). Official code: `Kwai-Klear/CE-GPPO` 
 `recipe/dapo/*_perf_run_gppo_v1_beta1_*`. With r = exp(logp - old_logp) and g = exp(logp - sg(logp)) (value 1,
 gradient grad logp, i.e. the official r / sg(r)):
 
-    clipped low   (A < 0, r < 1 - eps_low):   l = -A (1 - eps_low) [1 + beta1 (g - 1)]   grad: -beta1 (1 - eps_low) A grad logp
-    clipped high  (A > 0, r > 1 + eps_high):  l = -A (1 + eps_high) [1 + beta2 (g - 1)]  grad: -beta2 (1 + eps_high) A grad logp
-    otherwise:                                l = PPO's max(-A r, -A clip(r)) = -A r, dual-clipped at -c A for A < 0
+    clipped low  (A < 0, r < 1 - eps_low):  l = -A (1 - eps_low) [1 + beta1 (g - 1)]
+                                            grad: -beta1 (1 - eps_low) A grad logp
+    clipped high (A > 0, r > 1 + eps_high): l = -A (1 + eps_high) [1 + beta2 (g - 1)]
+                                            grad: -beta2 (1 + eps_high) A grad logp
+    otherwise:                              l = PPO's max(-A r, -A clip(r)) = -A r, dual-clipped at -c A for A < 0
 
-So the clipped tokens PPO silences (PA&LP: A > 0 above the ceiling; NA&LP: A < 0 below the floor) contribute a
-gradient of fixed, bounded size: beta1 scales the negative-advantage side, whose gradient raises entropy, beta2
-the positive side, whose gradient lowers it. beta1 = beta2 = 0 is PPO; beta = 1 is the first GPPO (Klear-Reasoner,
-arXiv:2508.07629).
+So the clipped tokens PPO silences (A > 0 above the ceiling, A < 0 below the floor; in the authors' analysis mostly
+low-probability tokens, PA&LP and NA&LP) contribute a gradient of fixed, bounded size: beta1 scales the
+negative-advantage side (NA&LP, whose gradient lowers entropy), beta2 the positive side (PA&LP, whose gradient
+raises it).
+beta1 = beta2 = 0 is PPO; beta = 1 is the first GPPO (Klear-Reasoner, arXiv:2508.07629).
 
 Departures from the official code:
     - Loss value: on clipped tokens the official value is -beta (1 -/+ eps) A; here it is PPO's -(1 -/+ eps) A for
@@ -21,12 +24,13 @@ Departures from the official code:
       (when beta != 1). This is what makes beta1 = beta2 = 0 reproduce `ppo_clip` exactly (the neutral setting).
     - The log-ratio is clamped to [-20, 20] before exp (core.ppo, as verl's vanilla loss; the official function
       does not clamp). The gradient carrier g does not go through the clamp, so restored gradients never vanish.
-Metrics: `policy/clipfrac*` keep their PPO meaning (the official pg_clipfrac: tokens in a clipped region);
+Metrics: `policy/clipfrac*` keep their PPO meaning (the official pg_clipfrac counts the two clipped regions only,
+not the dual clip);
 `method/ce_gppo/restored_frac` is the fraction of tokens whose gradient was restored (beta > 0 on their side).
 
 Defaults: beta1 = 0.75, beta2 = 1 (the README's function and the 7B recipe; the 1.5B recipe uses beta1 = 0.5, the
-repo's trainer yaml 0.25); eps 0.2 / 0.2 as every official recipe; dual clip c = 3 (the function's default; the
-recipes pass 10, as the `ce_gppo` variant does).
+repo's trainer yaml 0.25); eps 0.2 / 0.2 as both beta recipes (the `general_gppo` DAPO script uses 0.2 / 0.28);
+dual clip c = 3 (the function's default; the recipes pass 10, as the `ce_gppo` variant does).
 
 Params:
     beta1 (0.75): gradient scale restored to clipped tokens with A < 0 (ratio below 1 - eps_low); >= 0.

@@ -1,21 +1,22 @@
-"""CISPO: clip the detached importance weight, keep every token's gradient (REINFORCE with a truncated IS weight).
+"""CISPO: clip the detached importance weight, keep every token's gradient (REINFORCE, truncated IS weight).
 
 Paper: MiniMax 2025, "MiniMax-M1: Scaling Test-Time Compute Efficiently with Lightning Attention"
-(arXiv:2506.13585), Eq. 4. Matched against verl 0.9.1 `compute_policy_loss_cispo` (`verl/trainer/ppo/core_algos.py`,
-loss_mode "cispo", read in the PyPI wheel verl-0.9.1):
+(arXiv:2506.13585), the CISPO objective. Matched against verl 0.9.1 `compute_policy_loss_cispo`
+(`verl/trainer/ppo/core_algos.py`, loss_mode "cispo", read in the PyPI wheel verl-0.9.1):
 
     r_t = exp(clamp(logp_t - old_logp_t, -20, 20))
     w_t = sg(clip(r_t, 1 - eps_low, 1 + eps_high))          (a constant: no gradient through r or the clip)
     l_t = -w_t A_t logp_t                                    gradient: -w_t A_t grad logp_t
 
 Where PPO zeroes the gradient of a token whose ratio leaves [1 - eps_low, 1 + eps_high] on the side the advantage
-pushes it, CISPO keeps that token's gradient and only bounds its weight. The loss *value* is -w A log pi (as verl,
-TRL and Tinker write it), not PPO's -A r, so it is not comparable with PPO-family loss values; on-policy (r = 1) the
-gradient equals `ppo_clip`'s. The paper normalises by the token count of the batch (`token-mean`, the default).
+pushes it, CISPO keeps that token's gradient and only bounds its weight. The loss *value* is -w A log pi (as
+verl, NeMo-RL and Tinker write it), not PPO's -A r, so it is not comparable with PPO-family loss values; on-policy
+(r = 1) the gradient equals `ppo_clip`'s. The paper normalises by the token count of the batch (`token-mean`, the
+default).
 
-Departures: none from verl 0.9.1 in the loss. Metrics: `policy/clipfrac` is verl's `pg_clipfrac` (the weight was
-clipped at either bound, whatever the sign of A); `policy/clipfrac_low` / `_high` split it by bound. The paper's
-generalised form with a PPO-style token mask (its Eq. 5) is not implemented (verl 0.9.1 has none either).
+Departures: none from verl 0.9.1 in the loss. Metrics: `policy/clipfrac` is verl's `pg_clipfrac` (the weight
+was clipped at either bound, whatever the sign of A); `policy/clipfrac_low` / `_high` split it by bound. The
+paper's generalised form with a PPO-style token mask is not implemented (verl 0.9.1 has none either).
 
 Defaults and variants: the Params defaults are verl's (`clip_ratio_low` = `clip_ratio_high` = 0.2, which CISPO reads
 from the actor config). The paper sets no lower bound (eps_low large) and tunes only eps_high without publishing

@@ -89,7 +89,8 @@ def binary_kl(old_logp: Tensor, logp: Tensor) -> Tensor:
     """
     old_logp, logp = old_logp.clamp(max=0.0), logp.clamp(max=0.0)
     p_old, p = torch.exp(old_logp), torch.exp(logp)
-    return p_old * (old_logp - logp) + (1.0 - p_old) * torch.log((1.0 - p_old + BINARY_KL_EPS) / (1.0 - p + BINARY_KL_EPS))
+    tail = torch.log((1.0 - p_old + BINARY_KL_EPS) / (1.0 - p + BINARY_KL_EPS))
+    return p_old * (old_logp - logp) + (1.0 - p_old) * tail
 
 
 def trust_region(x: PolicyInputs, p: Params) -> tuple[Tensor, Tensor]:

@@ -1,6 +1,6 @@
 """SAPO: a smooth sigmoid gate of the ratio, with separate temperatures for A > 0 and A <= 0, instead of a hard clip.
 
-Paper: Gao et al. 2025 (Qwen), "Soft Adaptive Policy Optimization" (arXiv:2511.20347). Matched against verl 0.9.1
+Paper: Qwen team 2025, "Soft Adaptive Policy Optimization" (arXiv:2511.20347). Matched against verl 0.9.1
 `compute_policy_loss_sapo` (`verl/trainer/ppo/core_algos.py`, loss_mode "sapo", read in the PyPI wheel
 verl-0.9.1; `tau_pos` / `tau_neg` in `ActorConfig`):
 

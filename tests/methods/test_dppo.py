@@ -1,4 +1,4 @@
-"""DPPO (arXiv:2602.04879, verl 0.9.1 `compute_policy_loss_dppo_tv` / `_kl`): hand-computed cases, arithmetic in comments."""
+"""DPPO (arXiv:2602.04879, verl 0.9.1 `compute_policy_loss_dppo_tv` / `_kl`): hand-computed cases."""
 
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ def test_no_truncation_when_ratio_cap_is_none() -> None:
 # k4: 0.5 -> 0.7, A -1: p >= p_old                      -> inside
 def test_binary_kl_by_hand() -> None:
     d = binary_kl(torch.tensor([0.5, 0.5, 0.5]).log(), torch.tensor([0.7, 0.6, 0.3]).log())
-    expected = [0.5 * math.log(0.5 / 0.7) + 0.5 * math.log(0.5 / 0.3), 0.5 * math.log(0.5 / 0.6) + 0.5 * math.log(0.5 / 0.4),
+    expected = [0.5 * math.log(0.5 / 0.7) + 0.5 * math.log(0.5 / 0.3),
+                0.5 * math.log(0.5 / 0.6) + 0.5 * math.log(0.5 / 0.4),
                 0.5 * math.log(0.5 / 0.3) + 0.5 * math.log(0.5 / 0.7)]
     torch.testing.assert_close(d, torch.tensor(expected), rtol=1e-5, atol=1e-6)  # the 1e-8 guards move the 8th digit
 

@@ -1,4 +1,4 @@
-"""ERC (arXiv:2512.05591, Kwai-Klear/ERC `compute_policy_loss_grpo_erc`): hand-computed cases, arithmetic in comments."""
+"""ERC (arXiv:2512.05591, Kwai-Klear/ERC `compute_policy_loss_grpo_erc`): hand-computed cases."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def hand_case() -> dict:
     """
     logp = torch.tensor([[-1.0, -2.0, -0.5, -1.5, -3.0]], requires_grad=True)
     entropy = torch.tensor([[1.0, 1.04, 0.9, 1.2, 0.0]], requires_grad=True)
-    return dict(logp=logp, old_logp=logp.detach(), advantages=torch.tensor([[1.0, -1.0, 2.0, -2.0, 0.5]]),
-                mask=torch.ones(1, 5), entropy=entropy, old_entropy=torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]]))
+    return {"logp": logp, "old_logp": logp.detach(), "advantages": torch.tensor([[1.0, -1.0, 2.0, -2.0, 0.5]]),
+            "mask": torch.ones(1, 5), "entropy": entropy, "old_entropy": torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])}
 
 
 def test_out_of_bound_entropy_ratio_drops_the_gradient_but_keeps_the_value() -> None:

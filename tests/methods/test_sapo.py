@@ -61,7 +61,8 @@ def test_gradient_is_the_gate_derivative_times_ratio() -> None:
 
 
 def test_larger_temperature_damps_off_policy_gradients_faster() -> None:
-    # r = 2, A = -1: weight 4 s (1 - s) r with s = sigmoid(tau): tau 1.05 -> 0.76811 * 2; tau 3 -> 4 * 0.95257 * 0.04743 * 2
+    # r = 2, A = -1: weight 4 s (1 - s) r with s = sigmoid(tau):
+    # tau 1.05 -> 0.76811 * 2 = 1.53622; tau 3 -> 4 * 0.95257 * 0.04743 * 2 = 0.36149
     logp = torch.tensor([[-1.0]], requires_grad=True)
     old_logp, adv = logp.detach() - math.log(2.0), torch.tensor([[-1.0]])
     grads = []
