@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
         (["rollout.temperature=hot"], "rollout.temperature: expected a number"),
         (["train.steps=1.5"], "train.steps: expected an integer"),
         (["sft.enabled=1"], "sft.enabled: expected true/false"),
-        (["rollout.temperature=0"], "rollout.temperature: must be > 0"),
+        (["rollout.temperature=0"], r"rollout.temperature: must be in \[0.001, 100\]"),
         (["rollout.group_size=1"], "GRPO std scaling needs groups of >= 2"),
         (["algorithm.method_params={eps_high: -0.1}"], "algorithm.method_params: .*eps_low and eps_high must be >= 0"),
         (["algorithm.method_params={eps_hihg: 0.3}"], "algorithm.method_params: .*did you mean 'eps_high'"),
