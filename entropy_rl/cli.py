@@ -188,16 +188,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def int_at_least(lo: int) -> Callable[[str], int]:
-    """An argparse `type` accepting integers >= lo (so `--jobs 0` is a usage error, not a traceback)."""
+def int_at_least(lo: int, hi: int = 2**63 - 1) -> Callable[[str], int]:
+    """An argparse `type` accepting integers in [lo, hi] (so `--jobs 0` is a usage error, not a traceback)."""
 
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value = int(text) if len(text) <= 40 else None
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got '{text[:40]}'") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text[:40]}'")
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}" if value < lo else f"must be <= {hi}, got {value}")
         return value
 
     return parse

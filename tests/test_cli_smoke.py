@@ -146,8 +146,9 @@ def test_bad_task_params_of_eval_are_one_line(tmp_path: Path, capsys: pytest.Cap
         (["demo", "--steps", "-1"], "argument --steps: must be >= 0, got -1"),
         (["eval", "m", "--samples", "0"], "argument --samples: must be >= 1, got 0"),
         (["eval", "m", "--problems", "x"], "argument --problems: expected an integer, got 'x'"),
+        (["eval", "m", "--seed", "1" + "0" * 29], "argument --seed: must be <= 9223372036854775807"),
     ],
-    ids=["jobs-0", "seeds-negative", "steps-negative", "samples-0", "problems-not-int"],
+    ids=["jobs-0", "seeds-negative", "steps-negative", "samples-0", "problems-not-int", "seed-too-large"],
 )
 def test_bad_numeric_flags_are_usage_errors(argv: list[str], text: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Mapping, TypeVar
@@ -22,6 +21,7 @@ INT64_MAX = 2**63 - 1  # integers reach torch (seeds, sizes) as int64
 BRIEF_CHARS = 60  # longest string shown in an error message
 BRIEF_ITEMS = 4  # container items shown in an error message
 _NUMBER_CHARS = frozenset("0123456789+-.eE")
+_UNION_TYPES = (typing.Union, type(int | None))  # Optional[X] / Union[...] and X | None
 
 
 class RegistryError(KeyError):
@@ -55,8 +55,8 @@ def brief(value: Any, depth: int = 1) -> str:
         parts = [f"{brief(k, 0)}: {brief(v, depth - 1)}" for k, v in items] if isinstance(value, dict) \
             else [brief(v, depth - 1) for v in items]
         more = f", ... ({len(value):,} items)" if len(value) > BRIEF_ITEMS else ""
-        left, right = {dict: "{}", tuple: "()"}.get(type(value), "[]")
-        return f"{left}{', '.join(parts)}{more}{right}"
+        brackets = {dict: "{}", tuple: "()"}.get(type(value), "[]")
+        return f"{brackets[0]}{', '.join(parts)}{more}{brackets[1]}"
     text = repr(value)
     return text if len(text) <= BRIEF_CHARS else text[:BRIEF_CHARS] + "..."
 
@@ -78,7 +78,7 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
         ParamsError: `where: expected ..., got <brief value>`.
     """
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
+    if origin in _UNION_TYPES:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
@@ -163,6 +163,9 @@ class Entry(Generic[T]):
         Args:
             values: field name -> plain value (from YAML, overrides or keyword arguments).
             where: key path that prefixes every message, e.g. "algorithm.method_params".
+
+        Returns:
+            The `params_cls` instance (values converted, e.g. "3e-4" -> 3e-4 for a float field).
 
         Raises:
             ParamsError: an unknown name (with a did-you-mean hint), a wrong type (`where.field: expected

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from entropy_rl.core.registry import brief
 from entropy_rl.tasks.base import SPLITS, TASKS, Problem, RewardResult, fail, ok
 
 MAX_DEPTH = 32  # deepest nesting of lists / objects in a row (deeper rows are malformed)
@@ -163,7 +164,7 @@ def _check_row(row: Any, p: Params) -> tuple[str, str] | None:
             likely = [k for k in LIKELY_FIELDS[role] if k in row and k not in (p.prompt_field, p.answer_field)]
             if likely:
                 return f"missing key '{key}'", f"the row has '{likely[0]}': set task.params.{role}_field: {likely[0]}"
-            keys = ", ".join(repr(k) for k in list(row)[:8])
+            keys = ", ".join(brief(k) for k in list(row)[:8])
             return f"missing key '{key}' (row keys: {keys})", f"map another key with task.params.{role}_field, or {skip}"
         if not isinstance(row[key], str):
             return f"'{key}' must be a string, got {type(row[key]).__name__}", skip
@@ -198,9 +199,9 @@ class JsonlTask:
         first_error = ""
         pf, af = params.prompt_field, params.answer_field
         for lineno, row, error in rows:
-            problem_and_fix = (error, "set skip_bad_rows to skip such rows") if error else _check_row(row, params)
-            if problem_and_fix is not None:
-                message = f"{path}:{lineno}: bad {where}: {problem_and_fix[0]} ({problem_and_fix[1]})"
+            bad = (error, "set skip_bad_rows to skip such rows") if error else _check_row(row, params)
+            if bad is not None:
+                message = f"{path}:{lineno}: bad {where}: {bad[0]} ({bad[1]})"
                 if not params.skip_bad_rows:
                     raise ValueError(message)
                 first_error = first_error or message

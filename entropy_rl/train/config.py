@@ -35,6 +35,7 @@ MAX_CONFIG_BYTES = 256 * 1024  # a config file or override value; real configs a
 MAX_YAML_DEPTH = 32  # nesting levels of a YAML document (the schema uses 4)
 MAX_ERROR_CHARS = 1000  # longest error message (values in it are already shown in brief)
 MAX_ROLLOUT_SEQS = 65_536  # prompts_per_step x group_size: sequences generated and scored per step
+MAX_EVAL_SEQS = 2**20  # eval_problems x eval_samples: sequences one evaluation generates (and keeps)
 MAX_SEED = 10**8  # the trainer derives per-step RNG seeds of about seed x 1e11, which must fit in 64 bits
 MAX_SCRATCH_PARAMS = 10**9  # a from-scratch model is for small experiments; load larger ones with model.path
 CONTEXT_SAMPLE = 256  # prompts per split checked against the context for a generated (not dataset) task
@@ -153,8 +154,10 @@ class Bound:
     """An allowed interval for a numeric field (floats are also required to be finite).
 
     Attributes:
-        lo, hi: the ends (hi may be math.inf: any finite value).
-        lo_open, hi_open: exclude that end.
+        lo: lower end.
+        hi: upper end (math.inf: any finite value).
+        lo_open: exclude the lower end.
+        hi_open: exclude the upper end.
         why: a reason shown with the error when the limit is not obvious.
     """
 
@@ -169,7 +172,9 @@ class Bound:
         return (v > self.lo if self.lo_open else v >= self.lo) and (v < self.hi if self.hi_open else v <= self.hi)
 
     def __str__(self) -> str:
-        fmt = lambda x: "inf" if x == math.inf else f"{x:,}" if isinstance(x, int) else f"{x:g}"  # noqa: E731
+        def fmt(x: float) -> str:
+            return "inf" if x == math.inf else f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
         return f"{'(' if self.lo_open else '['}{fmt(self.lo)}, {fmt(self.hi)}{')' if self.hi_open else ']'}"
 
 
@@ -223,7 +228,7 @@ def numeric_fields(cls: type | None = None, prefix: str = "") -> list[str]:
     out = []
     for name, tp in typing.get_type_hints(cls).items():
         path = f"{prefix}{name}"
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             out += numeric_fields(tp, path + ".")
         elif tp in (int, float) or set(typing.get_args(tp)) <= {int, float} and typing.get_origin(tp) is tuple:
             out.append(path)
@@ -241,7 +246,14 @@ def yaml_size(root: yaml.Node, limit: int) -> int:
     """Size of a composed YAML document after alias expansion: nodes plus scalar characters.
 
     An alias is the same node object as its anchor, so sizes are memoised per node: the walk costs the
-    number of distinct nodes however large the expansion. Stops counting once `limit` is passed.
+    number of distinct nodes however large the expansion.
+
+    Args:
+        root: the composed document (`yaml.SafeLoader.get_single_node()`), not yet constructed.
+        limit: sizes are capped at limit + 1, so huge expansions never make huge integers.
+
+    Returns:
+        min(expanded size, limit + 1).
 
     Raises:
         ConfigError: a recursive alias (a node containing itself) or nesting deeper than MAX_YAML_DEPTH.
@@ -277,6 +289,9 @@ def load_yaml(text: str, source: str) -> Any:
     Args:
         text: the YAML text (at most MAX_CONFIG_BYTES characters).
         source: names the input in messages (a file path or "override 'a.b=c'").
+
+    Returns:
+        The plain data (dict, list, str, int, float, bool, None); None for an empty document.
 
     Raises:
         ConfigError: invalid YAML (with line and column), too large, or too large after alias expansion.
@@ -520,6 +535,9 @@ def validate(cfg: Config) -> None:
     need(o.lr * o.weight_decay < 1, "optim.weight_decay",
          f"lr x weight_decay must be < 1 (AdamW multiplies every weight by 1 - lr x weight_decay), got {o.lr * o.weight_decay:g}")
     need(t.eval_every == 0 or t.eval_problems >= 1, "train.eval_problems", "must be >= 1 when train.eval_every > 0")
+    need(t.eval_problems * t.eval_samples <= MAX_EVAL_SEQS, "train.eval_samples",
+         f"eval_problems x eval_samples = {t.eval_problems * t.eval_samples:,} sequences per evaluation, "
+         f"more than {MAX_EVAL_SEQS:,}")
     need(t.device in ("cpu", "cuda", "auto"), "train.device", f"must be cpu, cuda or auto, got {brief(t.device)}")
     need(t.device != "cuda" or torch.cuda.is_available(), "train.device", "cuda requested but no CUDA device is available")
     check_sinks(t.sinks)

@@ -187,13 +187,14 @@ ISSUE_INPUTS = [  # issue 15, item 11: each passed `validate` and then crashed `
     ("train.sinks=[jsonl, jsonl]", "'jsonl' is listed twice"),
     ("optim.epochs=100000", r"optim.epochs: must be in \[1, 1,000\]"),
     ("algorithm.kl_coef=-0.5", r"algorithm.kl_coef: must be in \[0, inf\]"),
+    (("train.eval_samples=4096", "train.eval_problems=1024"), "train.eval_samples: eval_problems x eval_samples = 4,194,304"),
 ]
 
 
-@pytest.mark.parametrize("override, message", ISSUE_INPUTS, ids=[o for o, _ in ISSUE_INPUTS])
-def test_values_that_used_to_crash_training_fail_validation(override: str, message: str) -> None:
+@pytest.mark.parametrize("override, message", ISSUE_INPUTS, ids=[str(o) for o, _ in ISSUE_INPUTS])
+def test_values_that_used_to_crash_training_fail_validation(override: str | tuple[str, ...], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        load_config(None, [override])
+        load_config(None, [override] if isinstance(override, str) else list(override))
 
 
 def test_every_numeric_field_has_a_range() -> None:
