@@ -74,6 +74,9 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
         value: plain data from YAML or keyword arguments.
         where: key path for messages, e.g. "algorithm.advantage_params.eps".
 
+    Returns:
+        The value, converted where described above (containers are copied).
+
     Raises:
         ParamsError: `where: expected ..., got <brief value>`.
     """

@@ -242,7 +242,7 @@ class _Loader(yaml.SafeLoader):
     """PyYAML's SafeLoader (plain data only; no Python objects)."""
 
 
-def yaml_size(root: yaml.Node, limit: int) -> int:
+def yaml_size(root: yaml.Node, limit: int, source: str) -> int:
     """Size of a composed YAML document after alias expansion: nodes plus scalar characters.
 
     An alias is the same node object as its anchor, so sizes are memoised per node: the walk costs the
@@ -251,6 +251,7 @@ def yaml_size(root: yaml.Node, limit: int) -> int:
     Args:
         root: the composed document (`yaml.SafeLoader.get_single_node()`), not yet constructed.
         limit: sizes are capped at limit + 1, so huge expansions never make huge integers.
+        source: names the input in messages.
 
     Returns:
         min(expanded size, limit + 1).
@@ -274,9 +275,9 @@ def yaml_size(root: yaml.Node, limit: int) -> int:
         if id(node) in sizes:
             continue
         if id(node) in on_path:
-            raise ConfigError(f"a YAML alias refers to a node that contains it (line {node.start_mark.line + 1})")
+            raise ConfigError(f"{source}: a YAML alias refers to a node that contains it (line {node.start_mark.line + 1})")
         if depth > MAX_YAML_DEPTH:
-            raise ConfigError(f"YAML nested deeper than {MAX_YAML_DEPTH} levels (line {node.start_mark.line + 1})")
+            raise ConfigError(f"{source}: YAML nested deeper than {MAX_YAML_DEPTH} levels (line {node.start_mark.line + 1})")
         on_path.add(id(node))
         stack.append((node, depth, True))
         stack.extend((k, depth + 1, False) for k in kids if id(k) not in sizes)
@@ -303,10 +304,12 @@ def load_yaml(text: str, source: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        if yaml_size(node, MAX_CONFIG_BYTES) > MAX_CONFIG_BYTES:
+        if yaml_size(node, MAX_CONFIG_BYTES, source) > MAX_CONFIG_BYTES:
             raise ConfigError(f"{source}: YAML aliases expand to more than {MAX_CONFIG_BYTES:,} nodes and characters; "
                               "write the values out instead of repeating anchors")
         return loader.construct_document(node)
+    except ConfigError:
+        raise
     except yaml.MarkedYAMLError as e:
         where = f" (line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1})" if e.problem_mark else ""
         raise ConfigError(f"{source}: invalid YAML: {e.problem or e.context}{where}") from None
