@@ -1,4 +1,4 @@
-"""EntroPIC: PPO clip plus alpha * (-r |A|) on high-probability tokens, alpha from a PI controller on the entropy error.
+"""EntroPIC: PPO clip plus alpha * (-r abs(A)) on high-probability tokens, alpha from a PI controller on the entropy error.
 
 Paper: Yang et al. 2025, "EntroPIC: Towards Stable Long-Term Training of LLMs via Entropy Stabilization with
 Proportional-Integral Control" (arXiv:2511.15248). Official code: `yk7333/EntroPIC` @ 2470730 (verl-based), read
@@ -15,7 +15,8 @@ lowers the entropy, alpha < 0 raises it.
 Controller (official `update_policy`), with e = H - target_entropy:
     alpha = clip(kp * e + ki * I, -1, 1),  then  I <- I + e
 using I before this error is added. Official settings (`run_entropic.sh`): target 0.1, kp 1, ki 0.01,
-high_prob 0.95 (the loss function's default), clip 0.2, dual clip 3.
+high_prob 0.95 (the loss function's default), clip 0.2, dual clip 3, GRPO advantages, rollout temperature 0.6 (the
+variant `entropic` sets the method's settings only: a sampling temperature would change every method's run).
 
 How it runs here (run-time values `EntropicValues(alpha)` from a checkpointed state): `before_update` takes
 H = token mean of H_old over the step's rollout batch (pre-update pass) and sets alpha; `after_update` adds e to
@@ -59,8 +60,9 @@ Metrics:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

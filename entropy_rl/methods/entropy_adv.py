@@ -1,4 +1,4 @@
-"""Entropy-based advantage shaping: PPO clip on A + min(alpha * sg(H_cur), |A| / kappa), a detached, capped bonus.
+"""Entropy-based advantage shaping: PPO clip on A + min(alpha * sg(H_cur), abs(A) / kappa), a detached, capped bonus.
 
 Paper: Cheng et al. 2025, "Reasoning with Exploration: An Entropy Perspective" (arXiv:2506.14758, AAAI 2026).
 No code released ("one line" in verl's `update_policy`); formula and settings from the paper:

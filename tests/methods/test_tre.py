@@ -9,7 +9,7 @@ import torch
 
 from entropy_rl.core.entropy import token_entropy
 from entropy_rl.core.policy_loss import policy_loss
-from entropy_rl.methods.tre import Params, trust_region_entropy, tre_entropy_feature
+from entropy_rl.methods.tre import Params, tre_entropy_feature, trust_region_entropy
 
 
 def h(*q: float) -> float:
