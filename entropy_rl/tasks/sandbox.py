@@ -22,11 +22,12 @@ JSON (at most `MAX_REPLY_BYTES`), never unpickles what the function returned.
 
 Process hygiene. The worker starts its own session (`os.setsid`), so it and everything `fn` forks share one
 process group, and a timeout, `close()` or the trainer's exit (`atexit`) SIGKILLs the whole group. A small
-reaper process, forked by the worker into the same group, SIGKILLs the group as soon as the worker is gone for
-any reason (killed, crashed, `os._exit`). On Linux the worker also asks the kernel for SIGKILL when its parent
-dies (`prctl(PR_SET_PDEATHSIG)`), so a SIGKILLed trainer leaves nothing behind even while `fn` is busy; elsewhere
-an idle worker notices its parent is gone within `IDLE_POLL_S`. `memory_mb` caps the address space `fn` may
-add (RLIMIT_AS, Linux). What this does not isolate (files, network, ...) is listed in docs/reliability.md.
+reaper process, forked by the worker into the same group before the first call, SIGKILLs the group as soon as
+the worker is gone (killed, crashed, `os._exit`) or the trainer is gone (even SIGKILLed, even while `fn` is
+busy); it waits on a pidfd of the trainer (Linux >= 5.3), else polls it every `REAPER_POLL_S`. (The worker's
+parent is not a reliable signal: under forkserver it is the fork server, which stays alive as long as any
+worker does.) `memory_mb` caps the address space `fn` may add (RLIMIT_AS, Linux). What this does not isolate
+(files, network, ...) is listed in docs/reliability.md.
 
 Why a process and not a thread: a thread cannot be interrupted in Python, so a hung thread (`while True:
 pass`) would be abandoned yet keep burning a core and holding the GIL, slowing the trainer for the rest of
@@ -46,12 +47,12 @@ startup is waited for outside the per-call timeout.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import json
 import logging
 import math
 import multiprocessing as mp
 import os
+import select
 import signal
 import sys
 import time
@@ -68,9 +69,8 @@ MAX_LOGGED_ERRORS = 5  # tracebacks logged per sandbox; the rest are counted
 STARTUP_TIMEOUT_S = 60.0  # a worker that does not report ready within this is an error (import hang)
 MAX_REPLY_BYTES = 1 << 20  # a longer reply (e.g. a huge answer string) is an error
 MAX_ERROR_CHARS = 20_000  # tail of a traceback sent back
-IDLE_POLL_S = 1.0  # an idle worker checks this often whether its parent is gone (where PDEATHSIG is missing)
-REAPER_POLL_S = 0.1  # the reaper checks this often whether the worker is gone
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+REAPER_POLL_S = 0.1  # the reaper checks this often whether the worker or the trainer is gone
+USE_PIDFD = hasattr(os, "pidfd_open")  # wait on the trainer's pidfd (Linux >= 5.3) rather than polling os.kill(pid, 0)
 
 RewardFn = Callable[[Problem, str], Any]
 START_METHODS = ("forkserver", "spawn", "fork")
@@ -102,27 +102,42 @@ def to_result(value: Any, completion: str, score_range: tuple[float, float] = DE
     return RewardResult(score, "ok" if score >= high else "wrong_value", completion.strip())
 
 
-def _die_with_parent() -> bool:
-    """Ask the Linux kernel to SIGKILL this process when its parent exits; False where that is unavailable."""
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+def _trainer_gone(trainer: int, poller: select.poll | None) -> bool:
+    """Wait up to REAPER_POLL_S for process `trainer` to exit; whether it has (`poller` watches its pidfd)."""
+    if poller is not None:
+        return bool(poller.poll(REAPER_POLL_S * 1000))
+    try:
+        os.kill(trainer, 0)  # note: a dead trainer that its parent has not reaped yet (a zombie) still counts as alive
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # the pid now belongs to another user's process: ours is gone
+        return True
+    time.sleep(REAPER_POLL_S)
+    return False
 
 
-def _start_reaper() -> None:
-    """Fork a process into the caller's process group that SIGKILLs the group once the caller is gone.
+def _start_reaper(trainer: int) -> None:
+    """Fork a process into the caller's (the worker's) process group that SIGKILLs the group once the worker or
+    the trainer (pid `trainer`) is gone.
 
     It holds the group id, so the id cannot be reused while anything of the group lives, and it cleans up what
-    `fn` forked however the worker ends (crash, `os._exit`, a kill the trainer did not send).
+    `fn` forked however the worker ends (crash, `os._exit`, the trainer killed without a chance to clean up).
     """
     worker = os.getpid()
     if os.fork() != 0:
         return
     try:  # the reaper: no Python-level cleanup, no inherited pipes (the trainer must see EOF when the worker dies)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-        while os.getppid() == worker:
-            time.sleep(REAPER_POLL_S)
+        poller = None
+        if USE_PIDFD:
+            try:
+                pidfd = os.pidfd_open(trainer)
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)
+            except OSError:  # already gone (ProcessLookupError), or no pidfd support: poll with os.kill
+                poller = None
+        while os.getppid() == worker and not _trainer_gone(trainer, poller):
+            pass
         os.killpg(0, signal.SIGKILL)
     finally:
         os._exit(0)
@@ -145,28 +160,19 @@ def _reply(payload: dict[str, Any]) -> bytes:
     return data
 
 
-def _worker(fn: RewardFn, conn: Connection, score_range: tuple[float, float], memory_mb: int,
-            parent: int | None) -> None:
+def _worker(fn: RewardFn, conn: Connection, score_range: tuple[float, float], memory_mb: int, trainer: int) -> None:
     """Worker: answer each (problem, completion) with JSON `{"ok": [score, reason, answer]}` or `{"error": text}`.
 
-    Exits on EOF (the trainer closed the pipe) or, when idle, once its parent (pid `parent`, else the parent at
-    start) is gone.
+    Exits on EOF (the trainer closed the pipe); its reaper kills it and its group when the trainer (pid `trainer`)
+    is gone.
     """
-    parent = parent if parent is not None else os.getppid()
     os.setsid()  # own session and process group: the trainer kills the group, with everything fn forks
-    _die_with_parent()
-    if os.getppid() != parent:  # the parent died before PDEATHSIG was armed
-        return
-    _start_reaper()
+    _start_reaper(trainer)
     if memory_mb:
         _cap_memory(memory_mb)
     conn.send_bytes(_reply({"ready": True}))
     while True:
         try:
-            if not conn.poll(IDLE_POLL_S):
-                if os.getppid() != parent:  # orphaned (no PDEATHSIG on this platform): go away
-                    return
-                continue
             problem, completion = conn.recv()
         except (EOFError, OSError):  # the trainer exited or was killed: go away with it
             return
@@ -236,9 +242,7 @@ class RewardSandbox:
     # ---- worker lifecycle ----
     def _start(self) -> None:
         parent, child = self.ctx.Pipe(duplex=True)
-        # the worker's parent is this process, except under forkserver (the server, which exits with us)
-        me = None if self.ctx.get_start_method() == "forkserver" else os.getpid()
-        proc = self.ctx.Process(target=_worker, args=(self.fn, child, self.score_range, self.memory_mb, me),
+        proc = self.ctx.Process(target=_worker, args=(self.fn, child, self.score_range, self.memory_mb, os.getpid()),
                                 daemon=True, name=f"reward:{self.name}")
         proc.start()
         child.close()  # so the parent sees EOF if the worker dies
