@@ -5,7 +5,7 @@ A user reward function `fn(problem, completion)` returns a bool or a number in t
 never evaluates model text. It runs in a persistent worker process, one per function:
 
     trainer --(problem, completion) pickle--> pipe --> worker: fn(problem, completion)
-    trainer <--JSON bytes: [score, reason, answer] or the error text-- pipe <-- worker checks and converts it
+    trainer <--length-prefixed JSON: [score, reason, answer] or the error text-- pipe <-- worker checks, converts
 
 - an exception in `fn`, a result that is not a bool / number / RewardResult, a score that is not finite or is
   outside the score range, or the worker dying -> score 0, reason "error"; the first `MAX_LOGGED_ERRORS`
@@ -18,7 +18,8 @@ never evaluates model text. It runs in a persistent worker process, one per func
 
 The worker checks and converts the result to plain JSON data inside the call, so everything `fn`'s objects can
 run (`__float__`, `__str__`, `__reduce__`, ...) runs in the worker under the timeout; the trainer only parses
-JSON (at most `MAX_REPLY_BYTES`), never unpickles what the function returned.
+JSON (at most `MAX_REPLY_BYTES`), never unpickles what the function returned, and the whole reply must arrive
+within `timeout_s` of the request (a reply that starts in time but stalls is a timeout too).
 
 Process hygiene. The worker starts its own session (`os.setsid`), so it and everything `fn` forks share one
 process group, and a timeout, `close()` or the trainer's exit (`atexit`) SIGKILLs the whole group. A small
@@ -54,11 +55,12 @@ import multiprocessing as mp
 import os
 import select
 import signal
+import struct
 import sys
 import time
 import traceback
 import weakref
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
 from entropy_rl.tasks.base import DEFAULT_SCORE_RANGE, Problem, RewardResult, validate_result
@@ -153,11 +155,38 @@ def _cap_memory(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _reply(payload: dict[str, Any]) -> bytes:
+def _send_reply(conn: Connection, payload: dict[str, Any]) -> None:
+    """Worker side: write `payload` as one frame, a 4-byte big-endian length then that many bytes of JSON."""
     data = json.dumps(payload).encode()
     if len(data) > MAX_REPLY_BYTES:
         data = json.dumps({"error": f"the reply is {len(data)} bytes, over the {MAX_REPLY_BYTES}-byte limit"}).encode()
-    return data
+    view = memoryview(struct.pack("!I", len(data)) + data)
+    while view:
+        view = view[os.write(conn.fileno(), view):]
+
+
+def _read_reply(conn: Connection, deadline: float) -> bytes:
+    """Trainer side: the JSON bytes of one frame, all of them read by `deadline` (`time.monotonic()` seconds).
+
+    Raises:
+        TimeoutError: the frame was not complete by the deadline.
+        EOFError: the worker closed the pipe (it died).
+        ValueError: a frame longer than MAX_REPLY_BYTES (not something `_send_reply` writes).
+    """
+    buf, need = b"", 4
+    while len(buf) < need:
+        left = deadline - time.monotonic()
+        if left <= 0 or not wait([conn], left):
+            raise TimeoutError
+        chunk = os.read(conn.fileno(), need - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+        if need == 4 and len(buf) == 4:
+            need += struct.unpack("!I", buf)[0]
+            if need - 4 > MAX_REPLY_BYTES:
+                raise ValueError(f"a reply of {need - 4} bytes, over the {MAX_REPLY_BYTES}-byte limit")
+    return buf[4:]
 
 
 def _worker(fn: RewardFn, conn: Connection, score_range: tuple[float, float], memory_mb: int, trainer: int) -> None:
@@ -170,7 +199,7 @@ def _worker(fn: RewardFn, conn: Connection, score_range: tuple[float, float], me
     _start_reaper(trainer)
     if memory_mb:
         _cap_memory(memory_mb)
-    conn.send_bytes(_reply({"ready": True}))
+    _send_reply(conn, {"ready": True})
     while True:
         try:
             problem, completion = conn.recv()
@@ -178,10 +207,10 @@ def _worker(fn: RewardFn, conn: Connection, score_range: tuple[float, float], me
             return
         try:
             r = to_result(fn(problem, completion), completion, score_range)
-            reply = _reply({"ok": [r.score, r.reason, r.answer]})
+            reply: dict[str, Any] = {"ok": [r.score, r.reason, r.answer]}
         except BaseException:  # noqa: BLE001 - user code: report everything, including SystemExit and MemoryError
-            reply = _reply({"error": traceback.format_exc()[-MAX_ERROR_CHARS:]})
-        conn.send_bytes(reply)
+            reply = {"error": traceback.format_exc()[-MAX_ERROR_CHARS:]}
+        _send_reply(conn, reply)
 
 
 def _kill_group(pid: int) -> None:
@@ -247,12 +276,12 @@ class RewardSandbox:
         proc.start()
         child.close()  # so the parent sees EOF if the worker dies
         self._proc, self._conn = proc, parent
-        if not parent.poll(STARTUP_TIMEOUT_S):
-            self.close()
-            raise RuntimeError(f"reward function {self.name}: worker did not start within {STARTUP_TIMEOUT_S} s")
         try:
-            parent.recv_bytes(MAX_REPLY_BYTES)  # {"ready": true}
-        except (EOFError, OSError):
+            _read_reply(parent, time.monotonic() + STARTUP_TIMEOUT_S)  # {"ready": true}
+        except TimeoutError:
+            self.close()
+            raise RuntimeError(f"reward function {self.name}: worker did not start within {STARTUP_TIMEOUT_S} s") from None
+        except (EOFError, OSError, ValueError):
             self.close()
             raise RuntimeError(f"reward function {self.name}: worker died at startup (exit code {proc.exitcode}); "
                                f"with start_method '{self.ctx.get_start_method()}' the function must be importable at module level") from None
@@ -282,11 +311,14 @@ class RewardSandbox:
             self.close()
             self._start()
         assert self._conn is not None
+        deadline = time.monotonic() + self.timeout_s
         try:
             self._conn.send((problem, completion))
         except (BrokenPipeError, OSError, EOFError):
             return self._error(f"worker died before the call (exit code {self._proc.exitcode})", restart=True)
-        if not self._conn.poll(self.timeout_s):
+        try:
+            data = _read_reply(self._conn, deadline)
+        except TimeoutError:
             self.timeouts += 1
             self.close()  # SIGKILL: the only way to stop a hung CPU-bound call; restarted on the next call
             if self.timeouts <= MAX_LOGGED_ERRORS:
@@ -294,10 +326,9 @@ class RewardSandbox:
                             self.name, self.timeout_s, self.timeouts,
                             "; further timeouts are counted, not logged" if self.timeouts == MAX_LOGGED_ERRORS else "")
             return RewardResult(0.0, "timeout", None)
-        try:
-            data = self._conn.recv_bytes(MAX_REPLY_BYTES)
-        except (EOFError, OSError):  # e.g. os._exit or a segfault in fn, or an over-long message
-            return self._error(f"worker died during the call (exit code {self._proc.exitcode})", restart=True)
+        except (EOFError, OSError, ValueError) as e:  # e.g. os._exit or a segfault in fn
+            return self._error(f"worker died during the call (exit code {self._proc.exitcode}): {type(e).__name__} {e}",
+                               restart=True)
         return self._parse(data)
 
     def _parse(self, data: bytes) -> RewardResult:

@@ -103,9 +103,10 @@ def slow_to_unpickle(problem, completion: str) -> RewardResult:
 
 def forks_sleepers(problem, completion: str) -> float:
     """Starts problem.data["n"] sleeping processes (an `os.fork` child and `sleep` subprocesses), appends
-    "worker PID" and "child PID" lines to problem.data["pid_file"], then hangs if the completion is "hang"."""
+    "worker PID PARENT_PID" and "child PID" lines to problem.data["pid_file"], then hangs if the completion is
+    "hang"."""
     with open(problem.data["pid_file"], "a") as f:
-        f.write(f"worker {os.getpid()}\n")
+        f.write(f"worker {os.getpid()} {os.getppid()}\n")
         for i in range(problem.data["n"]):
             if i == 0:
                 pid = os.fork()
@@ -124,4 +125,17 @@ def allocates(problem, completion: str) -> float:
     """Allocates and touches int(completion) MiB."""
     block = bytearray(int(completion) * 2**20)
     block[::4096] = b"x" * len(block[::4096])
+    return 1.0
+
+
+def stalls_mid_reply(problem, completion: str) -> float:
+    """Writes the start of a reply frame (a length of 100 bytes, then 1 byte) to the worker's sockets itself, then
+    sleeps 20 s: the trainer must not wait past its timeout for the rest."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                os.write(int(fd), (100).to_bytes(4, "big") + b"{")
+        except OSError:
+            pass
+    time.sleep(20)
     return 1.0

@@ -198,6 +198,20 @@ def test_results_arrive_as_plain_data_within_the_timeout(start_method: str) -> N
         box.close()
 
 
+@linux_only
+def test_a_reply_that_stalls_midway_is_a_timeout() -> None:
+    """fn writes the first bytes of a reply frame itself and sleeps: the call still ends at the timeout (before:
+    the trainer polled for the first byte, then blocked reading the rest for as long as fn slept)."""
+    box = RewardSandbox(fns.stalls_mid_reply, timeout_s=0.5, start_method="forkserver")
+    try:
+        box._start()
+        t0 = time.perf_counter()
+        assert box(P, "2").reason == "timeout"
+        assert time.perf_counter() - t0 < 0.5 + 1.0
+    finally:
+        box.close()
+
+
 def test_score_range_is_per_task() -> None:
     kw = dict(base="arithmetic", base_params={"ops": "+", "max_digits": 1}, start_method="fork",
               reward_fn="reliability_reward_fns:number_from_completion")
@@ -259,14 +273,14 @@ def survivors(pids: list[int], worker: int, within_s: float) -> list[int]:
         time.sleep(0.05)
 
 
-def read_pids(pid_file: Path, n: int, within_s: float = 30.0) -> tuple[int, list[int]]:
-    """(worker pid, child pids) once the reward function has written all n children."""
+def read_pids(pid_file: Path, n: int, within_s: float = 30.0) -> tuple[int, int, list[int]]:
+    """(worker pid, its parent's pid, child pids) once the reward function has written all n children."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         lines = pid_file.read_text().split("\n") if pid_file.exists() else []
         children = [int(x.split()[1]) for x in lines if x.startswith("child ")]
         if len(children) == n:
-            return int(lines[0].split()[1]), children
+            return int(lines[0].split()[1]), int(lines[0].split()[2]), children
         time.sleep(0.05)
     raise AssertionError(f"the reward function did not report {n} children in {within_s} s")
 
@@ -282,7 +296,7 @@ def test_processes_forked_by_the_reward_fn_die_with_the_worker(start_method: str
     try:
         r = box(problem, "hang" if how == "timeout" else "2")
         assert r.reason == ("timeout" if how == "timeout" else "ok")
-        worker, children = read_pids(pid_file, 3)
+        worker, _, children = read_pids(pid_file, 3)
         if how == "close":
             assert all(alive(p) for p in [worker, *children])
             box.close()
@@ -321,8 +335,7 @@ def test_nothing_outlives_the_trainer(method: str, mode: str, tmp_path: Path) ->
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(Path(__file__).parent)])}
     trainer = subprocess.Popen([sys.executable, "-c", TRAINER, method, mode, str(pid_file)], env=env)
     try:
-        worker, children = read_pids(pid_file, 4)
-        server = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])  # forkserver: the fork server
+        worker, server, children = read_pids(pid_file, 4)  # server: the worker's parent (forkserver: the fork server)
         if mode == "exit":
             assert trainer.wait(timeout=30) == 0
         else:
