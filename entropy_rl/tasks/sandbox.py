@@ -60,7 +60,7 @@ import sys
 import time
 import traceback
 import weakref
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any, Callable
 
 from entropy_rl.tasks.base import DEFAULT_SCORE_RANGE, Problem, RewardResult, validate_result
@@ -171,21 +171,27 @@ def _read_reply(conn: Connection, deadline: float) -> bytes:
     Raises:
         TimeoutError: the frame was not complete by the deadline.
         EOFError: the worker closed the pipe (it died).
-        ValueError: a frame longer than MAX_REPLY_BYTES (not something `_send_reply` writes).
+        ValueError: a frame longer than MAX_REPLY_BYTES, or bytes after the frame (neither is something
+            `_send_reply` writes).
     """
-    buf, need = b"", 4
-    while len(buf) < need:
+    fd = conn.fileno()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    buf, need = b"", None  # need: 4 + the payload length, once the header is in
+    while need is None or len(buf) < need:
         left = deadline - time.monotonic()
-        if left <= 0 or not wait([conn], left):
+        if left <= 0 or not poller.poll(left * 1000):
             raise TimeoutError
-        chunk = os.read(conn.fileno(), need - len(buf))
+        chunk = os.read(fd, 65536 if need is None else need - len(buf))
         if not chunk:
             raise EOFError
         buf += chunk
-        if need == 4 and len(buf) == 4:
-            need += struct.unpack("!I", buf)[0]
+        if need is None and len(buf) >= 4:
+            need = 4 + struct.unpack("!I", buf[:4])[0]
             if need - 4 > MAX_REPLY_BYTES:
                 raise ValueError(f"a reply of {need - 4} bytes, over the {MAX_REPLY_BYTES}-byte limit")
+    if len(buf) > need:
+        raise ValueError(f"{len(buf) - need} unexpected bytes after the reply")
     return buf[4:]
 
 
