@@ -212,6 +212,37 @@ def test_a_reply_that_stalls_midway_is_a_timeout() -> None:
         box.close()
 
 
+def test_reply_frames_are_checked() -> None:
+    """The trainer's reader: a complete frame; an over-long length, bytes after the frame, EOF, an incomplete frame
+    are errors or a timeout, never a wait past the deadline."""
+    import multiprocessing as mp
+    import struct
+
+    from entropy_rl.tasks.sandbox import MAX_REPLY_BYTES, _read_reply
+
+    def read(raw: bytes, close: bool = False) -> bytes:
+        a, b = mp.Pipe(duplex=True)
+        os.write(b.fileno(), raw)
+        if close:
+            b.close()
+        try:
+            return _read_reply(a, time.monotonic() + 0.2)
+        finally:
+            a.close()
+
+    assert read(struct.pack("!I", 2) + b"{}") == b"{}"
+    with pytest.raises(ValueError, match="over the"):
+        read(struct.pack("!I", MAX_REPLY_BYTES + 1))
+    with pytest.raises(ValueError, match="unexpected bytes"):
+        read(struct.pack("!I", 2) + b"{}extra")
+    with pytest.raises(EOFError):
+        read(struct.pack("!I", 2) + b"{", close=True)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        read(struct.pack("!I", 2) + b"{")
+    assert time.monotonic() - t0 < 1.0
+
+
 def test_score_range_is_per_task() -> None:
     kw = dict(base="arithmetic", base_params={"ops": "+", "max_digits": 1}, start_method="fork",
               reward_fn="reliability_reward_fns:number_from_completion")
