@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,11 @@ from transformers import (
     Qwen2Config,
 )
 
+log = logging.getLogger(__name__)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Files any of which holds a tokenizer (fast tokenizers, sentencepiece, BPE / WordPiece vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
 
 @dataclass(frozen=True)
@@ -66,21 +71,34 @@ def load_pretrained(
         attn_implementation: "sdpa", "eager" or "flash_attention_2".
 
     Returns:
-        (model, tokenizer). A tokenizer without a pad token gets pad = eos (left padding is set by the rollout).
+        (model, tokenizer). A tokenizer without a pad token gets pad = eos, with a log line (padding positions
+        are masked everywhere, so the choice of id does not matter; left padding is set by the rollout).
+
+    Raises:
+        FileNotFoundError: `path` is not a directory, or has no config.json or no tokenizer files (the message
+            names the directory).
+        ValueError: unknown dtype, or a tokenizer without an eos token.
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model path '{path}' is not a local directory (hub downloads are not used)")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype '{dtype}'. Valid: {', '.join(DTYPES)}")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"checkpoint directory '{path}' has no config.json: not a Hugging Face model directory")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"checkpoint directory '{path}' has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
+                                f"save the base model's tokenizer there: tokenizer.save_pretrained('{path}')")
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, local_files_only=True
     )
     tokenizer = load_tokenizer(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer at '{path}' has no eos token; generation could never stop")
+    if tokenizer.pad_token_id is None:
+        log.warning("tokenizer at '%s' has no pad token; using its eos token %r as pad (padding is masked)",
+                    path, tokenizer.eos_token)
+        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
@@ -108,3 +126,14 @@ def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     hf_logging.disable_progress_bar()  # one "Writing model shards" bar per checkpoint is noise in the step log
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of storing them.
+
+    Saves activation memory (about one layer's worth is kept instead of all) for ~30% more compute per
+    update; gradients are unchanged. Uses the non-reentrant torch checkpoint (works with inputs that need no
+    grad, and with `torch.func` transforms). HF applies it in training mode only: the no-grad scoring passes and
+    `generate` (eval mode, KV cache on) run as before.
+    """
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

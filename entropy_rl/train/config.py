@@ -58,6 +58,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     path: str | None = None  # local Hugging Face checkpoint dir; None builds the tiny model below
     dtype: str = "float32"  # parameter dtype for a loaded checkpoint
+    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, ~30% more compute
     hidden_size: int = 128  # tiny model width
     num_layers: int = 4  # tiny model depth
     num_heads: int = 4  # attention heads

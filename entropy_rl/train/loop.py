@@ -35,7 +35,8 @@ from entropy_rl.metrics.dynamics import (
     steer_omega_signal,
 )
 from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl
-from entropy_rl.models.build import TinyModelSpec, build_tiny_model, load_pretrained, save_pretrained
+from entropy_rl.models.build import (TinyModelSpec, build_tiny_model, enable_gradient_checkpointing, load_pretrained,
+                                     save_pretrained)
 from entropy_rl.models.char_tokenizer import build_char_tokenizer
 from entropy_rl.rollout.hf import RolloutBatch, SamplingParams, generate
 from entropy_rl.tasks import make_task
@@ -202,6 +203,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         model, tokenizer = build_policy(cfg, task, run_dir, device, log)
     model.to(device).train()
     check_context(cfg, task, tokenizer, getattr(model.config, "max_position_embeddings", None))
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     ref_model = None
     if cfg.algorithm.kl_coef > 0:  # the reference is the policy RL starts from (after SFT)
         ref_src = run_dir / "sft" / "model" if (run_dir / "sft" / ckpt.COMPLETE).is_file() else cfg.model.path
