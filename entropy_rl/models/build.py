@@ -136,4 +136,9 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     grad, and with `torch.func` transforms). HF applies it in training mode only: the no-grad scoring passes and
     `generate` (eval mode, KV cache on) run as before.
     """
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # the name since transformers 5.x
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

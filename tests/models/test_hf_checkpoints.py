@@ -1,0 +1,107 @@
+"""Any local Hugging Face checkpoint as the policy, on tiny random-init Qwen2 and Llama checkpoints with a
+byte-level BPE tokenizer: loading, chat-template prompts through the rollout, tokenizers without a pad token,
+clear errors for incomplete directories, fp32 scoring of bf16 weights, gradient checkpointing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from entropy_rl.models import enable_gradient_checkpointing, load_pretrained
+from entropy_rl.rollout.hf import SamplingParams, generate
+from entropy_rl.tasks.chat import ChatPrompt, format_prompt
+from entropy_rl.train.forward import response_logits, score_in_chunks, score_responses
+
+ARCHS = ["qwen2", "llama"]
+PROMPTS = [ChatPrompt("What is 12 + 30?", "You are a helpful assistant."), ChatPrompt("Solve x^2 - 5x + 6 = 0."),
+           ChatPrompt("1 + 1?", "Think step by step, then give the final answer.")]  # different lengths
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_checkpoint_loads_with_multi_character_tokens_and_a_chat_template(hf_checkpoint, arch: str) -> None:
+    model, tok = load_pretrained(hf_checkpoint(arch))
+    assert type(model).__name__ == {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}[arch]
+    text = "Compute \\frac{1}{2} + 48, so the answer is \\boxed{42}."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) < len(text) / 2 and tok.decode(ids) == text  # merges, and an exact round trip
+    rendered = format_prompt(tok, PROMPTS[0])
+    assert rendered.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
+    assert rendered.endswith("<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n")
+    ids = tok(rendered, add_special_tokens=False)["input_ids"]
+    assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3  # special tokens stay single tokens
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rollout_of_chat_prompts_matches_rescoring(hf_checkpoint, arch: str) -> None:
+    model, tok = load_pretrained(hf_checkpoint(arch))
+    torch.manual_seed(0)
+    batch = generate(model, tok, PROMPTS, SamplingParams(temperature=0.8, max_new_tokens=8))
+    expected = tok([format_prompt(tok, p) for p in PROMPTS], add_special_tokens=False)["input_ids"]
+    for row, mask, ids in zip(batch.prompt_ids, batch.prompt_mask, expected):
+        assert row[mask.bool()].tolist() == ids  # the rendered chat prompt, left-padded
+    logp, _, _ = score_in_chunks(model, batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1], 0.8, 0)
+    m = batch.response_mask.bool()
+    torch.testing.assert_close(batch.sampling_logp[m], logp[m], atol=1e-4, rtol=0)
+
+
+def test_a_tokenizer_without_pad_token_gets_eos_with_a_log_line(hf_checkpoint, caplog) -> None:
+    path = hf_checkpoint("llama", pad_token=False)
+    assert json.loads((path / "tokenizer_config.json").read_text()).get("pad_token") is None
+    with caplog.at_level(logging.WARNING, logger="entropy_rl.models.build"):
+        model, tok = load_pretrained(path)
+    assert tok.pad_token_id == tok.eos_token_id is not None
+    assert f"tokenizer at '{path}' has no pad token; using its eos token '<|endoftext|>' as pad" in caplog.text
+    torch.manual_seed(0)
+    batch = generate(model, tok, PROMPTS, SamplingParams(max_new_tokens=6))  # pads = eos, masked after the first
+    assert batch.prompt_mask.sum(1).tolist() == [len(tok(format_prompt(tok, p), add_special_tokens=False)["input_ids"])
+                                                 for p in PROMPTS]
+
+
+def test_incomplete_checkpoint_directories_are_named(hf_checkpoint, tmp_path: Path) -> None:
+    src = hf_checkpoint("qwen2")
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(src / name, tmp_path / name)
+    with pytest.raises(FileNotFoundError, match=f"checkpoint directory '{tmp_path}' has no tokenizer files"):
+        load_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=f"checkpoint directory '{tmp_path}' has no config.json"):
+        load_pretrained(tmp_path)
+
+
+def test_bf16_weights_are_scored_in_fp32(hf_checkpoint) -> None:
+    model, tok = load_pretrained(hf_checkpoint("qwen2"), dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    enc = tok([format_prompt(tok, p) for p in PROMPTS], return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, attn, P = enc["input_ids"], enc["attention_mask"], 4  # score the last tokens as a "response"
+    with torch.no_grad():
+        logp, entropy, _ = score_responses(model, ids, attn, ids.shape[1] - P, 0.7)
+        logits = response_logits(model, ids, attn, ids.shape[1] - P)  # bf16 [B, T, V]
+    assert logits.dtype == torch.bfloat16 and logp.dtype == entropy.dtype == torch.float32
+    def entropy_in(dtype: torch.dtype) -> torch.Tensor:  # the same bf16 logits, math in `dtype`
+        z = logits.to(dtype) / 0.7
+        return -(torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1).double()
+
+    exact = entropy_in(torch.float64)
+    torch.testing.assert_close(entropy.double(), exact, atol=1e-5, rtol=0)
+    assert (entropy_in(torch.bfloat16) - exact).abs().max() > 1e-3  # what a missing fp32 cast would cost
+
+
+def test_gradient_checkpointing_leaves_gradients_unchanged(hf_checkpoint) -> None:
+    grads = []
+    for checkpointing in (False, True):
+        model, tok = load_pretrained(hf_checkpoint("llama"))
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        model.train()
+        name = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
+        assert getattr(model, name) == checkpointing
+        enc = tok([format_prompt(tok, p) for p in PROMPTS], return_tensors="pt", padding=True, add_special_tokens=False)
+        logp, entropy, _ = score_responses(model, enc["input_ids"], enc["attention_mask"], 3, 1.0)
+        (logp.sum() + entropy.sum()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
