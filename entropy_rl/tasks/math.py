@@ -55,9 +55,11 @@ MAX_ANSWER_CHARS = 256  # a longer extracted answer is a format error ("too_long
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 _SHOWN_BAD_LINES = 5  # line numbers listed in the skip warning
 
-_BOXED_RE = re.compile(r"\\boxed\s*\{")
-_ANSWER_LINE_RE = re.compile(r"^[ \t>*_#]*(?:final[ \t]+)?answer[ \t]*[*_]*[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
-_GSM8K_RE = re.compile(r"####(.*)$", re.MULTILINE)
+# Patterns on untrusted text, each linear (no two adjacent repeats that can match the same characters); used
+# through re.finditer, which caches them (the package's AST test bans compile calls in tasks/).
+_BOXED = r"\\boxed\s*\{"
+_ANSWER_LINE = r"(?im)^[ \t>*_#]*(?:final[ \t]+)?answer[ \t*_]*:(.*)$"
+_GSM8K = r"(?m)####(.*)$"
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def _clean(text: str) -> str:
 
 def _last_boxed(text: str) -> tuple[int, str] | None:
     """(start, content) of the last `\\boxed{...}` whose braces close, with nested braces; one linear pass."""
-    starts = [m.end() - 1 for m in _BOXED_RE.finditer(text)]  # positions of the opening braces
+    starts = [m.end() - 1 for m in re.finditer(_BOXED, text)]  # positions of the opening braces
     if not starts:
         return None
     closing: dict[int, int] = {}
@@ -117,10 +119,10 @@ def _last_boxed(text: str) -> tuple[int, str] | None:
     return None
 
 
-def _last_line_match(pattern: re.Pattern[str], text: str) -> tuple[int, str] | None:
-    """(start, cleaned group 1) of the last match of `pattern` with a non-empty answer."""
+def _last_line_match(pattern: str, text: str) -> tuple[int, str] | None:
+    """(start, cleaned group 1) of the last match of regex `pattern` with a non-empty answer."""
     found = None
-    for m in pattern.finditer(text):
+    for m in re.finditer(pattern, text):
         value = _clean(m.group(1))
         if value:
             found = (m.start(), value)
@@ -140,7 +142,7 @@ def extract_answer(text: str) -> str | None:
     Returns:
         The answer text, stripped; None when no candidate has a non-empty answer.
     """
-    candidates = [c for c in (_last_boxed(text), _last_line_match(_ANSWER_LINE_RE, text), _last_line_match(_GSM8K_RE, text))
+    candidates = [c for c in (_last_boxed(text), _last_line_match(_ANSWER_LINE, text), _last_line_match(_GSM8K, text))
                   if c is not None]
     return max(candidates)[1] if candidates else None
 

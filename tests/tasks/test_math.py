@@ -62,6 +62,7 @@ def test_extraction_is_linear_on_hostile_text() -> None:
     assert extract_answer("\\boxed{" * 20_000) is None  # each box unclosed: quadratic if every start re-scanned
     assert extract_answer("{" * 100_000 + "\\boxed{1}" + "}" * 100_000) == "1"
     assert extract_answer("Answer:" * 20_000 + "\n####" * 20_000) == "Answer:" * 19_999  # an answer line's value
+    assert extract_answer("Final answer" + " " * 50_000 + "*" * 50_000) is None  # no colon: no backtracking blow-up
     assert time.perf_counter() - t0 < 2.0
 
 
