@@ -67,7 +67,8 @@ def load_pretrained(
 
     Args:
         path: directory holding config.json, weights (safetensors) and tokenizer files.
-        dtype: parameter dtype name (float32, bfloat16, float16).
+        dtype: parameter dtype name (float32, bfloat16, float16), or "saved": the dtype the weights were saved
+            in (what resuming a run needs).
         attn_implementation: "sdpa", "eager" or "flash_attention_2".
 
     Returns:
@@ -82,15 +83,15 @@ def load_pretrained(
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model path '{path}' is not a local directory (hub downloads are not used)")
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype '{dtype}'. Valid: {', '.join(DTYPES)}")
+    if dtype not in DTYPES and dtype != "saved":
+        raise ValueError(f"unknown dtype '{dtype}'. Valid: {', '.join(DTYPES)}, saved")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"checkpoint directory '{path}' has no config.json: not a Hugging Face model directory")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise FileNotFoundError(f"checkpoint directory '{path}' has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
                                 f"save the base model's tokenizer there: tokenizer.save_pretrained('{path}')")
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, local_files_only=True
+        path, dtype=DTYPES.get(dtype, "auto"), attn_implementation=attn_implementation, local_files_only=True
     )
     tokenizer = load_tokenizer(path)
     if tokenizer.eos_token_id is None:
@@ -132,9 +133,11 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     """Recompute each decoder layer's activations in the backward pass instead of storing them.
 
     Saves activation memory (about one layer's worth is kept instead of all) for ~30% more compute per
-    update; gradients are unchanged. Uses the non-reentrant torch checkpoint (works with inputs that need no
-    grad, and with `torch.func` transforms). HF applies it in training mode only: the no-grad scoring passes and
-    `generate` (eval mode, KV cache on) run as before.
+    update; gradients are unchanged. Uses the non-reentrant torch checkpoint, which needs no grad on its inputs:
+    the hook HF adds to make the embedding output require grad (for reentrant checkpointing of frozen, PEFT-style
+    embeddings) is removed, because it calls `requires_grad_` inside the entropy probe's `torch.func.jvp`, which
+    torch refuses. HF applies checkpointing in training mode only: the no-grad scoring passes and `generate`
+    (eval mode, KV cache on) run as before.
     """
     kwargs = {"use_reentrant": False}
     enable = getattr(model, "activation_checkpointing_enable", None)  # the name since transformers 5.x
@@ -142,3 +145,4 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
         enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.disable_input_require_grads()

@@ -145,7 +145,7 @@ def build_policy(cfg: Config, task: Any, run_dir: Path, device: torch.device, lo
     sampling = rollout_sampling(cfg)
     if (sft_dir / ckpt.COMPLETE).is_file():
         log(f"reusing the SFT warm start in {sft_dir}")
-        return load_pretrained(sft_dir / "model")
+        return load_pretrained(sft_dir / "model", "saved")
     model, tokenizer = initial_model(cfg, task)
     model.to(device)
     if cfg.sft.enabled:
@@ -198,7 +198,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     sampling = rollout_sampling(cfg)
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
     if latest is not None:
-        model, tokenizer = load_pretrained(latest / "model")
+        model, tokenizer = load_pretrained(latest / "model", "saved")  # a bf16 run resumes in bf16
     else:
         model, tokenizer = build_policy(cfg, task, run_dir, device, log)
     model.to(device).train()

@@ -105,3 +105,32 @@ def test_gradient_checkpointing_leaves_gradients_unchanged(hf_checkpoint) -> Non
         (logp.sum() + entropy.sum()).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_a_bf16_checkpointed_run_keeps_both_across_resume(hf_checkpoint, tmp_path: Path, monkeypatch) -> None:
+    from entropy_rl.train import loop
+    from entropy_rl.train.checkpoint import latest_checkpoint
+    from entropy_rl.train.config import load_config
+
+    rows = [json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) for a in range(5) for b in range(4)]
+    (tmp_path / "math.jsonl").write_text("\n".join(rows) + "\n")
+    seen = []  # the policy's parameter dtypes each time the loop enables checkpointing
+
+    def spy(model) -> None:
+        seen.append({p.dtype for p in model.parameters()})
+        enable_gradient_checkpointing(model)
+
+    monkeypatch.setattr(loop, "enable_gradient_checkpointing", spy)
+
+    def cfg(steps: int):  # noqa: ANN202
+        return load_config(None, [
+            f"model.path={hf_checkpoint('llama')}", "model.dtype=bfloat16", "model.gradient_checkpointing=true",
+            "task.name=math", f"task.params={{path: {tmp_path / 'math.jsonl'}, start_method: fork}}", "sft.enabled=false",
+            "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4", f"train.steps={steps}",
+            "train.eval_every=0", "train.save_every=1", "train.sinks=[jsonl]", "train.threads=1"])
+
+    loop.train(cfg(2), tmp_path / "run", progress=False)
+    shutil.rmtree(latest_checkpoint(tmp_path / "run"))  # resume from step 1
+    result = loop.train(cfg(2), tmp_path / "run", resume=True, progress=False)
+    assert seen == [{torch.bfloat16}, {torch.bfloat16}]  # the resumed policy is bf16 again, and checkpointed
+    assert result.final_metrics["entropy/token_mean"] > 0 and "reward/format_error_rate" in result.final_metrics
