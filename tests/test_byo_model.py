@@ -33,6 +33,7 @@ def test_the_install_command_names_the_math_extra() -> None:
     assert install == 'pip install -q -c constraints.txt -e ".[math]"'
 
 
+@pytest.mark.slow  # three processes that each import torch (~20 s on 2 busy cores)
 def test_readme_commands_train_a_local_checkpoint_on_a_jsonl_math_file(tmp_path: Path) -> None:
     pytest.importorskip("math_verify")
     _, commands = byo_commands()
