@@ -87,13 +87,10 @@ def load_pretrained(
         raise ValueError(f"unknown dtype '{dtype}'. Valid: {', '.join(DTYPES)}, saved")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"checkpoint directory '{path}' has no config.json: not a Hugging Face model directory")
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise FileNotFoundError(f"checkpoint directory '{path}' has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
-                                f"save the base model's tokenizer there: tokenizer.save_pretrained('{path}')")
+    tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=DTYPES.get(dtype, "auto"), attn_implementation=attn_implementation, local_files_only=True
     )
-    tokenizer = load_tokenizer(path)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer at '{path}' has no eos token; generation could never stop")
     if tokenizer.pad_token_id is None:
@@ -112,7 +109,13 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     Pitfall: for a tokenizer saved as a plain `tokenizer.json` (our char-level one), `AutoTokenizer` next to a
     config.json with model_type qwen2 returns a Qwen2Tokenizer that replaces the saved pre-tokenizer with Qwen's
     byte-level one (spaces vanish). A generic saved class is therefore loaded as `PreTrainedTokenizerFast`.
+
+    Raises:
+        FileNotFoundError: `path` holds no tokenizer files (the message names the directory).
     """
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"checkpoint directory '{path}' has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
+                                f"save the base model's tokenizer there: tokenizer.save_pretrained('{path}')")
     config_file = path / "tokenizer_config.json"
     saved_class = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
     if saved_class in GENERIC_TOKENIZER_CLASSES and (path / "tokenizer.json").is_file():

@@ -275,7 +275,7 @@ class MathTask:
             label = f"{path}:{lineno}" if dict_split is None else f"{path}[{dict_split}]:{lineno}"
             problem, split = None, None
             if error is None:
-                problem, split, error = self._problem(row, file_split, dict_split)
+                problem, split, error = self._problem(row, file_split, dict_split, label)
             if error is not None:
                 if not p.skip_bad_rows:
                     raise ValueError(f"{label}: bad {where}: {error} (set skip_bad_rows to skip such rows)")
@@ -283,12 +283,13 @@ class MathTask:
                 continue
             self.pools[split].append(problem)
 
-    def _problem(self, row: Any, file_split: str | None, dict_split: str | None
+    def _problem(self, row: Any, file_split: str | None, dict_split: str | None, source: str
                  ) -> tuple[Problem | None, str | None, str | None]:
         """(problem, split, None) from one row, or (None, None, why the row is malformed).
 
         The split is `file_split` (the file's role) if given, else the DatasetDict key, else the row's
-        `split_field`, else the hash of the question.
+        `split_field`, else the hash of the question. `source` ("file:line") goes to `Problem.data["source"]`
+        (the context check names the row with it).
         """
         p = self.params
         if not isinstance(row, dict):
@@ -315,7 +316,7 @@ class MathTask:
         user = f"{question}\n{p.instruction}" if p.instruction else question
         prompt = ChatPrompt(user, p.system_prompt)
         target = reference if extracted else f"\\boxed{{{gold}}}"  # the SFT target: it must score 1
-        return Problem(prompt if p.chat_template else str(prompt), target, {"gold": gold}), split, None
+        return Problem(prompt if p.chat_template else str(prompt), target, {"gold": gold, "source": source}), split, None
 
     def prompts(self, split: str, n: int, seed: int) -> list[Problem]:
         """`n` problems of `split`, distinct while the split allows, deterministic in (split, n, seed).

@@ -501,7 +501,13 @@ def check_context(cfg: Config, task: Any, tokenizer: Any, max_positions: int | N
         problems = [p for split in ("train", "eval") for p in task.prompts(split, CONTEXT_SAMPLE, seed=cfg.train.seed)]
     if not problems:
         return
-    prompt_lens = [len(ids) for ids in tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]]
+    from entropy_rl.tasks.chat import format_prompt
+
+    try:  # the text the model sees: chat prompts through the chat template (role markers count)
+        texts = [format_prompt(tokenizer, p.prompt) for p in problems]
+    except ValueError as e:
+        raise ConfigError(f"task.params: {e}") from None
+    prompt_lens = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     need_lens = [n + T for n in prompt_lens]
     what = "prompt + rollout.max_new_tokens"
     if cfg.sft.enabled:

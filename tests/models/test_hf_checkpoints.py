@@ -134,3 +134,23 @@ def test_a_bf16_checkpointed_run_keeps_both_across_resume(hf_checkpoint, tmp_pat
     result = loop.train(cfg(2), tmp_path / "run", resume=True, progress=False)
     assert seen == [{torch.bfloat16}, {torch.bfloat16}]  # the resumed policy is bf16 again, and checkpointed
     assert result.final_metrics["entropy/token_mean"] > 0 and "reward/format_error_rate" in result.final_metrics
+
+
+def test_config_validation_names_checkpoint_and_template_problems(hf_checkpoint, tmp_path: Path) -> None:
+    from entropy_rl.models import save_tiny_checkpoint
+    from entropy_rl.train.config import ConfigError, load_config
+
+    (tmp_path / "math.jsonl").write_text(json.dumps({"question": "1 + 1?", "answer": "2"}) + "\n")
+    task = ["task.name=math", f"task.params={{path: {tmp_path / 'math.jsonl'}, system_prompt: Be brief., eval_fraction: 0}}",
+            "sft.enabled=false", "train.eval_every=0"]
+    no_system = save_tiny_checkpoint(tmp_path / "gemma_like", "llama", chat_template=(
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"))
+    with pytest.raises(ConfigError, match=r"task\.params: the tokenizer's chat template cannot render a system\+user "
+                                          r"conversation: .*System role not supported; set the task's system_prompt"):
+        load_config(None, [f"model.path={no_system}", *task])
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(hf_checkpoint("qwen2") / "config.json", bare / "config.json")
+    with pytest.raises(ConfigError, match=f"model.path: .*checkpoint directory '{bare}' has no tokenizer files"):
+        load_config(None, [f"model.path={bare}", *task])
