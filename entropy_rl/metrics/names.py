@@ -134,6 +134,10 @@ PATTERNS: dict[str, str] = {
         "t the 0-based index among response tokens of response i (nats)"
     ),
     "eval/pass@*": "unbiased pass@k over eval problems, k from the key (Chen et al. 2021, arXiv:2107.03374) (probability)",
+    "eval/maj@*": (
+        "majority-vote accuracy over eval problems: the most frequent normalised answer among a problem's first k "
+        "samples (k from the key; unparseable samples do not vote) is correct (fraction)"
+    ),
     "timing/*": "wall time of a named phase of the step (seconds)",
     "method/<name>/*": "metric specific to entropy method <name>, defined in that method's module docstring (unit given there)",
 }

@@ -35,7 +35,8 @@ from entropy_rl.metrics.dynamics import (
     steer_omega_signal,
 )
 from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl
-from entropy_rl.models.build import TinyModelSpec, build_tiny_model, load_pretrained, save_pretrained
+from entropy_rl.models.build import (TinyModelSpec, build_tiny_model, enable_gradient_checkpointing, load_pretrained,
+                                     save_pretrained)
 from entropy_rl.models.char_tokenizer import build_char_tokenizer
 from entropy_rl.rollout.hf import RolloutBatch, SamplingParams, generate
 from entropy_rl.tasks import make_task
@@ -146,7 +147,7 @@ def build_policy(cfg: Config, task: Any, run_dir: Path, device: torch.device, lo
     sampling = rollout_sampling(cfg)
     if (sft_dir / ckpt.COMPLETE).is_file():
         log(f"reusing the SFT warm start in {sft_dir}")
-        return load_pretrained(sft_dir / "model")
+        return load_pretrained(sft_dir / "model", "saved")
     model, tokenizer = initial_model(cfg, task)
     model.to(device)
     if cfg.sft.enabled:
@@ -199,11 +200,13 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     sampling = rollout_sampling(cfg)
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
     if latest is not None:
-        model, tokenizer = load_pretrained(latest / "model")
+        model, tokenizer = load_pretrained(latest / "model", "saved")  # a bf16 run resumes in bf16
     else:
         model, tokenizer = build_policy(cfg, task, run_dir, device, log)
     model.to(device).train()
     check_context(cfg, task, tokenizer, getattr(model.config, "max_position_embeddings", None))
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     ref_model = None
     if cfg.algorithm.kl_coef > 0:  # the reference is the policy RL starts from (after SFT)
         ref_src = run_dir / "sft" / "model" if (run_dir / "sft" / ckpt.COMPLETE).is_file() else cfg.model.path
