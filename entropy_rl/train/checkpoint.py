@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from entropy_rl.models.build import save_pretrained
+from entropy_rl.train.guard import NonFiniteWeightsError, non_finite_parameters
 
 COMPLETE = "COMPLETE"
 
@@ -171,7 +172,13 @@ def save_checkpoint(
     Raises:
         OSError: not enough free space, or writing failed (e.g. ENOSPC mid-write). The errno is kept, the
             message names the checkpoint path, the partial write is removed and earlier checkpoints are kept.
+        NonFiniteWeightsError: a parameter holds NaN or inf; nothing is written (a checkpoint every resume
+            would crash on is worse than none).
     """
+    bad = non_finite_parameters(model)
+    if bad:
+        raise NonFiniteWeightsError(f"refusing to write checkpoint step {step}: {len(bad)} parameter tensor(s) hold "
+                                    f"NaN or inf (first: '{bad[0]}'); earlier checkpoints are kept")
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     recover_interrupted(run_dir)

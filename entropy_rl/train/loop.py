@@ -35,16 +35,19 @@ from entropy_rl.metrics.dynamics import (
     steer_omega_signal,
 )
 from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl
-from entropy_rl.models.build import TinyModelSpec, build_tiny_model, load_pretrained, save_pretrained
+from entropy_rl.models.build import (TinyModelSpec, build_tiny_model, enable_gradient_checkpointing, load_pretrained,
+                                     save_pretrained)
 from entropy_rl.models.char_tokenizer import build_char_tokenizer
 from entropy_rl.rollout.hf import RolloutBatch, SamplingParams, generate
 from entropy_rl.tasks import make_task
+from entropy_rl.tasks.base import DEFAULT_SCORE_RANGE, Problem, RewardResult, validate_result
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, ConfigError, check_context, save_config, to_dict
 from entropy_rl.train.entropy_probe import measure_after_update, probe_before_update
 from entropy_rl.train.evaluate import eval_at_step
 from entropy_rl.train.forward import entropy_for_update, score_in_chunks, score_responses
 from entropy_rl.train.samples import CompletionLog
+from entropy_rl.train.guard import UpdateGuard
 from entropy_rl.train.sft import run_sft
 
 
@@ -144,7 +147,7 @@ def build_policy(cfg: Config, task: Any, run_dir: Path, device: torch.device, lo
     sampling = rollout_sampling(cfg)
     if (sft_dir / ckpt.COMPLETE).is_file():
         log(f"reusing the SFT warm start in {sft_dir}")
-        return load_pretrained(sft_dir / "model")
+        return load_pretrained(sft_dir / "model", "saved")
     model, tokenizer = initial_model(cfg, task)
     model.to(device)
     if cfg.sft.enabled:
@@ -197,11 +200,13 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     sampling = rollout_sampling(cfg)
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
     if latest is not None:
-        model, tokenizer = load_pretrained(latest / "model")
+        model, tokenizer = load_pretrained(latest / "model", "saved")  # a bf16 run resumes in bf16
     else:
         model, tokenizer = build_policy(cfg, task, run_dir, device, log)
     model.to(device).train()
     check_context(cfg, task, tokenizer, getattr(model.config, "max_position_embeddings", None))
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     ref_model = None
     if cfg.algorithm.kl_coef > 0:  # the reference is the policy RL starts from (after SFT)
         ref_src = run_dir / "sft" / "model" if (run_dir / "sft" / ckpt.COMPLETE).is_file() else cfg.model.path
@@ -254,6 +259,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         ckpt.save_checkpoint(run_dir, step, model, tokenizer, trainer_state, keep=cfg.train.keep_checkpoints,
                              min_free_bytes=int(cfg.train.min_free_gb * 2**30))
 
+    guard = UpdateGuard(model, optimizer)  # rolls back an optimizer step that leaves anything non-finite
+    score_range = getattr(task, "score_range", DEFAULT_SCORE_RANGE)
+    guard_reason = ""  # why the last update was skipped or rolled back (for the stop message)
     bar = tqdm(total=cfg.train.steps, initial=start_step, desc="rl", unit="step", disable=not progress, dynamic_ncols=True)
     for step in range(start_step + 1, cfg.train.steps + 1):
         t_step = time.perf_counter()
@@ -267,7 +275,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
 
         # ---- reward ----
         t0 = time.perf_counter()
-        results = [task.reward(problems[i // G], text) for i, text in enumerate(batch.texts)]
+        results = checked_rewards(task, [problems[i // G] for i in range(n_seqs)], batch.texts, score_range, log)
         rewards = torch.tensor([r.score for r in results], dtype=torch.float32)
         correct = rewards > 0.5
         m["timing/reward_s"] = time.perf_counter() - t0
@@ -316,7 +324,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         # ---- update: epochs x mini-batches; selection once per mini-batch; micro-batches accumulate ----
         t0 = time.perf_counter()
         acc: dict[str, list[float]] = {}
-        skipped_this_step = 0
+        skipped_this_step = rolled_back_this_step = 0
         for epoch in range(o.epochs):
             order = torch.randperm(n_seqs, generator=torch.Generator().manual_seed(cfg.train.seed * 7_919 + step * 31 + epoch)) \
                 if o.mini_batches > 1 else torch.arange(n_seqs)
@@ -368,8 +376,18 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                 if not finite or not torch.isfinite(grad_norm):
                     optimizer.zero_grad(set_to_none=True)  # never let a non-finite update touch the weights
                     skipped_this_step += 1
+                    guard_reason = "non-finite loss" if not finite else "non-finite gradient norm"
                     continue
+                guard.snapshot()
                 optimizer.step()
+                bad = guard.check(input_ids[rows[:1]], attn[rows[:1]], Lp)
+                if bad is not None:  # finite gradients can still give non-finite weights (huge lr, corrupted state)
+                    state_ok = guard.rollback()
+                    skipped_this_step += 1
+                    rolled_back_this_step += 1
+                    guard_reason = f"{bad}; rolled back" + ("" if state_ok else
+                                   "; the optimizer state was already non-finite before the step (corrupted?)")
+                    continue
                 weighted_update(acc, {"policy/grad_norm": grad_norm, "policy/loss": mb_loss}, 1.0)
         scheduler.step()
         m["timing/update_s"] = time.perf_counter() - t0
@@ -382,6 +400,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         skipped_total += skipped_this_step
         skipped_in_a_row = skipped_in_a_row + 1 if skipped_this_step else 0
         m["guard/skipped_updates"] = float(skipped_this_step)
+        m["guard/rolled_back"] = float(rolled_back_this_step)
         if state is not None:
             m.update(state.metrics())  # the values used in this step
             state.after_update(m)
@@ -401,8 +420,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
             sinks.close()
             bar.close()
             raise TrainingStopped(
-                f"stopped at step {step}: {skipped_in_a_row} consecutive steps had non-finite losses or gradients; "
-                f"weights were never updated with them; checkpoint saved in {ckpt.latest_checkpoint(run_dir)}"
+                f"stopped at step {step}: {skipped_in_a_row} consecutive steps had non-finite updates (last: "
+                f"{guard_reason}); weights were never updated with them; checkpoint saved in {ckpt.latest_checkpoint(run_dir)}"
             )
     bar.close()
     sinks.close()
@@ -417,6 +436,33 @@ def save_token_entropies(run_dir: Path, step: int, entropy: torch.Tensor, mask: 
     out.mkdir(exist_ok=True)
     values = entropy[mask.bool()].float().cpu().tolist()
     (out / f"step_{step:06d}.json").write_text(json.dumps({"step": step, "entropy": [round(v, 6) for v in values]}))
+
+
+def checked_rewards(task: Any, problems: list[Problem], texts: list[str], score_range: tuple[float, float],
+                    log: Callable[[str], None]) -> list[RewardResult]:
+    """`task.reward` of each response, each result checked: a malformed one (score NaN/inf, outside the task's
+    `score_range`, not a number, ...) becomes score 0 with reason "error" (counted in reward/errors) and a
+    warning line, never a crash.
+
+    Args:
+        task: the task; problems[i] is the problem that texts[i] answers.
+        problems: one per response.
+        texts: the responses (EOS removed).
+        score_range: (low, high) inclusive range of valid scores.
+        log: where the warning goes (one line per batch that had malformed results).
+    """
+    results, bad = [], []
+    for problem, text in zip(problems, texts):
+        result = task.reward(problem, text)
+        try:
+            results.append(validate_result(result, score_range))
+        except (TypeError, ValueError) as e:
+            results.append(RewardResult(0.0, "error", None))
+            bad.append(str(e))
+    if bad:
+        log(f"warning: {len(bad)} of {len(texts)} rewards from task '{getattr(task, 'name', '?')}' were invalid "
+            f"and scored 0 as reason 'error' (first: {bad[0]})")
+    return results
 
 
 def rollout_metrics(batch: RolloutBatch, results: list, rewards: torch.Tensor, correct: torch.Tensor, G: int,

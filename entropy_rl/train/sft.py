@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from entropy_rl.tasks.chat import format_prompt
 from entropy_rl.rollout.hf import SamplingParams
 from entropy_rl.tasks.base import Problem, Task
 from entropy_rl.train.config import SFTConfig
@@ -18,7 +19,7 @@ def sft_batch(tokenizer: PreTrainedTokenizerBase, problems: list[Problem], devic
     """Right-padded prompt + answer + EOS with labels only on answer + EOS (-100 elsewhere). [B, L] each."""
     rows, labels = [], []
     for p in problems:
-        prompt = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
+        prompt = tokenizer(format_prompt(tokenizer, p.prompt), add_special_tokens=False)["input_ids"]
         answer = tokenizer(p.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append(prompt + answer)
         labels.append([-100] * len(prompt) + answer)
