@@ -162,7 +162,22 @@ class VllmEngine:
                 enforce_eager=self.params.enforce_eager,
                 **self.params.llm_kwargs,
             )
-        self.sync_weights(model)
+            self.sync_weights(model)
+            self.check_runs()  # samples one token with vLLM's global-RNG path: inside, so the trainer's RNG is kept
+
+    def check_runs(self) -> None:
+        """Generate one token, so a policy vLLM cannot run here (e.g. a head size its CPU attention lacks) fails
+        when the engine is built rather than at the first rollout.
+
+        Raises:
+            RuntimeError: "vLLM cannot run this policy here: <vLLM's reason>".
+        """
+        probe = self.vllm.SamplingParams(max_tokens=1, detokenize=False)
+        try:
+            self.llm.generate([self.vllm.TokensPrompt(prompt_token_ids=[self.tokenizer.eos_token_id])], probe,
+                              use_tqdm=False)
+        except RuntimeError as e:
+            raise RuntimeError(f"vLLM cannot run this policy here: {e}") from e
 
     def generate(self, prompts: Prompts, sampling: SamplingParams, group_size: int = 1) -> RolloutBatch:
         """`group_size` responses per prompt, rows of a group contiguous; group_index = row // group_size.

@@ -127,6 +127,18 @@ def test_starting_the_engine_leaves_rngs_and_set_num_threads_alone(engine) -> No
     assert engine.state_after_start == expected
 
 
+def test_a_policy_vllm_cannot_run_fails_when_the_engine_is_built(engine) -> None:
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("head size 16 is unsupported only by vLLM's CPU attention")
+    tok = build_char_tokenizer(ALPHABET)
+    model = build_tiny_model(TinyModelSpec(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                           intermediate_size=64), tok, seed=0)
+    with pytest.raises(RuntimeError, match="vLLM cannot run this policy here: .*head_dim=16"):
+        VllmEngine(model, tok, VllmParams(kv_cache_gib=0.0625, enforce_eager=True))
+
+
 def test_vllm_is_a_registered_engine() -> None:
     entry = ENGINES.get("vllm")
     assert entry.obj is VllmEngine and entry.params_cls is VllmParams
