@@ -40,6 +40,8 @@ MANIFEST_FORMAT = "entropy-rl checkpoint"
 MANIFEST_VERSION = 2
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 OLD_STATE = "trainer_state.pt"
+OLD_FORMAT = (f"written by an older entropy-rl in the pickle format ({OLD_STATE}), which is never loaded because "
+              "unpickling a file can run code; start the run again (a new run directory, or --overwrite)")
 _STEP_PREFIX = "step_"
 
 
@@ -163,7 +165,7 @@ def load_trainer_state(ckpt: Path) -> dict[str, Any]:
     """
     ckpt = Path(ckpt)
     if not (ckpt / STATE_JSON).is_file() and (ckpt / OLD_STATE).exists():
-        raise CheckpointError(_old_format(ckpt))
+        raise CheckpointError(f"{ckpt}: {OLD_FORMAT}")
     try:
         tensors = load_file(str(ckpt / STATE_TENSORS))
         state = _decode(json.loads((ckpt / STATE_JSON).read_text()), tensors)
@@ -172,11 +174,6 @@ def load_trainer_state(ckpt: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"trainer state of {ckpt} is not a mapping")
     return state
-
-
-def _old_format(ckpt: Path) -> str:
-    return (f"{ckpt} was written by an older entropy-rl in the pickle format ({OLD_STATE}); it is never loaded, "
-            "because unpickling a file can run code: start the run again (see docs/reliability.md)")
 
 
 # ---------------------------------------------------------------- manifest (COMPLETE) and verification
@@ -217,7 +214,7 @@ def verify_checkpoint(ckpt: Path) -> None:
     except ValueError:
         doc = None
     if not isinstance(doc, dict) and (ckpt / OLD_STATE).exists():
-        raise CheckpointError(_old_format(ckpt))
+        raise CheckpointError(OLD_FORMAT)
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT or not isinstance(doc.get("sha256"), dict):
         raise CheckpointError(f"{COMPLETE} marker is not a checkpoint manifest (garbage or truncated)")
     if doc.get("version") != MANIFEST_VERSION:
