@@ -47,6 +47,7 @@ STATEFUL = {
     "entropy_controller": ["algorithm.method=entropy_controller", "algorithm.method_params={target: 2.0}"],
     "siren": ["algorithm.method=siren"],
     "clip_cov": ["algorithm.method=clip_cov", "algorithm.method_params={clip_ratio: 0.05, cov_lb: 0.0}"],
+    "bfloat16": ["model.dtype=bfloat16"],  # the resumed model keeps its dtype (the old code reloaded it as float32)
 }
 
 
