@@ -8,7 +8,8 @@ so are the filesystem root, the home directory, the current directory and its pa
 
 While a process uses a run directory it holds an exclusive `fcntl.flock` on LOCK inside it; a second process
 fails at once, before it changes anything, with a message naming the holder (pid and command line). The kernel
-drops the lock when the holder exits, however it exits, so a killed run never leaves a stale lock. flock is
+drops the lock when the holder exits, however it exits, so a killed run never leaves a stale lock; a child the
+holder forks (a `fork` reward worker) closes its copy at once, so an orphaned child cannot keep the lock. flock is
 advisory and, on some network filesystems, not enforced across machines.
 
 Entry point: `open_run_dir(path, kind, resume, overwrite)`, which returns the held lock (a context manager).
@@ -171,6 +172,7 @@ class RunLock:
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self._fd: int | None = fd
+        _HELD.add(self)
 
     @classmethod
     def acquire(cls, run_dir: Path) -> "RunLock":
@@ -200,6 +202,7 @@ class RunLock:
         """Drop the lock (idempotent). The holder info is cleared first, so a stale pid is never reported."""
         if self._fd is None:
             return
+        _HELD.discard(self)
         try:
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -212,6 +215,22 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+# Locks this process holds. A forked child shares their open file descriptions, and an flock lives as long as
+# any descriptor of it: the child closes its copies (without LOCK_UN, which would unlock the parent's too).
+_HELD: set[RunLock] = set()
+
+
+def _close_inherited_locks() -> None:
+    for lock in list(_HELD):
+        if lock._fd is not None:
+            os.close(lock._fd)
+            lock._fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def _describe_holder(lock: Path) -> str:

@@ -158,3 +158,38 @@ def test_a_run_dir_of_another_kind_or_with_a_foreign_marker_is_refused(tmp_path:
     (odd / MARKER).write_text('{"format": "entropy-rl run directory", "version": 1, "kind": "train", "files": ["../x"]}')
     with pytest.raises(RunDirError, match="not an entropy-rl run marker"):
         open_run_dir(odd, "train", resume=False, overwrite=True)
+
+
+FORKER = """
+import os, sys, time
+from pathlib import Path
+from entropy_rl.train.rundir import RunLock
+lock = RunLock.acquire(Path(sys.argv[1]))
+ready_r, ready_w = os.pipe()
+child = os.fork()
+if child == 0:  # at-fork handlers have run by now
+    os.write(ready_w, b"x")
+    time.sleep(120)
+    os._exit(0)
+os.read(ready_r, 1)
+os.close(lock._fd)  # the holder's own descriptor goes, without an unlock: what its death does
+print("closed", flush=True)
+sys.stdin.readline()
+print("child alive" if os.waitpid(child, os.WNOHANG) == (0, 0) else "child gone", flush=True)
+os.kill(child, 9)
+"""
+
+
+def test_a_child_that_outlives_the_holder_does_not_keep_the_lock(tmp_path: Path) -> None:
+    """A process forked by the trainer (a reward worker with start_method fork) shares the lock's file description;
+    left behind by a killed trainer, it would keep the run locked. It closes its copy at fork."""
+    proc = subprocess.Popen([sys.executable, "-c", FORKER, str(tmp_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "closed"
+        RunLock.acquire(tmp_path).release()
+        out, _ = proc.communicate("\n", timeout=60)
+        assert out.strip() == "child alive"
+    finally:
+        proc.kill()
+        proc.wait()
