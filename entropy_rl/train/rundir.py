@@ -22,8 +22,8 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from entropy_rl.train.config import ConfigError
 
@@ -175,7 +175,7 @@ class RunLock:
         _HELD.add(self)
 
     @classmethod
-    def acquire(cls, run_dir: Path) -> "RunLock":
+    def acquire(cls, run_dir: Path) -> RunLock:
         """Lock `run_dir` (creating LOCK if needed) without waiting; then write our pid and command into LOCK.
 
         Raises:
@@ -210,7 +210,7 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
