@@ -112,7 +112,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
         for name in names:
             os.replace(staging / name, out / name)
         (out / ckpt.COMPLETE).write_text("ok")
-        shutil.rmtree(ckpt.checkpoint_dir(out))
+        shutil.rmtree(ckpt.checkpoint_dir(out), ignore_errors=True)
     print(f"saved to {out}")
     return 0
 

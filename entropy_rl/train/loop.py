@@ -161,7 +161,7 @@ def build_policy(cfg: Config, task: Any, run_dir: Path, device: torch.device, lo
                                   run_dir / "sft_metrics.jsonl", device, log)
     save_pretrained(model, tokenizer, sft_dir / "model")
     (sft_dir / ckpt.COMPLETE).write_text("ok")
-    shutil.rmtree(ckpt.checkpoint_dir(sft_dir))
+    shutil.rmtree(ckpt.checkpoint_dir(sft_dir), ignore_errors=True)
     return model, tokenizer
 
 
