@@ -35,14 +35,13 @@ def module_doc(obj: object) -> str:
 
 
 def method_needs(m) -> str:
-    """What a policy-loss method needs beyond log-probs."""
-    needs = []
-    if m.needs_entropy:
-        needs.append("full-vocab H_cur (with grad)")
-    if m.needs_old_entropy:
-        needs.append("H_old (pre-update pass)")
+    """What a policy-loss method needs beyond log-probs: its declared inputs, trainer metrics, state, selection."""
+    from entropy_rl.core.policy_loss import TOKEN_INPUTS
+
+    needs = [text for name, text in TOKEN_INPUTS.items() if name in m.inputs]
     needs += [f"feature `{n}` (pre-update pass)" for n, _ in m.old_features]
     needs += [f"feature `{n}` (update pass)" for n, _ in m.cur_features]
+    needs += [f"trainer metric `{k}` every step" for k in m.requires]
     if m.make_state is not None:
         needs.append("state (checkpointed)")
     if m.select is not None:
@@ -51,11 +50,13 @@ def method_needs(m) -> str:
 
 
 def render_markdown() -> str:
-    """docs/methods.md: every registered method, estimator and task with stage, needs, papers and defaults."""
+    """docs/methods.md: the packaged method variants, then every registered method, estimator and task with stage,
+    needs, papers and defaults."""
     import entropy_rl.advantages  # noqa: F401
     import entropy_rl.methods  # noqa: F401
     from entropy_rl.core.advantage import ADVANTAGES
     from entropy_rl.core.policy_loss import POLICY_LOSSES
+    from entropy_rl.presets import packaged_variants, settings
     from entropy_rl.tasks import TASKS
 
     out = [
@@ -64,6 +65,19 @@ def render_markdown() -> str:
         "Generated from the registries by `entropy-rl methods --markdown > docs/methods.md` (a test fails when it is",
         "stale). Each method's module docstring states how it departs from the official code; the specification is",
         "shared/methods.md. No method here generates extra rollouts; rollout-stage methods (branching) are not built yet.",
+        "",
+        "## Method variants (`entropy-rl compare --methods NAME`)",
+        "",
+        "Partial configs with each method's paper settings, shipped in the package (`entropy_rl/presets/methods/`),",
+        "so a name means the same thing in every directory. A variant name wins over a registry key of the same name;",
+        "`--methods-dir DIR` adds your own `DIR/<name>.yaml`, which win over these.",
+        "",
+        "| variant | what | sets |",
+        "|---|---|---|",
+    ]
+    out += [f"| `{v.name}` | {v.description} | {', '.join(f'`{x}`' for x in settings(v.overrides))} |"
+            for v in packaged_variants()]
+    out += [
         "",
         "## Policy-loss methods (`algorithm.method`)",
         "",

@@ -29,10 +29,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def summarize(result, seconds: float) -> None:
-    """Print the first-vs-last entropy and reward summary of a finished run."""
+    """Print the first-vs-last entropy and reward summary of a finished run, and its pass@k from step 0 on."""
     from entropy_rl.metrics.sinks import read_jsonl
+    from entropy_rl.report.data import pass_story
 
-    rows = read_jsonl(result.run_dir / "metrics.jsonl")
+    logged = read_jsonl(result.run_dir / "metrics.jsonl")
+    rows = [r for r in logged if r.get("step", 0) >= 1]  # RL steps; step 0 is the warm start's eval
     if len(rows) >= 2:
         n = min(10, len(rows) // 2)
         mean = lambda key, rs: sum(r[key] for r in rs) / len(rs)  # noqa: E731
@@ -40,6 +42,9 @@ def summarize(result, seconds: float) -> None:
         r0, r1 = mean("reward/mean", rows[:n]), mean("reward/mean", rows[-n:])
         print(f"entropy/token_mean {h0:.4f} -> {h1:.4f} nats ({100 * (h1 - h0) / max(h0, 1e-12):+.1f}%), "
               f"reward/mean {r0:.3f} -> {r1:.3f} (first vs last {n} steps)")
+    story = pass_story(logged)
+    if story:
+        print(f"eval/{story}")
     print(f"done in {seconds:.0f} s; metrics in {result.run_dir / 'metrics.jsonl'}")
 
 
@@ -117,20 +122,35 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+EVAL_DEFAULTS = {"task": "countdown", "task_params": {}, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 16}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Sampled accuracy and pass@k of a local checkpoint on a task's eval split."""
+    """Sampled accuracy and pass@k of a model directory, or of a run directory's final model, on a task's eval
+    split. For a run directory the task and sampling settings default to the run's config.yaml."""
     import json
 
     from entropy_rl.models import load_pretrained
     from entropy_rl.rollout.hf import SamplingParams
     from entropy_rl.tasks import make_task
-    from entropy_rl.train.evaluate import evaluate
-    from entropy_rl.train.config import apply_overrides
+    from entropy_rl.train.config import apply_overrides, load_config
+    from entropy_rl.train.evaluate import evaluate, find_model
 
-    task_params = apply_overrides({}, args.task_params)
-    task = make_task(args.task, **task_params)
-    model, tokenizer = load_pretrained(args.model)
-    sampling = SamplingParams(args.temperature, args.top_p, 0, args.max_new_tokens)
+    model_dir, run_dir = find_model(args.model)
+    defaults = dict(EVAL_DEFAULTS)
+    if run_dir is not None and (run_dir / "config.yaml").is_file():
+        cfg = load_config(run_dir / "config.yaml")
+        r = cfg.rollout
+        defaults = {"task": cfg.task.name, "task_params": dict(cfg.task.params), "temperature": r.temperature,
+                    "top_p": r.top_p, "top_k": r.top_k, "max_new_tokens": r.max_new_tokens}
+    if run_dir is not None:
+        print(f"evaluating {model_dir}", file=sys.stderr)
+    flags = {k: getattr(args, k) for k in ("task", "temperature", "top_p", "max_new_tokens") if getattr(args, k) is not None}
+    pick = {**defaults, **flags}
+    same_task = pick["task"] == defaults["task"]  # the run's task params only go with the run's task
+    task = make_task(pick["task"], **apply_overrides(dict(defaults["task_params"]) if same_task else {}, args.task_params))
+    model, tokenizer = load_pretrained(model_dir)
+    sampling = SamplingParams(pick["temperature"], pick["top_p"], pick["top_k"], pick["max_new_tokens"])
     problems = task.prompts("eval", args.problems, seed=args.seed)
     print(json.dumps(evaluate(model, tokenizer, task, problems, args.samples, sampling, seed=args.seed), indent=2))
     return 0
@@ -142,16 +162,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     split_config_arg(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not methods:
-        raise SystemExit("entropy-rl compare: --methods needs at least one name")
-    out = args.out or f"runs/compare_{Path(args.config).stem if args.config else 'demo'}"
-    compare(args.config, args.overrides, methods, args.seeds, out, jobs=args.jobs, methods_dir=args.methods_dir)
+    compare(args.config, args.overrides, methods, args.seeds, args.out, jobs=args.jobs, methods_dir=args.methods_dir,
+            baseline=args.baseline)
     return 0
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    """List registered policy-loss methods, advantage estimators and tasks with their defaults."""
-    from entropy_rl.catalogue import describe_params, method_needs, paper_links, render_markdown
+    """List method variants, registered policy-loss methods, advantage estimators and tasks with their defaults."""
+    from entropy_rl.catalogue import describe_params, method_needs, render_markdown
+    from entropy_rl.presets import packaged_variants, settings
 
     if args.markdown:
         print(render_markdown(), end="")
@@ -162,6 +181,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from entropy_rl.core.policy_loss import POLICY_LOSSES
     from entropy_rl.tasks import TASKS
 
+    print("Method variants (entropy-rl compare --methods NAME; entropy_rl/presets/methods/NAME.yaml):")
+    for v in packaged_variants():
+        print(f"  {v.name:<22} {v.description}")
+        print(f"  {'':<22} sets: {', '.join(settings(v.overrides))}")
     print("Policy-loss methods (algorithm.method):")
     for name in POLICY_LOSSES.names():
         e = POLICY_LOSSES.get(name)
@@ -227,26 +250,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an SFT output in --out (only what entropy-rl wrote)")
     p.set_defaults(fn=cmd_sft)
 
-    p = sub.add_parser("eval", help="sampled accuracy and pass@k of a local checkpoint")
-    p.add_argument("model", help="local checkpoint directory (model + tokenizer)")
-    p.add_argument("--task", default="countdown")
-    p.add_argument("--task-params", nargs="*", default=[], help="task parameters key=value")
+    p = sub.add_parser("eval", help="sampled accuracy and pass@k of a model directory or of a run's final model")
+    p.add_argument("model", metavar="MODEL_OR_RUN_DIR",
+                   help="a model directory (model + tokenizer), or a run directory: its newest complete checkpoint, "
+                        "else its SFT warm start; task and sampling then default to the run's config")
+    p.add_argument("--task", default=None, help="task name (default: the run's, else countdown)")
+    p.add_argument("--task-params", nargs="*", default=[], help="task parameters key=value (over the run's, same task)")
     p.add_argument("--problems", type=int, default=256)
     p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=None, help="default: the run's rollout.temperature, else 1.0")
+    p.add_argument("--top-p", type=float, default=None, help="default: the run's rollout.top_p, else 1.0")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's rollout.max_new_tokens, else 16")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("compare", help="run methods x seeds on one config and summarise side by side")
     p.add_argument("config", nargs="?", default=None, help="base YAML config (default: the demo config)")
     p.add_argument("overrides", nargs="*", help="config overrides a.b=c applied to every run")
-    p.add_argument("--methods", required=True, help="comma-separated method variants (configs/methods/<name>.yaml or registry keys)")
+    p.add_argument("--methods", required=True,
+                   help="comma-separated method variants (`entropy-rl methods` lists them) or policy-loss registry keys")
     p.add_argument("--seeds", type=int, default=1, help="seeds per method (base seed, +1, ...)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1: sequential)")
-    p.add_argument("--out", default=None, help="output directory (default runs/compare_<config name>)")
-    p.add_argument("--methods-dir", default=None, help="where method variant YAMLs live (default <config dir>/methods)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default runs/compare_<config name>_<hash of the config with overrides>)")
+    p.add_argument("--methods-dir", default=None,
+                   help="a directory of your own variants <name>.yaml (partial configs); they win over the packaged ones")
+    p.add_argument("--baseline", default=None,
+                   help="the method the summary compares the others with (default ppo_clip if compared, else the first)")
     p.set_defaults(fn=cmd_compare)
 
     from entropy_rl.report.cli import cmd_report  # light import (argparse, pathlib only)
@@ -258,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", default=None, help="markdown table file to include, e.g. a compare summary.md")
     p.set_defaults(fn=cmd_report)
 
-    p = sub.add_parser("methods", help="list methods, advantage estimators and tasks with defaults")
+    p = sub.add_parser("methods", help="list method variants, methods, advantage estimators and tasks with defaults")
     p.add_argument("--markdown", action="store_true", help="print docs/methods.md (generated from the registries)")
     p.set_defaults(fn=cmd_methods)
 

@@ -28,9 +28,12 @@ def warm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok = build_char_tokenizer(task.alphabet)
     spec = TinyModelSpec(**{k: getattr(cfg.model, k) for k in TinyModelSpec.__dataclass_fields__})
     model = build_tiny_model(spec, tok, seed=0)
+    threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
+        torch.set_num_threads(1)  # the warm model (and so every pinned number) must not depend on test order
         torch.manual_seed(0)
         run_sft(model, tok, task, cfg.sft, rollout_sampling(cfg), 0, lambda step, m: None)
+        torch.set_num_threads(threads)
     out = tmp_path_factory.mktemp("warm") / "model"
     save_pretrained(model, tok, out)
     return out

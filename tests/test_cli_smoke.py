@@ -25,13 +25,17 @@ def test_demo_runs_end_to_end_with_a_tiny_budget(tmp_path: Path) -> None:
     assert "step 2/2 | reward" in proc.stdout and "entropy" in proc.stdout
     run_dir = tmp_path / "demo"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
-    assert "eval/pass@2" in rows[-1]
+    assert [r["step"] for r in rows] == [0, 1, 2]  # step 0: the warm start's eval, before any RL update
+    assert "eval/pass@2" in rows[0] and "eval/pass@2" in rows[-1] and "entropy/token_mean" not in rows[0]
+    assert "step 0/2 | pass@1 " in proc.stdout and "eval/pass@2 " in proc.stdout and "(warm start)" in proc.stdout
+    assert (run_dir / "completions.jsonl").is_file()
     assert (run_dir / "config.yaml").is_file() and (run_dir / "sft" / "model" / "model.safetensors").is_file()
     assert (run_dir / "checkpoints" / "step_000002" / "COMPLETE").is_file()
     proc = run("eval", str(run_dir / "sft" / "model"), "--problems", "4", "--samples", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert set(json.loads(proc.stdout)) == {"eval/accuracy", "eval/pass@1", "eval/pass@2"}
+    proc = run("eval", str(run_dir), "--problems", "4", "--samples", "2", cwd=tmp_path)  # the run's final model
+    assert proc.returncode == 0 and "step_000002" in proc.stderr, proc.stderr[-2000:]
     proc = run("report", str(run_dir), cwd=tmp_path)
     assert proc.returncode == 0 and (run_dir / "report" / "report.html").is_file(), proc.stderr[-2000:]
 

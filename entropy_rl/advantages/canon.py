@@ -8,12 +8,18 @@ Paper: Chen et al. 2025, "Conditional Advantage Estimation" (CANON, arXiv:2509.2
     mu-, mu+ = mean reward of C-, C+
     i in C+: A_i = [lam (r_i - alpha mu- + beta) + (1 - lam)(r_i - mu+)] / L_max
     i in C-: A_i = [lam (alpha r_i - mu+ - beta) + (1 - lam)(r_i - mu-)] / L_max
-    singletons (n = 1): A = 0.  No std normalisation; the sequence advantage is broadcast by the trainer.
+    singletons (n = 1): A = 0 (a departure, below).  No std normalisation; the sequence advantage is broadcast
+    by the trainer.
 
 With lam = 0.5, alpha = 1, beta = 0 and even n this is (r_i - mu)/L_max, the repository's Dr.GRPO. Pitfall kept:
 1/L_max (8192 in the paper's runs) shrinks advantages ~1e4x versus GRPO, which breaks methods with absolute windows
 (Clip-Cov) or floors (STEER). The annealed / cosine / random / length variants of the repository are not
 implemented. Ties in s are broken by position in the batch (stable sort), as Python's sort does.
+
+Departure from the official code (deliberate): a group of one response gets A = 0 here, the toolkit's singleton
+rule (a lone response carries no relative signal). The official
+`compute_dr_entropy_per_token_group_outcome_advantage` (read at f3ee9fc) puts a singleton in C+ (m = 0) with
+both half means set to 0, so it gets A = (r + lam beta) / L_max.
 
 Params:
     lam (1.0): weight of the inter-group term (repository `scripts/setups.sh`: 1.0, pure inter-group).

@@ -43,9 +43,7 @@ def register_advantage(name: str, params_cls: type, doc: str | None = None) -> C
 
 
 def get_advantage(name: str) -> Entry[AdvantageFn]:
-    """Look up an estimator; importing `entropy_rl.advantages` registers the built-ins."""
-    import entropy_rl.advantages  # noqa: F401  (registration side effect)
-
+    """Look up an estimator (the built-ins register when the `entropy_rl` package loads)."""
     return ADVANTAGES.get(name)
 
 

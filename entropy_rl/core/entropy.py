@@ -20,30 +20,21 @@ def token_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    z = logits.float() / temperature
-    logp = torch.log_softmax(z, dim=-1)
-    # sum p*logp with p = exp(logp): stable for -inf logits because exp(-inf)*(-inf) is avoided by xlogy-style where
-    p = logp.exp()
-    return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)
+    return entropy_from_logp(torch.log_softmax(logits.float() / temperature, dim=-1))
 
 
-def token_entropy_chunked(logits: Tensor, temperature: float = 1.0, chunk_size: int = 1024) -> Tensor:
-    """`token_entropy` over [B, T, V] computed `chunk_size` rows at a time to bound fp32 memory; no gradient.
+def entropy_from_logp(logp: Tensor) -> Tensor:
+    """H = -sum_v p_v log p_v from normalised log-probs (p = exp(logp)); the one formula every entropy here uses.
 
     Args:
-        logits: [B, T, V] logits.
-        temperature: sampling temperature.
-        chunk_size: number of (b, t) rows per fp32 chunk.
+        logp: [..., V] log-softmax output (may hold -inf where a logit was masked).
 
     Returns:
-        [B, T] fp32 entropies in nats.
+        [...] entropies, same dtype as `logp`, differentiable.
     """
-    flat = logits.reshape(-1, logits.shape[-1])  # [B*T, V]
-    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
-    with torch.no_grad():
-        for start in range(0, flat.shape[0], chunk_size):
-            out[start : start + chunk_size] = token_entropy(flat[start : start + chunk_size], temperature)
-    return out.reshape(logits.shape[:-1])
+    p = logp.exp()
+    # p log p -> 0 where p = 0: the where keeps -inf logits (top-k masking) from giving 0 * -inf = NaN
+    return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:

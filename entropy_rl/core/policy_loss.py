@@ -1,53 +1,76 @@
 """The policy-loss registry and the public `policy_loss` entry point.
 
 A method has two phases so that token selection cannot depend on micro-batch size:
-  - `select(x, params, generator) -> TokenWeights` (optional): runs once per optimizer mini-batch under no_grad;
-  - `loss(x, params, weights) -> LossOutput`: runs per micro-batch on the rows of that micro-batch.
+  - `select(x, params, ctx, generator) -> TokenWeights` (optional): once per optimizer mini-batch under no_grad;
+  - `loss(x, params, sel, ctx) -> LossOutput`: per micro-batch on the rows of that micro-batch, with the rows of
+    the selection (an empty `TokenWeights` for a method without `select`).
+`params` are the user's settings (a frozen Params dataclass, never written at run time); `ctx` is the frozen
+`StepContext` of the step: the method state's run-time values and the trainer's aggregation.
+
+A stateful method's state (`make_state(params)`) is driven by the trainer each step:
+  state.before_update(x)  ->  ctx = step_context(state, params, agg)  ->  update  ->  state.after_update(metrics)
+`state.values(params)` (inside `step_context`) is pure; only before_update / after_update change the state.
+
+A method declares what it needs from the trainer: `inputs` (per-token tensors: "entropy", "old_entropy",
+"ref_logp", plus its features) and `requires` (trainer metrics its state reads in `after_update`, logged at
+every step). Config validation refuses a run that cannot supply them (`train.config.validate_method_requirements`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Literal, Mapping, Protocol
+from typing import Any, Callable, Iterable, Literal, Mapping, Protocol
 
 import torch
 from torch import Tensor
 
+from entropy_rl.core.aggregate import Aggregation
 from entropy_rl.core.registry import Entry, Registry
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights
 
 Stage = Literal["loss", "regularizer", "advantage", "rollout"]
 
+# Per-token inputs a method may declare (besides its own features), as named in PolicyInputs.
+TOKEN_INPUTS: dict[str, str] = {
+    "entropy": "full-vocab H_cur (with grad)",
+    "old_entropy": "H_old (pre-update pass)",
+    "ref_logp": "reference-model log-probs",
+}
+
 
 class LossFn(Protocol):
-    """Per-micro-batch loss: (inputs, params, selection or None) -> LossOutput with per_token [B, T]."""
+    """Per-micro-batch loss: (inputs, params, selection rows, step context) -> LossOutput with per_token [B, T]."""
 
-    def __call__(self, x: PolicyInputs, p: Any, sel: TokenWeights | None) -> LossOutput: ...
+    def __call__(self, x: PolicyInputs, p: Any, sel: TokenWeights, ctx: StepContext) -> LossOutput: ...
 
 
 class SelectFn(Protocol):
-    """Per-mini-batch selection under no_grad: (inputs, params, generator) -> TokenWeights."""
+    """Per-mini-batch selection under no_grad: (inputs, params, step context, generator) -> TokenWeights."""
 
-    def __call__(self, x: PolicyInputs, p: Any, generator: torch.Generator | None) -> TokenWeights: ...
+    def __call__(self, x: PolicyInputs, p: Any, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights: ...
 
 
 class FeatureFn(Protocol):
-    """Per-token feature from logits: (logits [B, T, V], tokens [B, T], temperature, params) -> [B, T] fp32."""
+    """Per-token feature, called per chunk of tokens by `core.token_stats`: (raw logits [n, V], tokens [n],
+    temperature (a float, or [n, 1] fp32 for per-token temperatures), params) -> [n] fp32."""
 
-    def __call__(self, logits: Tensor, tokens: Tensor, temperature: float, p: Any) -> Tensor: ...
+    def __call__(self, logits: Tensor, tokens: Tensor, temperature: float | Tensor, p: Any) -> Tensor: ...
 
 
 class MethodState(Protocol):
     """Explicit, checkpointed state of a stateful method (adaptive coefficients, anchors, histories).
 
-    The trainer calls, each step: `params(p)` to get this step's parameters, `before_update(x)` with the whole
-    rollout batch of the pre-update pass (no grad), the update, then `after_update(metrics)` with the step's
-    metrics (pre-update entropy etc.). `metrics()` is logged; `state_dict()` goes into checkpoints.
+    Each step the trainer calls `before_update(x)` with the whole rollout batch of the pre-update pass (no
+    grad), then `values(p)` once (through `step_context`), runs the update, logs `metrics()`, and calls
+    `after_update(metrics)` with the step's metrics (which hold every key the method declares in `requires`).
+    `values` is pure: calling it again returns an equal object and leaves `state_dict()` unchanged.
+    `state_dict()` holds plain numbers, strings, None, lists, dicts and tensors only (checkpoints store it as
+    JSON + tensors).
     """
 
-    def params(self, p: Any) -> Any: ...
-
     def before_update(self, x: PolicyInputs) -> None: ...
+
+    def values(self, p: Any) -> Any: ...
 
     def after_update(self, metrics: Mapping[str, float]) -> None: ...
 
@@ -67,8 +90,10 @@ class PolicyLossMethod:
         select: optional per-mini-batch token selection.
         stage: where the method acts (loss, regularizer, ...).
         paper: citation, e.g. "arXiv:2503.14476".
-        needs_entropy: needs H_cur (full-vocab entropy of the update forward pass, with gradient).
-        needs_old_entropy: needs H_old (full-vocab entropy from the pre-update pass).
+        inputs: per-token inputs `select`, `loss` or the state read: names of TOKEN_INPUTS and the method's
+            feature names (`extras`); `check_inputs` enforces them.
+        requires: trainer metrics the state's `after_update` reads, which the trainer must log at every step
+            (e.g. "dynamics/dH_pred"); config validation refuses a run that does not.
         neutral: parameter overrides under which the method must reduce to `ppo_clip` (contract test), or
             None for a method that has no such setting (e.g. KL-Cov never clips).
         old_features: per-token features computed from the logits of the pre-update pass (no grad), by name
@@ -81,8 +106,8 @@ class PolicyLossMethod:
     select: SelectFn | None = None
     stage: Stage = "loss"
     paper: str = ""
-    needs_entropy: bool = False
-    needs_old_entropy: bool = False
+    inputs: frozenset[str] = frozenset()
+    requires: tuple[str, ...] = ()
     neutral: tuple[tuple[str, Any], ...] | None = None
     old_features: tuple[tuple[str, FeatureFn], ...] = ()
     cur_features: tuple[tuple[str, FeatureFn], ...] = ()
@@ -99,8 +124,8 @@ def register_policy_loss(
     select: SelectFn | None = None,
     stage: Stage = "loss",
     paper: str = "",
-    needs_entropy: bool = False,
-    needs_old_entropy: bool = False,
+    inputs: Iterable[str] = (),
+    requires: Iterable[str] = (),
     neutral: dict[str, Any] | None = None,
     old_features: dict[str, FeatureFn] | None = None,
     cur_features: dict[str, FeatureFn] | None = None,
@@ -109,9 +134,18 @@ def register_policy_loss(
 ) -> Callable[[LossFn], LossFn]:
     """Decorator: register a loss function (and its optional selector) under `name`.
 
-    The one-line doc shown by `entropy-rl methods` is the first line of the module docstring of the loss
-    function when `doc` is not given.
+    `inputs` names the per-token tensors the method reads (TOKEN_INPUTS); its features are added to them.
+    `requires` names the trainer metrics its state reads; a method with `requires` must have a state. The
+    one-line doc shown by `entropy-rl methods` is the first line of the module docstring of the loss function
+    when `doc` is not given.
     """
+    features = {**(old_features or {}), **(cur_features or {})}
+    declared = frozenset(inputs)
+    unknown = sorted(declared - set(TOKEN_INPUTS) - set(features))
+    if unknown:
+        raise ValueError(f"policy loss '{name}': unknown inputs {unknown}; valid: {sorted(TOKEN_INPUTS)} or its features")
+    if tuple(requires) and make_state is None:
+        raise ValueError(f"policy loss '{name}': `requires` names trainer metrics for a state, but it has no make_state")
 
     def deco(fn: LossFn) -> LossFn:
         import sys
@@ -122,8 +156,8 @@ def register_policy_loss(
             select=select,
             stage=stage,
             paper=paper,
-            needs_entropy=needs_entropy,
-            needs_old_entropy=needs_old_entropy,
+            inputs=declared | frozenset(features),
+            requires=tuple(requires),
             neutral=None if neutral is None else tuple(sorted(neutral.items())),
             old_features=tuple((old_features or {}).items()),
             cur_features=tuple((cur_features or {}).items()),
@@ -136,9 +170,7 @@ def register_policy_loss(
 
 
 def get_policy_loss(name: str) -> Entry[PolicyLossMethod]:
-    """Look up a registered method; importing `entropy_rl.methods` registers the built-in catalogue."""
-    import entropy_rl.methods  # noqa: F401  (registration side effect)
-
+    """Look up a registered method (the built-in catalogue registers when the `entropy_rl` package loads)."""
     return POLICY_LOSSES.get(name)
 
 
@@ -159,12 +191,14 @@ def policy_loss(
     ref_logp: Tensor | None = None,
     extras: Mapping[str, Tensor] | None = None,
     generator: torch.Generator | None = None,
+    loss_agg_mode: str = "token-mean",
+    values: Any = None,
     **params: Any,
 ) -> LossOutput:
     """Per-token loss of method `name` on one batch treated as one optimizer mini-batch.
 
     Runs the method's selection (if any) over the whole batch, then its loss. Aggregate the result with
-    `entropy_rl.aggregate(out.per_token, mask, mode)`.
+    `entropy_rl.aggregate(out.per_token, mask, loss_agg_mode)`.
 
     Args:
         name: registry key (see `entropy-rl methods`).
@@ -177,10 +211,14 @@ def policy_loss(
         ref_logp: [B, T] reference log-probs, for methods that use them.
         extras: the method's declared per-token features (e.g. {"lp_proxy": ...}); see `entropy-rl methods`.
         generator: torch.Generator for methods that select at random.
+        loss_agg_mode: how the caller aggregates the result (methods that place a batch quantity on tokens,
+            e.g. SIREN, need it); normalised over this batch.
+        values: the method's run-time values (its state's `values` type, e.g. `epo.EpoValues(history_mean=1.0)`);
+            default: those of a fresh state, i.e. the first step of a run.
         **params: the method's Params fields.
 
     Returns:
-        LossOutput with per_token [B, T] and namespaced scalar metrics.
+        LossOutput with per_token [B, T] and namespaced scalar metrics (the selection's included).
     """
     entry = get_policy_loss(name)
     p = entry.make_params(**params)
@@ -188,29 +226,49 @@ def policy_loss(
         advantages = advantages.unsqueeze(-1).expand_as(logp)
     x = PolicyInputs(logp, old_logp, advantages, mask.to(logp.dtype), entropy, old_entropy, ref_logp, dict(extras or {}))
     check_inputs(entry, x)
-    sel = run_select(entry, p, x, generator)
-    out = entry.obj.loss(x, p, sel)
-    if sel is not None:
-        out.metrics.update(sel.metrics)
+    if values is None and entry.obj.make_state is not None:
+        values = entry.obj.make_state(p).values(p)
+    ctx = StepContext(values, Aggregation(loss_agg_mode))
+    sel = run_select(entry, p, x, ctx, generator)
+    out = entry.obj.loss(x, p, sel, ctx)
+    out.metrics.update(sel.metrics)
     return out
 
 
+def step_context(state: MethodState | None, p: Any, agg: Aggregation) -> StepContext:
+    """The step's frozen context: the state's run-time values for Params `p` (None without a state) and `agg`.
+
+    Pure: builds the values with `state.values(p)`, which must not change the state.
+    """
+    return StepContext(None if state is None else state.values(p), agg)
+
+
 def check_inputs(entry: Entry[PolicyLossMethod], x: PolicyInputs) -> None:
-    """Raise a clear error when a method's required tensors are missing."""
-    if entry.obj.needs_entropy and x.entropy is None:
-        raise ValueError(f"method '{entry.name}' needs `entropy` (H_cur of the current forward pass, with grad)")
-    if entry.obj.needs_old_entropy and x.old_entropy is None:
-        raise ValueError(f"method '{entry.name}' needs `old_entropy` (H_old from the pre-update pass)")
-    for name, _ in entry.obj.old_features + entry.obj.cur_features:
-        if name not in x.extras:
-            raise ValueError(f"method '{entry.name}' needs extras['{name}'] (a per-token feature it declares)")
+    """Raise a clear error when a per-token input the method declares is missing from `x`."""
+    for name in sorted(entry.obj.inputs):
+        present = getattr(x, name) is not None if name in TOKEN_INPUTS else name in x.extras
+        if not present:
+            what = TOKEN_INPUTS.get(name, "a per-token feature it declares")
+            where = f"`{name}`" if name in TOKEN_INPUTS else f"extras['{name}']"
+            raise ValueError(f"method '{entry.name}' needs {where} ({what})")
 
 
 def run_select(
-    entry: Entry[PolicyLossMethod], p: Any, x: PolicyInputs, generator: torch.Generator | None
-) -> TokenWeights | None:
-    """Run the method's mini-batch selection on detached inputs, or return None if it has none."""
+    entry: Entry[PolicyLossMethod], p: Any, x: PolicyInputs, ctx: StepContext, generator: torch.Generator | None
+) -> TokenWeights:
+    """Run the method's mini-batch selection on detached inputs under no_grad; empty TokenWeights if it has none.
+
+    Args:
+        entry: the registered method.
+        p: its Params.
+        x: the optimizer mini-batch (or micro-batch when `algorithm.selection_scope` is microbatch), [B, T] each.
+        ctx: the step context narrowed to this mini-batch.
+        generator: for methods that select at random.
+
+    Returns:
+        The selection; pass its rows to `loss`.
+    """
     if entry.obj.select is None:
-        return None
+        return TokenWeights()
     with torch.no_grad():
-        return entry.obj.select(x.detached(), p, generator)
+        return entry.obj.select(x.detached(), p, ctx, generator)

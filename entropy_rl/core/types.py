@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, Mapping, TypeVar
 
 import torch
 from torch import Tensor
+
+from entropy_rl.core.aggregate import Aggregation
+
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,48 @@ class TokenWeights:
         return TokenWeights({k: v[index] for k, v in self.tensors.items()}, self.metrics)
 
     def __getitem__(self, key: str) -> Tensor:
-        return self.tensors[key]
+        """The selected tensor `key`; a clear error when the loss was called without its method's selection."""
+        try:
+            return self.tensors[key]
+        except KeyError:
+            have = ", ".join(sorted(self.tensors)) or "nothing"
+            raise ValueError(
+                f"the selection has no '{key}' (it holds {have}): run the method's `select` over the optimizer "
+                f"mini-batch (core.policy_loss.run_select) and pass its result to `loss`"
+            ) from None
+
+
+@dataclass(frozen=True, eq=False)
+class StepContext(Generic[V]):
+    """Run-time inputs of a method's `select` and `loss` at one optimizer step; user settings stay in Params.
+
+    The trainer builds it once per step, after the method state has seen the step's rollout batch
+    (`core.policy_loss.step_context`), and narrows its aggregation to each optimizer mini-batch
+    (`for_minibatch`). Frozen: `select` and `loss` cannot change it.
+
+    Attributes:
+        values: the method's run-time values for this step, a frozen dataclass built by its state's pure
+            `values(params)` (SIREN's anchor, an adaptive coefficient, EPO's history mean and epoch); None
+            for a stateless method.
+        agg: the trainer's aggregation of the current optimizer mini-batch (mode and normalisers); a method
+            that places a mini-batch quantity on tokens uses `agg.weights(mask)`, the trainer `agg.reduce`.
+    """
+
+    values: Any = None
+    agg: Aggregation = field(default_factory=Aggregation)
+
+    def for_minibatch(self, num_tokens: float | Tensor, num_seqs: float) -> "StepContext[V]":
+        """The context with the aggregation normalisers of one optimizer mini-batch (tokens, sequences)."""
+        return replace(self, agg=self.agg.for_minibatch(num_tokens, num_seqs))
+
+    def values_as(self, cls: type[V], method: str) -> V:
+        """`values`, checked to be the `cls` that `method`'s state builds (clear error otherwise)."""
+        if not isinstance(self.values, cls):
+            raise ValueError(
+                f"{method}: the step context carries {type(self.values).__name__}, not {cls.__name__}; build it "
+                f"with core.policy_loss.step_context(state, params, agg) from the method's state"
+            )
+        return self.values
 
 
 @dataclass(frozen=True)

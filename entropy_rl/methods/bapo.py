@@ -53,7 +53,7 @@ from torch import Tensor
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def first_reaching(ratio: Tensor, target: float) -> Tensor:
     return torch.where(ok.any(), ok.long().argmax(), last)
 
 
-def select(x: PolicyInputs, p: Params, generator: torch.Generator | None = None) -> TokenWeights:
+def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights:
     """Bound search over the whole mini-batch. Out: c_low, c_high as [B, 1] and method/bapo/* metrics."""
     ratio = torch.exp(ppo.log_ratio(x.logp, x.old_logp)).double()
     a = (x.adv * x.mask).double()
@@ -143,10 +143,8 @@ def select(x: PolicyInputs, p: Params, generator: torch.Generator | None = None)
     paper="arXiv:2510.18927",
     neutral={"a_low": 0.8, "b_low": 0.8, "a_high": 1.2, "b_high": 1.2},
 )
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
     """PPO surrogate with the mini-batch's adaptive ratio bounds. In: [B, T] each. Out: loss [B, T], policy/*."""
-    if sel is None:
-        raise ValueError("bapo needs the selection of its mini-batch (select); call it through policy_loss or the trainer")
     eps_low = 1.0 - sel["c_low"]  # [B, 1]: clamp(r, 1 - eps_low, 1 + eps_high) = clamp(r, c_low, c_high)
     eps_high = sel["c_high"] - 1.0
     s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, eps_low, eps_high, p.clip_ratio_c)

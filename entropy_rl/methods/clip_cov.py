@@ -25,10 +25,9 @@ Departures from the official code (deliberate):
     - `policy/clipfrac` keeps its PPO meaning; the detached fraction is `method/clip_cov/detached_frac`
       (verl reports it as pg_clipfrac).
 
-Presets (`PRESETS`, overrides of the Params defaults; Params stay the single source of defaults):
-    "verl"  = {}                                   verl `PolicyLossConfig` / actor.yaml defaults
-    "paper" = {"eps_low": 1.0, "eps_high": 1.0}    recipe/dapo/{7b,32b}_clip_cov.sh: ratio clamped to [0, 2]
-Use `preset("paper")` or put the dict in `algorithm.method_params`.
+Variants (entropy_rl/presets/methods/, `entropy-rl compare --methods NAME`):
+    clip_cov        eps_low = eps_high = 1.0 (recipe/dapo/{7b,32b}_clip_cov.sh: ratio clamped to [0, 2])
+    clip_cov_verl   the defaults (verl `PolicyLossConfig` / actor.yaml)
 
 Params:
     clip_ratio (2e-4): r_clip, fraction of the mini-batch's valid tokens to detach (a fraction, not a percent).
@@ -43,14 +42,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean
 
 
 @dataclass(frozen=True)
@@ -70,19 +68,6 @@ class Params:
         ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "verl": {},  # verl PolicyLossConfig / actor.yaml: clip_cov_ratio 2e-4, lb 1, ub 5, clip 0.2
-    "paper": {"eps_low": 1.0, "eps_high": 1.0},  # recipe/dapo/{7b,32b}_clip_cov.sh
-}
-
-
-def preset(name: str, **overrides: Any) -> Params:
-    """Params of a named preset (see `PRESETS`), with further overrides on top."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown clip_cov preset '{name}'. Valid: {', '.join(sorted(PRESETS))}")
-    return Params(**{**PRESETS[name], **overrides})
-
-
 def n_to_detach(clip_ratio: float, n_valid: int) -> int:
     """max(1, floor(clip_ratio * N_valid)), or 0 when clip_ratio == 0 or there is no valid token."""
     if clip_ratio == 0.0 or n_valid == 0:
@@ -90,7 +75,7 @@ def n_to_detach(clip_ratio: float, n_valid: int) -> int:
     return max(1, math.floor(clip_ratio * n_valid))
 
 
-def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> TokenWeights:
+def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights:
     """Draw the tokens to detach over the mini-batch. In: [B, T] detached. Out: {"detach": bool [B, T]}, metrics."""
     valid = x.mask.bool()
     n_valid = int(valid.sum())
@@ -114,14 +99,8 @@ def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> Tok
 
 
 @register_policy_loss("clip_cov", Params, select=select, paper="arXiv:2505.22617", neutral={"clip_ratio": 0.0})
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
-    """Per-token PPO loss with the selected tokens zeroed (no gradient). In: [B, T] each. Out: [B, T], metrics.
-
-    Without a selection (direct calls), the selection runs here on this batch with the global RNG.
-    """
-    if sel is None:
-        with torch.no_grad():
-            sel = select(x.detached(), p, None)
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
+    """Per-token PPO loss with the selected tokens zeroed (no gradient). In: [B, T] each. Out: [B, T], metrics."""
     detach = sel["detach"]
     s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, p.eps_low, p.eps_high, p.clip_ratio_c)
     per_token = torch.where(detach, torch.zeros_like(s.loss), s.loss)

@@ -20,7 +20,11 @@ Departures from TRL (documented, deliberate):
       parameters); we use the step's pre-update pass entropy (`entropy/token_mean`), the toolkit's one entropy
       definition. Both are rollout-batch token means; they differ by the within-step policy change.
     - at H == target TRL increases c (its test is `<=`); we follow TRL (the spec's sign() would leave c).
-    - without a state (the `policy_loss` function API) the loss uses `coef` as given, ungated.
+    - the `policy_loss` function API uses a fresh state's coefficient (the first step's: clip(coef, coef_min,
+      coef_max), gate open) unless given `values=BonusValues(coef=...)`.
+
+Run-time values (`BonusValues`, built by the state each step, not Params): coef, the coefficient applied at
+this step (`coef` when not adaptive; the adaptive coefficient, or 0 while the gate is closed).
 
 Params:
     eps_low (0.2), eps_high (0.2), clip_ratio_c (3.0): as ppo_clip.
@@ -38,13 +42,12 @@ Metrics:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,15 @@ class Params:
             raise ValueError(f"need 0 <= coef_min <= coef_max, got {self.coef_min}, {self.coef_max}")
 
 
+@dataclass(frozen=True)
+class BonusValues:
+    """Run-time values of one step: the coefficient applied (0 while the adaptive gate is closed)."""
+
+    coef: float
+
+
 class AdaptiveEntropyState:
-    """Coefficient c and the gate of the adaptive entropy bonus; identity on params when adaptive=False.
+    """Coefficient c and the gate of the adaptive entropy bonus; the constant `coef` when adaptive=False.
 
     Attributes:
         coef: current coefficient c (starts at clip(p.coef, coef_min, coef_max)).
@@ -86,10 +96,11 @@ class AdaptiveEntropyState:
         """TRL gating: apply the bonus while the previous step's entropy was <= target (open at the start)."""
         return self.last_entropy is None or self.last_entropy <= self.p.target_entropy
 
-    def params(self, p: Params) -> Params:
+    def values(self, p: Params) -> BonusValues:
+        """The coefficient of this step (pure)."""
         if not p.adaptive:
-            return p
-        return dataclasses.replace(p, coef=self.coef if self.gate_open else 0.0)
+            return BonusValues(p.coef)
+        return BonusValues(self.coef if self.gate_open else 0.0)
 
     def before_update(self, x: PolicyInputs) -> None:
         return None
@@ -117,12 +128,13 @@ class AdaptiveEntropyState:
 
 @register_policy_loss(
     "entropy_bonus", Params, stage="regularizer", paper="verl entropy_coeff / TRL entropy_coef; arXiv:2505.22312",
-    needs_entropy=True, neutral={"coef": 0.0}, make_state=AdaptiveEntropyState,
+    inputs={"entropy"}, requires=("entropy/token_mean",), neutral={"coef": 0.0}, make_state=AdaptiveEntropyState,
 )
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
-    """Per-token PPO loss minus coef * H_cur. In: [B, T] each (entropy with grad). Out: [B, T], metrics."""
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext[BonusValues]) -> LossOutput:
+    """Per-token PPO loss minus c * H_cur, c = this step's coefficient. In: [B, T] each (entropy with grad)."""
     assert x.entropy is not None  # checked by policy_loss / the trainer
+    coef = ctx.values_as(BonusValues, "entropy_bonus").coef
     s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, p.eps_low, p.eps_high, p.clip_ratio_c)
     metrics = ppo.surrogate_metrics(s, x.logp, x.old_logp, x.mask)
     metrics["method/entropy_bonus/entropy"] = masked_mean(x.entropy.detach(), x.mask)
-    return LossOutput(s.loss - p.coef * x.entropy, metrics)
+    return LossOutput(s.loss - coef * x.entropy, metrics)

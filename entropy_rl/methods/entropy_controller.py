@@ -17,7 +17,10 @@ from the last one by sampling noise as large as the corrections (docs/LOG.md: wi
 coefficient chased that noise, jumping between 0 and 0.5). The integral term (`integral: 0` turns it off) removes
 the steady offset left when dH_pred, measured on the batch the step trained on, overstates the entropy change a
 fresh batch shows (docs/LOG.md). Before two probed steps exist (s is undefined until Adam has second moments)
-coef stays at `coef`. Needs `train.dynamics_every: 1`.
+coef stays at `coef`. The method declares `requires=("dynamics/dH_pred", "dynamics/dH_per_bonus")`: config
+validation refuses a run without the probe at every step (`train.dynamics_every: 1`).
+The state computes coef(t) in `before_update` (it needs H_t); the loss reads it from the step context
+(`ControllerValues`); Params hold only the settings below.
 
 Honest notes: the base loss's effect is estimated from the previous step (one-step lag); the bonus's effect is
 linearised through Adam's preconditioner, ignoring momentum carried into later steps and the change of the
@@ -39,7 +42,6 @@ Params:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -47,7 +49,7 @@ from typing import Any, Mapping
 import torch
 
 from entropy_rl.core.policy_loss import POLICY_LOSSES, register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -105,6 +107,13 @@ def ema(previous: float | None, value: float, factor: float) -> float:
     return value if previous is None else factor * previous + (1 - factor) * value
 
 
+@dataclass(frozen=True)
+class ControllerValues:
+    """Run-time values of one step: the entropy coefficient the controller chose for it."""
+
+    coef: float
+
+
 class ControllerState:
     """Step counter, current coefficient and last step's dynamics (dH_pred, dH_per_bonus), checkpointed."""
 
@@ -122,12 +131,11 @@ class ControllerState:
         self.last_coef = p.coef
 
     def before_update(self, x: PolicyInputs) -> None:
+        """Take this step's entropy H_t and choose its coefficient so the predicted entropy after it is the next target."""
         assert x.old_entropy is not None
+        p = self.schedule
         self.h_now = float(masked_mean(x.old_entropy.double(), x.mask.double()))
-        self.h_smooth = ema(self.h_smooth, self.h_now, self.schedule.smoothing)
-
-    def params(self, p: Params) -> Params:
-        """Choose this step's coefficient so the predicted entropy after the step is the next target."""
+        self.h_smooth = ema(self.h_smooth, self.h_now, p.smoothing)
         s = self.last_sensitivity
         if s is not None and s > 0 and self.last_dh_pred is not None:
             dh_base = self.last_dh_pred - self.last_coef * s
@@ -139,11 +147,14 @@ class ControllerState:
             self.coef = min(p.coef_max, max(p.coef_min, raw))
             if self.coef == raw or (raw > p.coef_max) != (error > 0):  # anti-windup: no integrating into a clip
                 self.error_sum = error_sum
-        return dataclasses.replace(p, coef=self.coef)
+
+    def values(self, p: Params) -> ControllerValues:
+        """The coefficient of this step (pure; chosen in `before_update`)."""
+        return ControllerValues(self.coef)
 
     def after_update(self, metrics: Mapping[str, float]) -> None:
-        self.last_dh_pred = metrics.get("dynamics/dH_pred")
-        self.last_sensitivity = metrics.get("dynamics/dH_per_bonus")
+        self.last_dh_pred = float(metrics["dynamics/dH_pred"])
+        self.last_sensitivity = metrics.get("dynamics/dH_per_bonus")  # absent until Adam has second moments
         self.last_coef = self.coef
         self.step += 1
 
@@ -163,22 +174,29 @@ class ControllerState:
             setattr(self, k, v)
 
 
-def select(x: PolicyInputs, p: Params, generator: torch.Generator | None = None) -> TokenWeights:
+def base_context(ctx: StepContext) -> StepContext:
+    """The context of the (stateless) base loss: no run-time values, the trainer's aggregation."""
+    return StepContext(None, ctx.agg)
+
+
+def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights:
     """The base loss's mini-batch selection (if it has one); the controller itself selects nothing."""
     base = p.base_entry()
     if base.obj.select is None:
         return TokenWeights()
-    return base.obj.select(x, base.make_params(**p.base_params), generator)
+    return base.obj.select(x, base.make_params(**p.base_params), base_context(ctx), generator)
 
 
 @register_policy_loss(
     "entropy_controller", Params, select=select, stage="regularizer", paper="entropy-rl (this toolkit)",
-    needs_entropy=True, neutral={"coef": 0.0}, make_state=ControllerState,
+    inputs={"entropy", "old_entropy"}, requires=("dynamics/dH_pred", "dynamics/dH_per_bonus"), neutral={"coef": 0.0},
+    make_state=ControllerState,
 )
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
-    """Base per-token loss minus coef * H_cur. In: [B, T] each (entropy with grad). Out: [B, T], metrics."""
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext[ControllerValues]) -> LossOutput:
+    """Base per-token loss minus c * H_cur, c = this step's coefficient. In: [B, T] each (entropy with grad)."""
     assert x.entropy is not None
+    coef = ctx.values_as(ControllerValues, "entropy_controller").coef
     base = p.base_entry()
-    out = base.obj.loss(x, base.make_params(**p.base_params), sel if (sel is not None and sel.tensors) else None)
+    out = base.obj.loss(x, base.make_params(**p.base_params), sel, base_context(ctx))
     metrics = {k.replace(f"method/{p.base}/", "method/entropy_controller/base_"): v for k, v in out.metrics.items()}
-    return LossOutput(out.per_token - p.coef * x.entropy, metrics)
+    return LossOutput(out.per_token - coef * x.entropy, metrics)

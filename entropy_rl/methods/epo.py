@@ -23,9 +23,9 @@ history H[s] collapses to one turn.
 Departures from the official code:
     - the official gate "some sample of the micro-batch is at turn >= max_steps // 2" would never fire for a
       single-turn task; we apply smoothing whenever Hbar is known.
-    - Hbar excludes the current step (the trainer takes the step's params before `before_update`); the official
+    - Hbar excludes the current step (the state adds a step's entropy in `after_update`); the official
       history includes the current iteration's rollout-time entropy. At the first step (and with the function
-      API unless `history_mean` is given) Hbar is unknown and smoothing is off.
+      API unless given `values=EpoValues(history_mean=...)`) Hbar is unknown and smoothing is off.
     - token mask mode only (the official "seq" mode compares sequence means).
     - "hinge" mode is ours (see above).
 
@@ -39,8 +39,10 @@ Params:
     smooth_weights (False): apply the phase schedule w(e) (official enable_smooth_weights).
     max_epochs (150): schedule horizon (hard-coded 150 in the released run).
     gamma (3.0): second-phase decay rate of w(e).
-    history_mean (None): Hbar in nats; set by the method state; None = unknown (smoothing off).
-    epoch (0): e, the step index for w(e); set by the method state.
+
+Run-time values (`EpoValues`, built by the state each step, not Params):
+    history_mean: Hbar in nats, None while unknown (smoothing off).
+    epoch: e, the number of finished steps, for w(e).
 
 Metrics:
     method/epo/entropy: masked token mean of H_cur in this call (nats).
@@ -52,7 +54,6 @@ Metrics:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -61,7 +62,7 @@ import torch
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean, zero_scalar
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean, zero_scalar
 
 MODES = ("hinge", "official")
 
@@ -80,8 +81,6 @@ class Params:
     smooth_weights: bool = False  # enable_smooth_weights (phase schedule)
     max_epochs: int = 150  # schedule horizon (hard-coded officially)
     gamma: float = 3.0  # second-phase decay rate
-    history_mean: float | None = None  # Hbar (nats), set by the state; None = unknown
-    epoch: int = 0  # step index e for w(e), set by the state
 
     def __post_init__(self) -> None:
         ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
@@ -91,8 +90,8 @@ class Params:
             raise ValueError(f"need 0 <= band_low <= band_high, got {self.band_low}, {self.band_high}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'")
-        if self.max_epochs < 0 or self.epoch < 0:
-            raise ValueError(f"max_epochs and epoch must be >= 0, got {self.max_epochs}, {self.epoch}")
+        if self.max_epochs < 0:
+            raise ValueError(f"max_epochs must be >= 0, got {self.max_epochs}")
 
 
 def smooth_weight(epoch: int, max_epochs: int = 150, gamma: float = 3.0, lambda_slow: float = 2.0) -> float:
@@ -107,20 +106,29 @@ def smooth_weight(epoch: int, max_epochs: int = 150, gamma: float = 3.0, lambda_
     return 0.8 * math.exp(-gamma * (e - half) / rest)
 
 
+@dataclass(frozen=True)
+class EpoValues:
+    """Run-time values of one step: Hbar (nats; None while unknown) and the epoch e (finished steps)."""
+
+    history_mean: float | None = None
+    epoch: int = 0
+
+
 class EpoState:
     """All-time mean of the per-step entropy (Hbar) and the step index e; checkpointed."""
 
     def __init__(self, p: Params) -> None:
         self.entropy_sum = 0.0
         self.count = 0
-        self.epoch = p.epoch
+        self.epoch = 0
 
     @property
     def history_mean(self) -> float | None:
         return self.entropy_sum / self.count if self.count else None
 
-    def params(self, p: Params) -> Params:
-        return dataclasses.replace(p, history_mean=self.history_mean, epoch=self.epoch)
+    def values(self, p: Params) -> EpoValues:
+        """Hbar and e of this step (pure)."""
+        return EpoValues(self.history_mean, self.epoch)
 
     def before_update(self, x: PolicyInputs) -> None:
         return None
@@ -143,32 +151,33 @@ class EpoState:
 
 
 @register_policy_loss(
-    "epo", Params, stage="regularizer", paper="arXiv:2509.22576", needs_entropy=True,
+    "epo", Params, stage="regularizer", paper="arXiv:2509.22576", inputs={"entropy"}, requires=("entropy/token_mean",),
     neutral={"coef": 0.0, "smooth_coef": 0.0}, make_state=EpoState,
 )
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext[EpoValues]) -> LossOutput:
     """PPO clip - coef * (H_cur - smooth_coef * w(e) * S). In: [B, T] each (entropy with grad). Out: [B, T]."""
     assert x.entropy is not None  # checked by policy_loss / the trainer
+    v = ctx.values_as(EpoValues, "epo")
     s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, p.eps_low, p.eps_high, p.clip_ratio_c)
     metrics = ppo.surrogate_metrics(s, x.logp, x.old_logp, x.mask)
     h = x.entropy
     metrics["method/epo/entropy"] = masked_mean(h.detach(), x.mask)
-    smoothing = p.history_mean is not None and p.smooth_coef > 0
+    smoothing = v.history_mean is not None and p.smooth_coef > 0
     if not smoothing:
-        metrics["method/epo/history_mean"] = zero_scalar(s.loss) if p.history_mean is None else s.loss.new_tensor(p.history_mean)
+        metrics["method/epo/history_mean"] = zero_scalar(s.loss) if v.history_mean is None else s.loss.new_tensor(v.history_mean)
         metrics["method/epo/smooth_weight"] = zero_scalar(s.loss)
         metrics["method/epo/out_of_band_frac"] = zero_scalar(s.loss)
         metrics["method/epo/smooth_penalty"] = zero_scalar(s.loss)
         return LossOutput(s.loss - p.coef * h, metrics)
-    lo, hi = p.band_low * p.history_mean, p.band_high * p.history_mean
-    w = smooth_weight(p.epoch, p.max_epochs, p.gamma) if p.smooth_weights else 1.0
+    lo, hi = p.band_low * v.history_mean, p.band_high * v.history_mean
+    w = smooth_weight(v.epoch, p.max_epochs, p.gamma) if p.smooth_weights else 1.0
     with torch.no_grad():
         in_band = (h > lo) & (h < hi)
     if p.mode == "hinge":
         pen = torch.relu(h - hi) + torch.relu(lo - h)
     else:  # official: built from comparisons, a constant
         pen = torch.where(in_band, torch.zeros_like(h), torch.full_like(h, p.out_range_penalty)).detach()
-    metrics["method/epo/history_mean"] = s.loss.new_tensor(p.history_mean)
+    metrics["method/epo/history_mean"] = s.loss.new_tensor(v.history_mean)
     metrics["method/epo/smooth_weight"] = s.loss.new_tensor(w)
     metrics["method/epo/out_of_band_frac"] = masked_mean((~in_band).to(s.loss.dtype), x.mask)
     metrics["method/epo/smooth_penalty"] = masked_mean(pen.detach(), x.mask)

@@ -34,7 +34,7 @@ import torch
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Params:
             raise ValueError(f"valid_correction must be a bool, got {self.valid_correction!r}")
 
 
-def select(x: PolicyInputs, p: Params, generator: torch.Generator | None = None) -> TokenWeights:
+def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights:
     """alpha = B / B_valid over the mini-batch, as [B, 1] (sliced per micro-batch), and its metrics."""
     b = x.logp.shape[0]
     valid = ((x.adv != 0) & (x.mask > 0)).any(-1)  # [B]
@@ -61,10 +61,9 @@ def select(x: PolicyInputs, p: Params, generator: torch.Generator | None = None)
 
 
 @register_policy_loss("gpg", Params, select=select, paper="arXiv:2504.02546", neutral=None)
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
     """-alpha A logp per token. In: [B, T] each. Out: loss [B, T] and policy/* metrics."""
-    alpha = sel["alpha"] if sel is not None else select(x.detached(), p)["alpha"]
-    per_token = -alpha * x.adv * x.logp
+    per_token = -sel["alpha"] * x.adv * x.logp
     with torch.no_grad():
         lr = ppo.log_ratio(x.logp, x.old_logp)
         metrics = {

@@ -15,8 +15,9 @@ Checked against: the arXiv abstract, TRL's paper index (eps 3e-4 / 4e-4, paper v
 verl's `compute_policy_loss_gspo` (read in a public snapshot). Details taken from verl:
     - the combined log-ratio is clamped at max 10 before exp (value s_i <= e^10; gradient stops there);
     - no dual clip;
-    - verl forces `seq-mean-token-mean` aggregation for GSPO. Here the trainer aggregates with the configured
-      `loss_agg_mode`: set `seq-mean-token-mean` to match the paper's objective (1/G sum_i 1/|o_i| sum_t).
+    - aggregation: verl 0.9.1 aggregates GSPO with the configured `actor.loss_agg_mode` (default token-mean; the
+      function's own default is seq-mean-token-mean, and older verl forced that mode), and so does the trainer
+      here: set `seq-mean-token-mean` to match the paper's objective (1/G sum_i 1/|o_i| sum_t).
 Unverified: the paper text itself (only abstract-level excerpts were read).
 
 Neutral setting: none. Even with eps 0.2/0.2 the clip acts on s_i (one value per sequence), not on token ratios,
@@ -35,7 +36,7 @@ import torch
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean
 
 MAX_LOG_SEQ_RATIO = 10.0  # verl clamps the token-form log-ratio at 10 before exp
 
@@ -57,7 +58,7 @@ def sequence_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.T
 
 
 @register_policy_loss("gspo", Params, paper="arXiv:2507.18071", neutral=None)
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
     """GSPO-token clipped surrogate. In: [B, T] each. Out: loss [B, T] and policy/*, method/gspo/* metrics."""
     seq_lr = sequence_log_ratio(x.logp, x.old_logp, x.mask).detach()  # [B], no gradient (sg)
     token_lr = (seq_lr.unsqueeze(-1) + x.logp - x.logp.detach()).clamp(max=MAX_LOG_SEQ_RATIO)  # value log s_i

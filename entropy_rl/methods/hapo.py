@@ -50,7 +50,7 @@ from torch import Tensor
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean
 
 EPS = 1e-8
 
@@ -95,7 +95,7 @@ def entropy_score(entropy: Tensor, mask: Tensor, pivot: float, signed: bool) -> 
     return (h_hat * m_bool).to(entropy.dtype), median.to(entropy.dtype)
 
 
-def select(x: PolicyInputs, p: Params, generator: torch.Generator | None = None) -> TokenWeights:
+def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights:
     """Entropy score h_hat over the mini-batch from H_cur (detached), else H_old. Out: {"h_hat": [B, T]}."""
     ent = x.entropy if x.entropy is not None else x.old_entropy
     if ent is None:
@@ -132,12 +132,12 @@ def redistribute(adv: Tensor, h_hat: Tensor, ratio: Tensor, lo: Tensor, hi: Tens
     Params,
     select=select,
     paper="arXiv:2509.16591",
-    needs_old_entropy=True,
+    inputs={"old_entropy"},
     neutral={"adaptive_clip": False, "adaptive_advantage": False},
 )
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
     """HAPO clipped surrogate. In: [B, T] each. Out: loss [B, T], policy/* and method/hapo/* metrics."""
-    h_hat = (sel if sel is not None else select(x.detached(), p))["h_hat"].to(x.logp.dtype)
+    h_hat = sel["h_hat"].to(x.logp.dtype)
     lo, hi = clip_ranges(h_hat, p)
     adv = x.adv
     metrics: dict[str, Tensor] = {}

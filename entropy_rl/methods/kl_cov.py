@@ -25,11 +25,10 @@ Departures from the official code (deliberate):
       |logp - old_logp|. Official KL-Cov does not clamp.
     - kl_ratio is a fraction (verl's unit). PRIME's `k_percent` is a percent: divide it by 100.
 
-Presets (`PRESETS`, overrides of the Params defaults; Params stay the single source of defaults):
-    "verl"      = {}                                   verl PolicyLossConfig: kl_cov_ratio 2e-4, ppo_kl_coef 0.1
-    "paper_7b"  = {"kl_ratio": 2e-3, "kl_coef": 1.0}   recipe/dapo/7b_kl_cov.sh (k_percent 0.2 = 2e-3)
-    "paper_32b" = {"kl_ratio": 2e-4, "kl_coef": 1.0}   recipe/dapo/32b_kl_cov.sh (k_percent 0.02 = 2e-4)
-Use `preset("paper_7b")` or put the dict in `algorithm.method_params`.
+Variants (entropy_rl/presets/methods/, `entropy-rl compare --methods NAME`):
+    kl_cov        kl_ratio 2e-3, kl_coef 1.0 (recipe/dapo/7b_kl_cov.sh, k_percent 0.2 = 2e-3)
+    kl_cov_32b    kl_ratio 2e-4, kl_coef 1.0 (recipe/dapo/32b_kl_cov.sh, k_percent 0.02 = 2e-4)
+    kl_cov_verl   the defaults (verl PolicyLossConfig: kl_cov_ratio 2e-4, ppo_kl_coef 0.1)
 
 Params:
     kl_ratio (2e-4): fraction of the mini-batch's valid tokens that get the penalty (verl kl_cov_ratio).
@@ -48,7 +47,7 @@ from torch import Tensor
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean, zero_scalar
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean, zero_scalar
 
 
 @dataclass(frozen=True)
@@ -61,20 +60,6 @@ class Params:
             raise ValueError(f"kl_ratio must be a fraction in [0, 1] (PRIME's k_percent / 100), got {self.kl_ratio}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "verl": {},  # verl PolicyLossConfig / actor.yaml
-    "paper_7b": {"kl_ratio": 2e-3, "kl_coef": 1.0},  # recipe/dapo/7b_kl_cov.sh, verl-recipe/entropy/7b_kl_cov.sh
-    "paper_32b": {"kl_ratio": 2e-4, "kl_coef": 1.0},  # recipe/dapo/32b_kl_cov.sh
-}
-
-
-def preset(name: str, **overrides: Any) -> Params:
-    """Params of a named preset (see `PRESETS`), with further overrides on top."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown kl_cov preset '{name}'. Valid: {', '.join(sorted(PRESETS))}")
-    return Params(**{**PRESETS[name], **overrides})
 
 
 # Once-per-process on-policy warning: count consecutive selections whose penalty is identically zero.
@@ -106,7 +91,7 @@ ON_POLICY_MESSAGE = (
 )
 
 
-def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> TokenWeights:
+def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights:
     """Top-k Cov tokens over the mini-batch. In: [B, T] detached. Out: {"penalize": bool [B, T]}, metrics."""
     valid = x.mask.bool()
     n_valid = int(valid.sum())
@@ -131,14 +116,8 @@ def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> Tok
 
 
 @register_policy_loss("kl_cov", Params, select=select, paper="arXiv:2505.22617", neutral=None)
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
-    """Per-token -A r everywhere plus kl_coef |logp - old_logp| on selected tokens. In: [B, T]. Out: [B, T], metrics.
-
-    Without a selection (direct calls), the selection runs here on this batch.
-    """
-    if sel is None:
-        with torch.no_grad():
-            sel = select(x.detached(), p, None)
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
+    """Per-token -A r everywhere plus kl_coef |logp - old_logp| on selected tokens. In: [B, T]. Out: [B, T], metrics."""
     penalize = sel["penalize"]
     lr = ppo.log_ratio(x.logp, x.old_logp)
     ratio = torch.exp(lr)

@@ -57,7 +57,7 @@ from torch import Tensor
 from entropy_rl.core import ppo
 from entropy_rl.core.kl import kl_k3
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean, zero_scalar
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean, zero_scalar
 
 FEATURE_KAPPA = 0.02  # kappa of the registered `lp_proxy` feature (recipe minp_p_threshold)
 FEATURE_REGULAR_TYPE = "relative"
@@ -65,19 +65,21 @@ MASKED_LOGIT = -1e4  # "hard" masking of the official apply_min_p
 
 
 def min_p_proxy_logp(
-    logits: Tensor, tokens: Tensor, temperature: float, kappa: float = FEATURE_KAPPA, regular_type: str = FEATURE_REGULAR_TYPE
+    logits: Tensor, tokens: Tensor, temperature: float | Tensor, kappa: float = FEATURE_KAPPA,
+    regular_type: str = FEATURE_REGULAR_TYPE,
 ) -> Tensor:
     """log pi_proxy(o_t): min-p filter on the un-tempered probs, masked logits -> -1e4, tempered log-softmax.
 
     Args:
-        logits: [B, T, V] raw logits (any dtype; computed in fp32).
-        tokens: [B, T] sampled token ids.
-        temperature: rollout temperature tau (applied after the filter).
+        logits: [..., V] raw logits (any dtype; computed in fp32), e.g. one chunk [n, V] or a batch [B, T, V].
+        tokens: [...] sampled token ids.
+        temperature: rollout temperature tau (applied after the filter): a float or a tensor broadcasting
+            against the logits ([n, 1] for per-token temperatures).
         kappa: min-p threshold.
         regular_type: "relative" (p_v >= kappa * max p) or "fixed" (p_v >= kappa).
 
     Returns:
-        [B, T] fp32 log-probabilities of the tokens under the proxy (no gradient).
+        [...] fp32 log-probabilities of the tokens under the proxy (no gradient).
     """
     with torch.no_grad():
         z = logits.float()
@@ -93,8 +95,8 @@ def min_p_proxy_logp(
         return lp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def lp_proxy_feature(logits: Tensor, tokens: Tensor, temperature: float, p: "Params") -> Tensor:
-    """The registered feature: `min_p_proxy_logp` with the method's kappa and regular_type. [B, T]."""
+def lp_proxy_feature(logits: Tensor, tokens: Tensor, temperature: float | Tensor, p: "Params") -> Tensor:
+    """The registered feature, per chunk: `min_p_proxy_logp` with the method's kappa and regular_type. [n, V] -> [n]."""
     return min_p_proxy_logp(logits, tokens, temperature, p.kappa, p.regular_type)
 
 
@@ -138,7 +140,7 @@ def _lowest_logp(logp: Tensor, candidates: Tensor, rho: float, min_k: int) -> Te
     return out
 
 
-def select(x: PolicyInputs, p: Params, generator: torch.Generator | None = None) -> TokenWeights:
+def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights:
     """Lowest-logp negative (and positive) tokens of the mini-batch whose logp < lp_proxy. In: [B, T]. Out: bool."""
     valid = x.mask > 0
     lp_proxy = x.extras["lp_proxy"]
@@ -158,12 +160,10 @@ def select(x: PolicyInputs, p: Params, generator: torch.Generator | None = None)
     "lp_reg", Params, select=select, stage="regularizer", paper="arXiv:2510.03222",
     neutral={"rho_neg": 0.0, "rho_pos": 0.0}, old_features={"lp_proxy": lp_proxy_feature},
 )
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
     """PPO clip; on selected tokens -A r + beta * k3(logp, lp_proxy). In: [B, T] each. Out: [B, T], metrics."""
     s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, p.eps_low, p.eps_high, p.clip_ratio_c)
     metrics = ppo.surrogate_metrics(s, x.logp, x.old_logp, x.mask)
-    if sel is None:
-        sel = select(x.detached(), p, None)
     reg = sel["reg"] & (x.mask > 0)
     k3 = kl_k3(x.logp, x.extras["lp_proxy"].detach())
     per_token = torch.where(reg, -x.adv * s.ratio + p.beta * k3, s.loss)

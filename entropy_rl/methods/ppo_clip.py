@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Params:
 
 
 @register_policy_loss("ppo_clip", Params, paper="arXiv:1707.06347", neutral={})
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
     """Per-token clipped surrogate. In: [B, T] each. Out: loss [B, T] and policy/* metrics."""
     s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, p.eps_low, p.eps_high, p.clip_ratio_c)
     return LossOutput(s.loss, ppo.surrogate_metrics(s, x.logp, x.old_logp, x.mask))

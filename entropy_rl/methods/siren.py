@@ -19,12 +19,14 @@ How the scalar penalty becomes a per-token loss (our design; micro-batch invaria
 of a mini-batch mean does not decompose over micro-batches. `select` computes H_sel over the whole mini-batch
 (the detached values of the current pass; the mask S needs no gradient) and the constant
 g = 2 lambda (H_sel - H_anchor). `loss` adds per token  g * w_bt * (H_bt - sg(H_bt)) + v_bt, where w_bt =
-S_bt / (n_b B a_bt) undoes the aggregation weight a_bt of token (b, t) under `loss_agg_mode` (token-mean:
-1/N; seq-mean-token-mean: 1/(len_b B); seq-mean-token-sum: 1/B; seq-mean-token-sum-norm: 1/(B norm_length)),
-and v_bt spreads the value lambda (H_sel - H_anchor)^2 over the valid tokens the same way. After aggregation
-the value is exactly lambda (H_sel - H_anchor)^2 and the gradient exactly 2 lambda (H_sel - H_anchor) grad
-H_sel, i.e. that of the mini-batch objective, whatever the micro-batch split. `loss_agg_mode` (and
-`norm_length` for seq-mean-token-sum-norm) must therefore equal the trainer's.
+S_bt / (n_b B a_bt) undoes the trainer's aggregation weight a_bt of token (b, t) (`aggregation_weights` of
+the step context's `agg`: token-mean 1/N; seq-mean-token-mean 1/(len_b B); seq-mean-token-sum 1/B;
+seq-mean-token-sum-norm 1/(B norm_length)), and v_bt spreads the value
+lambda (H_sel - H_anchor)^2 over the valid tokens the same way. After aggregation the value is exactly
+lambda (H_sel - H_anchor)^2 and the gradient exactly 2 lambda (H_sel - H_anchor) grad H_sel, i.e. that of the
+mini-batch objective, whatever the micro-batch split and aggregation mode. With `algorithm.selection_scope:
+microbatch` each micro-batch's penalty is weighted by its share of the mini-batch's sequences, B_micro / B_mb
+(the official 1 / gradient_accumulation).
 
 Departures from the official code:
     - the statistic is over the optimizer mini-batch, not per micro-batch (the official squared penalty is
@@ -32,25 +34,26 @@ Departures from the official code:
     - the official code applies `mask_by_quantile` twice (the second time on the already-zeroed entropy) and
       does not intersect with the response mask, so padding positions above tau_b can be selected; we apply it
       once, restricted to valid tokens (the same set up to ties and that padding leak).
-    - the anchor is set by the method state in `before_update` of the first step (the trainer calls it before
-      `state.params`), so step 1 already uses it (its penalty is 0 at step 1 by construction: H_sel = anchor
-      on the first mini-batch of an on-policy step).
-    - `anchor=None` with no state (function API): the anchor is the current mini-batch's H_sel (zero penalty).
+    - the anchor is set by the method state in `before_update` of the first step (before the step's context
+      is built), so step 1 already uses it (its penalty is 0 at step 1 by construction: H_sel = anchor on the
+      first mini-batch of an on-policy step).
+    - no anchor yet (function API without `values=SirenValues(anchor=...)`): the anchor is the current
+      mini-batch's H_sel (zero penalty).
     - if V < top_k the official `topk` raises and falls back to the full entropy; we use K = min(top_k, V).
     - the registered feature computes the top-p entropy with this method's top_p and top_k (function API:
       call `topp_entropy` yourself and pass extras["topp_entropy"]).
     - defaults as `exp_scripts/siren.sh`: lambda 0.005, dual clip 3, symmetric eps 0.2 (the script's 0.28 is
       shadowed by the yaml's clip_ratio_low/high); the recipe uses Dr.GRPO advantages and
-      seq-mean-token-sum-norm aggregation, set in the trainer config (and here via `loss_agg_mode`).
+      seq-mean-token-sum-norm aggregation, set in the trainer config (configs/methods/siren.yaml).
 
 Params:
     eps_low (0.2), eps_high (0.2), clip_ratio_c (3.0): PPO clip of the base loss, as ppo_clip.
     coef (0.005): lambda, weight of the squared anchored penalty; 0 reduces to ppo_clip.
     mask_ratio (0.8): quantile level of the per-sequence peak mask (top 20% kept).
     top_p (0.8), top_k (10000): nucleus of the top-p entropy.
-    anchor (None): H_anchor in nats; set by the method state after the first step; None = current H_sel.
-    loss_agg_mode ("token-mean"): the trainer's aggregation mode, used to distribute the penalty.
-    norm_length (None): the Dr.GRPO constant of seq-mean-token-sum-norm; None = T of the batch.
+
+Run-time values (`SirenValues`, built by the state each step, not Params):
+    anchor: H_anchor in nats, set from the first pre-update batch; None = the current H_sel.
 
 Metrics:
     method/siren/h_sel: H_sel of the mini-batch (nats).
@@ -61,7 +64,6 @@ Metrics:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -69,21 +71,23 @@ import torch
 from torch import Tensor
 
 from entropy_rl.core import ppo
-from entropy_rl.core.aggregate import AGG_MODES
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights
 
 FEATURE_TOP_P = 0.8  # entropy_topp of the registered feature
 FEATURE_TOP_K = 10_000  # entropy_topk of the registered feature
 NORM_EPS = 1e-12  # the official renormalisation / log epsilon
 
 
-def topp_entropy(logits: Tensor, temperature: float, top_p: float = FEATURE_TOP_P, top_k: int = FEATURE_TOP_K) -> Tensor:
+def topp_entropy(
+    logits: Tensor, temperature: float | Tensor, top_p: float = FEATURE_TOP_P, top_k: int = FEATURE_TOP_K
+) -> Tensor:
     """SIREN's top-p entropy, differentiable, fp32: the crossing token is excluded; m = 0 gives 0.
 
     Args:
         logits: [..., V] raw logits.
-        temperature: tau; probabilities are softmax(logits / tau).
+        temperature: tau; probabilities are softmax(logits / tau). A float or a tensor broadcasting against the
+            logits ([n, 1] for per-token temperatures).
         top_p: nucleus mass p; tokens whose cumulative mass (descending) is < p are kept.
         top_k: only the top-K probabilities are considered, K = min(top_k, V).
 
@@ -100,8 +104,8 @@ def topp_entropy(logits: Tensor, temperature: float, top_p: float = FEATURE_TOP_
     return -(q * torch.log(q + NORM_EPS)).sum(-1)
 
 
-def topp_entropy_feature(logits: Tensor, tokens: Tensor, temperature: float, p: "Params") -> Tensor:
-    """The registered feature: `topp_entropy` with the method's top_p and top_k. [B, T, V] -> [B, T]."""
+def topp_entropy_feature(logits: Tensor, tokens: Tensor, temperature: float | Tensor, p: "Params") -> Tensor:
+    """The registered feature, per chunk: `topp_entropy` with the method's top_p and top_k. [n, V] -> [n]."""
     return topp_entropy(logits, temperature, p.top_p, p.top_k)
 
 
@@ -114,9 +118,6 @@ class Params:
     mask_ratio: float = 0.8  # quantile level of the peak mask (top 20% kept)
     top_p: float = FEATURE_TOP_P  # entropy_topp
     top_k: int = FEATURE_TOP_K  # entropy_topk
-    anchor: float | None = None  # H_anchor (nats); set by the method state; None = current H_sel
-    loss_agg_mode: str = "token-mean"  # must equal the trainer's algorithm.loss_agg_mode
-    norm_length: float | None = None  # seq-mean-token-sum-norm constant; None = T of the batch
 
     def __post_init__(self) -> None:
         ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
@@ -124,10 +125,13 @@ class Params:
             raise ValueError(f"coef must be >= 0, got {self.coef}")
         if not 0.0 <= self.mask_ratio <= 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1], got {self.mask_ratio}")
-        if self.loss_agg_mode not in AGG_MODES:
-            raise ValueError(f"loss_agg_mode must be one of {', '.join(AGG_MODES)}, got '{self.loss_agg_mode}'")
-        if self.norm_length is not None and self.norm_length <= 0:
-            raise ValueError(f"norm_length must be > 0, got {self.norm_length}")
+
+
+@dataclass(frozen=True)
+class SirenValues:
+    """Run-time values of one step: H_anchor in nats, or None before it is set (then the current H_sel)."""
+
+    anchor: float | None = None
 
 
 def peak_mask(h: Tensor, mask: Tensor, mask_ratio: float) -> Tensor:
@@ -146,29 +150,23 @@ def selected_entropy(h: Tensor, sel: Tensor) -> Tensor:
     return per_seq.sum() / max(h.shape[0], 1)
 
 
-def _agg_inverse_weight(mask: Tensor, mode: str, norm_length: float | None) -> Tensor:
-    """[B, T] 1 / (B a_bt): undoes the trainer's aggregation weight a_bt of each token (times B), 0 off mask."""
-    m = mask.to(torch.float32)
-    b, t = m.shape
-    if mode == "token-mean":
-        w = m * m.sum().clamp_min(1.0) / max(b, 1)  # a = 1/N
-    elif mode == "seq-mean-token-mean":
-        w = m * m.sum(-1, keepdim=True).clamp_min(1.0)  # a = 1/(len_b B)
-    elif mode == "seq-mean-token-sum":
-        w = m.clone()  # a = 1/B
-    else:  # seq-mean-token-sum-norm
-        w = m * float(norm_length if norm_length is not None else t)  # a = 1/(B L)
-    return w
+def inverse_aggregation_weight(mask: Tensor, ctx: StepContext) -> Tensor:
+    """[B, T] 1 / (B_mb a_bt): undoes the trainer's aggregation weight a_bt of each token (times the mini-batch's
+    sequence count B_mb = ctx.agg.num_seqs, default B), 0 off the mask."""
+    a = ctx.agg.weights(mask.to(torch.float32))  # [B, T], > 0 exactly on valid tokens
+    n_seqs = float(mask.shape[0] if ctx.agg.num_seqs is None else ctx.agg.num_seqs)
+    return torch.where(a > 0, 1.0 / (a * n_seqs), torch.zeros_like(a))
 
 
-def select(x: PolicyInputs, p: Params, generator: torch.Generator | None = None) -> TokenWeights:
+def select(x: PolicyInputs, p: Params, ctx: StepContext[SirenValues], generator: torch.Generator | None) -> TokenWeights:
     """Peak mask, H_sel over the mini-batch, and the per-token weights that turn the penalty into a loss."""
     h = x.extras["topp_entropy"].detach().float()
     s = peak_mask(h, x.mask, p.mask_ratio)
     h_sel = selected_entropy(h, s)
-    anchor = h_sel if p.anchor is None else h_sel.new_tensor(float(p.anchor))
+    anchor_value = ctx.values_as(SirenValues, "siren").anchor
+    anchor = h_sel if anchor_value is None else h_sel.new_tensor(float(anchor_value))
     diff = h_sel - anchor
-    inv = _agg_inverse_weight(x.mask, p.loss_agg_mode, p.norm_length)  # [B, T] = 1 / (B a_bt) on valid tokens
+    inv = inverse_aggregation_weight(x.mask, ctx)  # [B, T] = 1 / (B_mb a_bt) on valid tokens
     n_sel = s.to(h.dtype).sum(-1, keepdim=True)  # [B, 1]
     grad_w = 2.0 * p.coef * diff * s.to(h.dtype) / n_sel.clamp_min(1.0) * inv
     valid = (x.mask > 0).to(h.dtype)
@@ -192,11 +190,12 @@ class SirenState:
     """The anchor H_anchor: set once from the first pre-update batch, then fixed; checkpointed."""
 
     def __init__(self, p: Params) -> None:
-        self.anchor: float | None = p.anchor
+        self.anchor: float | None = None
         self.mask_ratio = p.mask_ratio
 
-    def params(self, p: Params) -> Params:
-        return p if self.anchor is None else dataclasses.replace(p, anchor=self.anchor)
+    def values(self, p: Params) -> SirenValues:
+        """The anchor of this step (pure)."""
+        return SirenValues(self.anchor)
 
     def before_update(self, x: PolicyInputs) -> None:
         if self.anchor is None and "topp_entropy" in x.extras:
@@ -220,12 +219,10 @@ class SirenState:
     "siren", Params, select=select, stage="regularizer", paper="arXiv:2509.25133", neutral={"coef": 0.0},
     cur_features={"topp_entropy": topp_entropy_feature}, make_state=SirenState,
 )
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext[SirenValues]) -> LossOutput:
     """PPO clip plus the linearised anchored penalty on peak tokens. In: [B, T] each. Out: [B, T], metrics."""
     s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, p.eps_low, p.eps_high, p.clip_ratio_c)
     metrics = ppo.surrogate_metrics(s, x.logp, x.old_logp, x.mask)
-    if sel is None:  # a single call is its own mini-batch
-        sel = select(x.detached(), p, None)
     h = x.extras["topp_entropy"]
     penalty = sel["grad_w"] * (h - h.detach()) + sel["value"]
     return LossOutput(s.loss + penalty.to(s.loss.dtype), metrics)

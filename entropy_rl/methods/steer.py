@@ -27,10 +27,9 @@ Departures from the official code (deliberate):
       signature's (linear, 0.8/1.2, c = 3) nor dp_actor's fallback (0.95/1.05).
     - weight_max is read by the linear map only; the exp map clamps to [weight_min, 1] as the official code.
 
-Presets (`PRESETS`, overrides of the Params defaults; Params stay the single source of defaults):
-    "exp"    = {}                                            run/run_exp.sh
-    "linear" = {"weight_map": "linear", "weight_max": 1.2}   run_linear.sh: [0.8, 1.2]
-Use `preset("linear")` or put the dict in `algorithm.method_params`.
+Variants (entropy_rl/presets/methods/, `entropy-rl compare --methods NAME`):
+    steer          the defaults (run/run_exp.sh)
+    steer_linear   weight_map linear, weight_max 1.2 (run_linear.sh: [0.8, 1.2])
 
 Params:
     weight_map ("exp"): "exp" (paper's lambda = exp(-k |Omega|)) or "linear".
@@ -46,14 +45,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean, zero_scalar
+from entropy_rl.core.stats import entropy_change_omega, quantiles
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean, zero_scalar
 
 WEIGHT_MAPS = ("exp", "linear")
 OMEGAS = ("official", "first_order")
@@ -82,19 +81,6 @@ class Params:
         ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "exp": {},  # run/run_exp.sh
-    "linear": {"weight_map": "linear", "weight_max": 1.2},  # run_linear.sh
-}
-
-
-def preset(name: str, **overrides: Any) -> Params:
-    """Params of a named preset (see `PRESETS`), with further overrides on top."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown steer preset '{name}'. Valid: {', '.join(sorted(PRESETS))}")
-    return Params(**{**PRESETS[name], **overrides})
-
-
 def steer_omega(logp: Tensor, old_logp: Tensor, adv: Tensor, old_entropy: Tensor, omega: str = "official") -> Tensor:
     """Per-token entropy-change estimate Omega (official compute_token_weights), non-finite set to 0. [B, T].
 
@@ -108,12 +94,8 @@ def steer_omega(logp: Tensor, old_logp: Tensor, adv: Tensor, old_entropy: Tensor
     Returns:
         [B, T] signed Omega (not masked).
     """
-    p = torch.exp(logp).clamp(1e-8, 1.0 - 1e-8)
-    p_old = torch.exp(old_logp).clamp(1e-8, 1.0)
-    out = (adv / p_old) * (p * (1.0 - p) * (torch.log(p) + old_entropy))
-    if omega == "first_order":
-        out = p * out
-    return torch.where(torch.isfinite(out), out, torch.zeros_like(out))
+    out = entropy_change_omega(logp, old_logp, adv, old_entropy)
+    return torch.exp(logp).clamp(1e-8, 1.0 - 1e-8) * out if omega == "first_order" else out
 
 
 def steer_weights(abs_omega: Tensor, mask: Tensor, p: Params) -> Tensor:
@@ -135,18 +117,7 @@ def steer_weights(abs_omega: Tensor, mask: Tensor, p: Params) -> Tensor:
     return weights
 
 
-def _quantile(values: Tensor, q: float) -> Tensor:
-    """q-quantile of a 1-D tensor by kthvalue, linear interpolation at q (N - 1) (torch.quantile caps at 2^24)."""
-    n = values.numel()
-    pos = q * (n - 1)
-    i, frac = int(math.floor(pos)), pos - math.floor(pos)
-    a = torch.kthvalue(values, i + 1).values
-    if frac == 0.0 or i + 1 >= n:
-        return a
-    return a + frac * (torch.kthvalue(values, i + 2).values - a)
-
-
-def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> TokenWeights:
+def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights:
     """Per-token weights from |Omega| over the mini-batch. In: [B, T] detached. Out: {"weight": [B, T]}, metrics."""
     if x.old_entropy is None:
         raise ValueError("steer needs old_entropy (H_old from the pre-update pass)")
@@ -154,7 +125,7 @@ def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> Tok
     weights = steer_weights(abs_omega, x.mask, p)
     valid = x.mask.bool()
     if valid.any():
-        w_min, om_p99 = weights[valid].min(), _quantile(abs_omega[valid].float(), 0.99).to(x.logp.dtype)
+        w_min, om_p99 = weights[valid].min(), quantiles(abs_omega[valid].float(), [0.99])[0].to(x.logp.dtype)
     else:
         w_min, om_p99 = zero_scalar(x.logp), zero_scalar(x.logp)
     metrics = {
@@ -167,16 +138,10 @@ def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> Tok
 
 
 @register_policy_loss(
-    "steer", Params, select=select, paper="arXiv:2510.10150", needs_old_entropy=True, neutral={"weight_min": 1.0}
+    "steer", Params, select=select, paper="arXiv:2510.10150", inputs={"old_entropy"}, neutral={"weight_min": 1.0}
 )
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
-    """Per-token w * PPO clipped loss, w detached from `select`. In: [B, T] each. Out: [B, T], metrics.
-
-    Without a selection (direct calls), the weights are computed here on this batch.
-    """
-    if sel is None:
-        with torch.no_grad():
-            sel = select(x.detached(), p, None)
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
+    """Per-token w * PPO clipped loss, w detached from `select`. In: [B, T] each. Out: [B, T], metrics."""
     w = sel["weight"].detach()
     s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, p.eps_low, p.eps_high, p.clip_ratio_c)
     metrics = ppo.surrogate_metrics(s, x.logp, x.old_logp, x.mask)

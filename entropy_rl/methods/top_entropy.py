@@ -6,7 +6,10 @@ Reasoning", arXiv:2506.01939 (NeurIPS 2025). Official code: Shenzhi-Wang/Beyond-
 
 Selection (`select`, over the valid tokens of the optimizer mini-batch):
     k = max(1, ceil(rho * N_valid)) tokens with the highest entropy, by torch.topk (exactly k: ties at the
-    threshold are broken by topk, like the official code; TRL's `H >= quantile` can select more).
+    threshold are broken by topk, like the official code). TRL's `H >= torch.quantile(H, 1 - rho)` (trl 1.16
+    `get_high_entropy_mask`) keeps 1 + floor(rho (N_valid - 1)) tokens of distinct entropy: the same k when
+    rho = 1/m (0.2, 0.1, 0.5, ...), one fewer when frac(rho N_valid) lies in (0, rho) (rho 0.3, N_valid 7: 2
+    against 3), and every token tied at its threshold besides (then more).
     threshold = the k-th largest entropy (logged).
 Loss (`loss`, per micro-batch): l_t = 1[t selected] * scale * PPO clipped loss (clip-higher and dual clip), where
     normalize="all_tokens" (paper objective, TRL): scale = 1; the trainer's token-mean divides by all valid tokens.
@@ -20,14 +23,13 @@ as the official code does; the trainer gives `select` the current policy's entro
 
 Departures from the official code (deliberate):
     - Selection over the whole optimizer mini-batch, not per micro-batch (toolkit rule).
-    - Default entropy source is H_old (official: H_cur); use the "official" preset to reproduce the code.
+    - Default entropy source is H_old (official: H_cur); the `top_entropy_official` variant reproduces the code.
     - Default normaliser is the paper's (all tokens); the official code's is offered as "selected_tokens".
     - k uses ceil(rho * N_valid - 1e-6), so float noise (0.7 * 10 = 7.000000000000001) does not add a token.
 
-Presets (`PRESETS`, overrides of the Params defaults; Params stay the single source of defaults):
-    "paper"    = {}                                                      paper objective, H_old (toolkit default)
-    "official" = {"normalize": "selected_tokens", "entropy_source": "current"}   the released code
-Use `preset("official")` or put the dict in `algorithm.method_params`.
+Variants (entropy_rl/presets/methods/, `entropy-rl compare --methods NAME`):
+    top_entropy            the defaults: paper objective, H_old (toolkit default)
+    top_entropy_official   normalize selected_tokens, entropy_source current (the released code)
 
 Params:
     rho (0.2): fraction of the mini-batch's valid tokens kept (actor.entropy_top_ratio); 1.0 reproduces ppo_clip.
@@ -42,13 +44,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, TokenWeights, masked_mean, zero_scalar
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean, zero_scalar
 
 NORMALIZE = ("all_tokens", "selected_tokens")
 ENTROPY_SOURCES = ("old", "current")
@@ -73,19 +74,6 @@ class Params:
         ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},  # the paper's objective (all-token normaliser) with the toolkit's H_old
-    "official": {"normalize": "selected_tokens", "entropy_source": "current"},  # the released code
-}
-
-
-def preset(name: str, **overrides: Any) -> Params:
-    """Params of a named preset (see `PRESETS`), with further overrides on top."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown top_entropy preset '{name}'. Valid: {', '.join(sorted(PRESETS))}")
-    return Params(**{**PRESETS[name], **overrides})
-
-
 def n_to_keep(rho: float, n_valid: int) -> int:
     """max(1, ceil(rho * N_valid)) capped at N_valid; 0 when there is no valid token."""
     if n_valid == 0:
@@ -93,7 +81,7 @@ def n_to_keep(rho: float, n_valid: int) -> int:
     return min(n_valid, max(1, math.ceil(rho * n_valid - 1e-6)))
 
 
-def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> TokenWeights:
+def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights:
     """Top-rho entropy tokens over the mini-batch. In: [B, T] detached. Out: {"keep": bool, "scale": [B, 1]}, metrics."""
     h = x.old_entropy if p.entropy_source == "old" else x.entropy
     if h is None:
@@ -121,16 +109,11 @@ def select(x: PolicyInputs, p: Params, generator: torch.Generator | None) -> Tok
 
 
 @register_policy_loss(
-    "top_entropy", Params, select=select, paper="arXiv:2506.01939", needs_old_entropy=True, neutral={"rho": 1.0}
+    "top_entropy", Params, select=select, paper="arXiv:2506.01939", inputs={"old_entropy", "entropy"},
+    neutral={"rho": 1.0},
 )
-def loss(x: PolicyInputs, p: Params, sel: TokenWeights | None = None) -> LossOutput:
-    """Per-token PPO loss on the selected high-entropy tokens only, times the normaliser scale. [B, T] in and out.
-
-    Without a selection (direct calls), the selection runs here on this batch.
-    """
-    if sel is None:
-        with torch.no_grad():
-            sel = select(x.detached(), p, None)
+def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
+    """Per-token PPO loss on the selected high-entropy tokens only, times the normaliser scale. [B, T] in and out."""
     keep, scale = sel["keep"], sel["scale"]
     s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, p.eps_low, p.eps_high, p.clip_ratio_c)
     per_token = torch.where(keep, s.loss * scale, torch.zeros_like(s.loss))

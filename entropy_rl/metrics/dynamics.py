@@ -13,6 +13,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from entropy_rl.core.ppo import token_covariance
+from entropy_rl.core.stats import entropy_change_omega, quantiles
+from entropy_rl.core.types import masked_mean
+
 __all__ = [
     "cov_logp_adv",
     "distinct_answers",
@@ -25,54 +29,6 @@ __all__ = [
 
 # The quantiles `entropy_stats` reports, as (key suffix, q).
 _ENTROPY_QUANTILES: tuple[tuple[str, float], ...] = (("p10", 0.10), ("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
-
-
-def quantiles(values: Tensor, qs: Sequence[float]) -> Tensor:
-    """Quantiles of a 1-D tensor, matching `numpy.quantile(values, qs, method="linear")`.
-
-    Uses `torch.kthvalue` (two order statistics per q, linearly interpolated at position q * (N - 1))
-    instead of `torch.quantile`, which refuses inputs above 2**24 elements: a rollout batch of
-    512 x 32k response tokens is already past that.
-
-    Args:
-        values: [N] values (any float or integer dtype; any device). Should be finite: NaN ordering in
-            `kthvalue` is unspecified.
-        qs: quantile levels, each in [0, 1].
-
-    Returns:
-        [len(qs)] quantiles on `values.device`, dtype `values.dtype` for float input, float64 for integer
-        input. For empty `values` the result is all zeros: callers must check `values.numel()` and skip
-        (`entropy_stats` omits the keys) rather than log a made-up number.
-
-    Raises:
-        ValueError: if `values` is not 1-D or a q lies outside [0, 1].
-    """
-    if values.dim() != 1:
-        raise ValueError(f"quantiles expects a 1-D tensor, got shape {tuple(values.shape)}")
-    for q in qs:
-        if not 0.0 <= float(q) <= 1.0:
-            raise ValueError(f"quantile level must be in [0, 1], got {q}")
-    out_dtype = values.dtype if values.is_floating_point() else torch.float64
-    n = values.numel()
-    out = torch.zeros(len(qs), dtype=out_dtype, device=values.device)
-    if n == 0:
-        return out
-    work = values.double()  # interpolate in fp64 so fp32 inputs lose nothing in the lerp
-    cache: dict[int, Tensor] = {}
-
-    def order_stat(i: int) -> Tensor:  # i is 0-based; kthvalue's k is 1-based
-        if i not in cache:
-            cache[i] = torch.kthvalue(work, i + 1).values
-        return cache[i]
-
-    for j, q in enumerate(qs):
-        pos = float(q) * (n - 1)
-        lo = min(int(math.floor(pos)), n - 1)
-        hi = min(lo + 1, n - 1)
-        frac = pos - lo
-        v_lo = order_stat(lo)
-        out[j] = v_lo if frac == 0.0 or hi == lo else v_lo + (order_stat(hi) - v_lo) * frac
-    return out
 
 
 def entropy_stats(
@@ -196,12 +152,10 @@ def cov_logp_adv(logp: Tensor, adv: Tensor, mask: Tensor) -> float:
     """
     if logp.shape != adv.shape or logp.shape != mask.shape:
         raise ValueError(f"logp, adv, mask must share a shape, got {tuple(logp.shape)}, {tuple(adv.shape)}, {tuple(mask.shape)}")
-    m = mask.detach().bool()
-    x = logp.detach().double()[m]  # [N]
-    y = adv.detach().double()[m]  # [N]
-    if x.numel() < 2:
+    m = mask.detach().double()
+    if m.sum() < 2:
         return 0.0
-    return float(((x - x.mean()) * (y - y.mean())).mean())
+    return float(masked_mean(token_covariance(logp.detach().double(), adv.detach().double(), m), m))
 
 
 def _check_count(name: str, value: int) -> int:
@@ -393,10 +347,9 @@ def steer_omega_signal(old_logp: Tensor, adv: Tensor, old_entropy: Tensor, mask:
     Returns:
         The masked mean of -Omega (a float).
     """
-    p = old_logp.double().exp().clamp(1e-8, 1 - 1e-8)
-    omega = adv.double() * (1 - p) * (torch.log(p) + old_entropy.double())
-    m = mask.double()
-    return float(-(omega * m).sum() / m.sum().clamp_min(1.0))
+    old = old_logp.detach().double()
+    omega = entropy_change_omega(old, old, adv.detach().double(), old_entropy.detach().double())
+    return float(-masked_mean(omega, mask.double()))
 
 
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:

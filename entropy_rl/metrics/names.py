@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["METRICS", "PATTERNS", "describe", "is_known", "render_markdown"]
+__all__ = ["COMPLETION_FIELDS", "METRICS", "PATTERNS", "describe", "is_known", "render_markdown"]
 
 # Shorthand used in definitions: "response tokens" = tokens with mask == 1 in the rollout batch of the step.
 METRICS: dict[str, str] = {
-    "step": "training step index, the x-axis of every other metric; one step = one rollout batch and its update (count)",
+    "step": (
+        "training step index, the x-axis of every other metric; one step = one rollout batch and its update; "
+        "step 0 is the eval of the policy RL starts from (warm start), before any update, with eval/* and "
+        "timing/eval_s only (count)"
+    ),
     # ---- entropy (pre-update pass; see dynamics.entropy_stats) ----
     "entropy/token_mean": (
         "H_t = -sum_v p_v log p_v, p = softmax(z_t / tau) with tau the sampling temperature; fp32; "
@@ -108,7 +112,8 @@ METRICS: dict[str, str] = {
     "timing/reward_s": "wall time of the verifier (reward scoring) in the step (seconds)",
     "timing/score_s": "wall time of the pre-update forward pass (old log-probs, H_old, reference log-probs) (seconds)",
     "timing/update_s": "wall time of the optimizer update(s): selection, forward, backward, steps (seconds)",
-    "timing/step_s": "wall time of the whole step (seconds)",
+    "timing/eval_s": "wall time of the step's eval (step 0 and eval steps only) (seconds)",
+    "timing/step_s": "wall time of the whole step, its eval included (seconds)",
     "train/tokens": "cumulative response tokens trained on since the start of the run (tokens)",
 }
 
@@ -120,6 +125,22 @@ PATTERNS: dict[str, str] = {
     "eval/pass@*": "unbiased pass@k over eval problems, k from the key (Chen et al. 2021, arXiv:2107.03374) (probability)",
     "timing/*": "wall time of a named phase of the step (seconds)",
     "method/<name>/*": "metric specific to entropy method <name>, defined in that method's module docstring (unit given there)",
+}
+
+
+# Fields of one line of RUN_DIR/completions.jsonl (entropy_rl.train.samples writes them).
+COMPLETION_FIELDS: dict[str, str] = {
+    "step": "training step whose rollout batch the response belongs to (count)",
+    "index": "row of the response in the rollout batch, 0-based (count)",
+    "group": "prompt group of the response: index // group_size (count)",
+    "prompt": "the prompt text (text)",
+    "completion": "the decoded response without special tokens: untrusted model text (text)",
+    "reward": "the verifier's score of the response (reward units)",
+    "reason": "the verifier's reason code: ok, parse_error, wrong_value, error, timeout, ... (text)",
+    "answer": "the parsed final answer, null if unparseable (text)",
+    "advantage": "mean advantage over the response's tokens; the sequence advantage for sequence-level estimators (advantage units)",
+    "tokens": "the response tokens, each decoded on its own, special tokens (EOS) included (list of text)",
+    "entropy": "per-token H_t of the pre-update pass, aligned with tokens, rounded to 4 decimals (list of nats)",
 }
 
 
@@ -181,12 +202,23 @@ def render_markdown() -> str:
         "variant (in-update, sequence-mean, untempered, top-p) is logged under another name. Non-finite values",
         'appear in the JSONL log as the strings "nan", "inf", "-inf".',
         "",
+        "When `train.eval_every > 0`, metrics.jsonl starts with a row `step: 0`: the eval of the policy RL starts",
+        "from (the SFT warm start or `model.path`), before the first update, holding only `eval/*` and",
+        "`timing/eval_s`. Rows `step >= 1` are RL steps. Each eval has its own seed and restores the RNG state, so",
+        "the RL steps are the same with or without evals.",
+        "",
         "| key | definition (unit) |",
         "|---|---|",
     ]
     lines += [f"| `{key}` | {_cell(text)} |" for key, text in METRICS.items()]
     lines += ["", "## Key families", "", "| pattern | definition (unit) |", "|---|---|"]
     lines += [f"| `{pattern}` | {_cell(text)} |" for pattern, text in PATTERNS.items()]
+    lines += ["", "## completions.jsonl", "",
+              "At step 1, every `train.log_completions_every` steps and at the last step, the first",
+              "`train.log_completions_n` responses of the rollout batch (whole groups when n is a multiple of the",
+              "group size), one JSON object per line. Non-finite numbers are the strings \"nan\", \"inf\", \"-inf\".",
+              "", "| field | definition (unit) |", "|---|---|"]
+    lines += [f"| `{key}` | {_cell(text)} |" for key, text in COMPLETION_FIELDS.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -1,9 +1,11 @@
 """What a report reads from a run directory, and the numbers it derives from it.
 
-A run directory holds `metrics.jsonl` (one row per step, keys defined in `entropy_rl.metrics.names`),
-`config.yaml` and, in newer runs, `token_entropy/step_NNNNNN.json` ({"step": int, "entropy": [nats]}) for the
-first and last step. Anything may be missing (an old run, a run without the dynamics probe or evals): every
-helper here returns empty / None instead of raising, and the page says what was skipped.
+A run directory holds `metrics.jsonl` (one row per step, keys defined in `entropy_rl.metrics.names`; with
+evals, a first row `step: 0` holds only the eval of the warm start, before any RL update), `config.yaml` and,
+in newer runs, `token_entropy/step_NNNNNN.json` ({"step": int, "entropy": [nats]}) for the first and last step
+and `completions.jsonl` (sampled completions, fields in `COMPLETION_FIELDS`). Anything may be missing (an old
+run, a run without the dynamics probe or evals): every helper here returns empty / None instead of raising,
+and the page says what was skipped.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from entropy_rl.metrics.dynamics import fit_entropy_performance_law, pearson
 from entropy_rl.metrics.sinks import read_jsonl
 
 __all__ = ["RunData", "load_run", "series", "paired", "pass_keys", "headline", "HEADLINE_COLUMNS",
-           "CORR_KEYS", "window"]
+           "CORR_KEYS", "window", "load_completions", "pass_story"]
 
 H, R = "entropy/token_mean", "reward/mean"
 D_ACTUAL = "dynamics/dH_actual"
@@ -47,6 +49,7 @@ class RunData:
         rows: metrics.jsonl records in file order (empty if the file is missing).
         config: config.yaml as a dict (empty if missing or unreadable).
         token_entropy: {step: per-token entropies in nats} from token_entropy/*.json.
+        completions: completions.jsonl records that have every field of COMPLETION_FIELDS, in file order.
         problems: what could not be read, for the page.
     """
 
@@ -55,6 +58,7 @@ class RunData:
     rows: list[dict[str, Any]]
     config: dict[str, Any]
     token_entropy: dict[int, list[float]] = field(default_factory=dict)
+    completions: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
 
@@ -80,7 +84,49 @@ def load_run(run_dir: Path, label: str) -> RunData:
         except yaml.YAMLError as e:
             run.problems.append(f"config.yaml unreadable: {e}")
     run.token_entropy = load_token_entropy(run_dir / "token_entropy", run.problems)
+    run.completions = load_completions(run_dir / "completions.jsonl", run.problems)
     return run
+
+
+# The type each completions.jsonl field (entropy_rl.metrics.names.COMPLETION_FIELDS) must have for the page to
+# show the record (bool is not a number).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "step": (int,), "index": (int,), "group": (int,), "prompt": (str,), "completion": (str,),
+    "reward": (int, float, str), "reason": (str,), "answer": (str, int, float, type(None)), "advantage": (int, float, str),
+    "tokens": (list,), "entropy": (list,),
+}
+
+
+def _number_like(v: Any) -> bool:
+    """A number, or one of the strings JSONL writers use for non-finite numbers."""
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) or v in ("nan", "inf", "-inf")
+
+
+def _valid_completion(r: Any) -> bool:
+    """Whether a record has every field with the expected type (token text and entropies as lists of str / numbers)."""
+    if not isinstance(r, dict):
+        return False
+    for key, types in _FIELD_TYPES.items():
+        if key not in r or isinstance(r[key], bool) or not isinstance(r[key], types):
+            return False
+    return (_number_like(r["reward"]) and _number_like(r["advantage"]) and all(isinstance(t, str) for t in r["tokens"])
+            and all(_number_like(h) for h in r["entropy"]))
+
+
+def load_completions(path: Path, problems: list[str]) -> list[dict[str, Any]]:
+    """Records of completions.jsonl (none if the file is missing); unreadable files and malformed records are
+    noted in `problems` and skipped. Text stays text: "nan" in a completion is not turned into a float."""
+    if not path.is_file():
+        return []
+    try:
+        records = read_jsonl(path, decode_nonfinite=False)
+    except (OSError, ValueError) as e:
+        problems.append(f"{path.name} unreadable: {e}")
+        return []
+    good = [r for r in records if _valid_completion(r)]
+    if len(good) < len(records):
+        problems.append(f"{path.name}: {len(records) - len(good)} malformed records skipped")
+    return good
 
 
 def load_token_entropy(folder: Path, problems: list[str]) -> dict[int, list[float]]:
@@ -115,6 +161,29 @@ def pass_keys(rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
     return sorted(ks.items())
 
 
+def pass_story(rows: list[dict[str, Any]]) -> str | None:
+    """eval/pass@k of the largest logged k at the first eval (step 0 = the warm start), its best and the last.
+
+    Args:
+        rows: metrics.jsonl records.
+
+    Returns:
+        e.g. "pass@8 0.770 at step 0 (warm start), best 0.770 at step 0, last 0.531 at step 300", or None when
+        no finite pass@k was logged.
+    """
+    ks = pass_keys(rows)
+    if not ks:
+        return None
+    key = ks[-1][1]
+    pts = sorted((r["step"], float(r[key])) for r in rows if _finite(r.get(key)) and _finite(r.get("step")))
+    if not pts:
+        return None
+    (s0, v0), (s1, v1) = pts[0], pts[-1]
+    sb, vb = max(pts, key=lambda p: p[1])  # the earliest step of the best value
+    return (f"{key.split('/', 1)[1]} {v0:.3f} at step {s0}{' (warm start)' if s0 == 0 else ''}, "
+            f"best {vb:.3f} at step {sb}, last {v1:.3f} at step {s1}")
+
+
 def window(n_rows: int) -> int:
     """Steps averaged for 'first' and 'last': 10, or half the run if shorter (so the two do not overlap)."""
     return max(1, min(10, n_rows // 2))
@@ -132,14 +201,16 @@ def correlations(rows: list[dict[str, Any]]) -> dict[str, float | None]:
 
 
 HEADLINE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("steps", "steps logged"),
+    ("steps", "RL steps logged (the step-0 eval row not counted)"),
     ("n", "steps averaged as first / last (10, or half a shorter run)"),
     ("H_first", "mean entropy/token_mean over the first n steps (nats)"),
     ("H_last", "mean entropy/token_mean over the last n steps (nats)"),
     ("H_drop_pct", "100 (H_first - H_last) / H_first (%)"),
     ("R_first", "mean reward/mean over the first n steps"),
     ("R_last", "mean reward/mean over the last n steps"),
+    ("pass@1_start", "eval/pass@1 at step 0: the warm start, before any RL update"),
     ("pass@1", "eval/pass@1 at the last eval"),
+    ("pass@8_start", "eval/pass@8 at step 0: the warm start, before any RL update"),
     ("pass@8", "eval/pass@8 at the last eval"),
     ("r(dH_pred)", "Pearson r of dynamics/dH_pred with dynamics/dH_actual over probed steps"),
     ("r(dH_pred_lin)", "Pearson r of dynamics/dH_pred_lin with dynamics/dH_actual over probed steps"),
@@ -155,7 +226,7 @@ HEADLINE_COLUMNS: tuple[tuple[str, str], ...] = (
 def headline(rows: list[dict[str, Any]]) -> dict[str, float | int | None]:
     """The headline numbers of one run (keys = HEADLINE_COLUMNS names), all computed from its logged rows."""
     out: dict[str, float | int | None] = {name: None for name, _ in HEADLINE_COLUMNS}
-    out["steps"] = len(rows)
+    out["steps"] = sum(1 for r in rows if r["step"] >= 1)
     _, hs = series(rows, H)
     _, rs = series(rows, R)
     n = window(len(hs))
@@ -171,6 +242,9 @@ def headline(rows: list[dict[str, Any]]) -> dict[str, float | int | None]:
     if evals:
         out["pass@1"] = evals[-1].get("eval/pass@1")
         out["pass@8"] = evals[-1].get("eval/pass@8")
+        if evals[0]["step"] == 0:
+            out["pass@1_start"] = evals[0].get("eval/pass@1")
+            out["pass@8_start"] = evals[0].get("eval/pass@8")
     for name, r in correlations(rows).items():
         out[f"r({name})"] = r
     law = law_fit(rows)

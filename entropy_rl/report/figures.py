@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from entropy_rl.metrics.dynamics import pearson  # noqa: E402
-from entropy_rl.report.data import D_ACTUAL, H, R, RunData, law_fit, paired, pass_keys, series  # noqa: E402
+from entropy_rl.report.data import D_ACTUAL, H, R, RunData, law_fit, paired, pass_keys, pass_story, series  # noqa: E402
 
 __all__ = ["Figure", "FIGURES"]
 
@@ -265,7 +265,8 @@ def fig_law(runs: list[RunData], out: Path) -> Figure:
 
 
 def fig_pass_at_k(runs: list[RunData], out: Path) -> Figure:
-    """6. pass@k vs k at the first (dashed) and last (solid) eval, and pass@1 / pass@k_max vs step."""
+    """6. pass@k vs k at the first (dashed; step 0 = the warm start) and last (solid) eval, and pass@1 /
+    pass@k_max vs step, with the step-0 eval of the warm start drawn as a star."""
     f = Figure("pass@k")
     have = []
     for run, c in zip(runs, colors(len(runs))):
@@ -279,7 +280,7 @@ def fig_pass_at_k(runs: list[RunData], out: Path) -> Figure:
         return f
     fig, axes = new_figure(12, 4.5, len(have), cols=2)
     ax1, ax2 = axes[0]
-    kmaxes = set()
+    kmaxes, captions = set(), []
     for run, c, ks, evals in have:
         chosen = [(evals[-1], "-")] if len(evals) == 1 else [(evals[0], "--"), (evals[-1], "-")]
         for row, ls in chosen:
@@ -290,18 +291,29 @@ def fig_pass_at_k(runs: list[RunData], out: Path) -> Figure:
         ax2.plot(*series(evals, "eval/pass@1"), color=c, marker="o", ms=4)
         if kmax != 1:
             ax2.plot(*series(evals, keymax), color=c, ls=":", marker="s", ms=4)
+        start = evals[0] if evals[0]["step"] == 0 else None
+        if start is not None:  # the warm start: where RL began
+            ys = [v for key in dict.fromkeys(("eval/pass@1", keymax)) for v in series([start], key)[1]]
+            ax2.plot([0] * len(ys), ys, ls="none", marker="*", ms=13, color=c, markeredgecolor="black", zorder=3)
+        story = pass_story(run.rows)
+        if story:
+            captions.append(f"{run.label}: {story}")
     ax1.set_xscale("log", base=2)
     ax1.set(xlabel="k (samples per problem)", ylabel="pass@k (probability)", title="pass@k vs k")
     ax2.set(xlabel="step", ylabel="pass@k (probability)", title="pass@k vs step")
-    style_legend(ax1, [("first eval", {"ls": "--", "marker": "o"}), ("last eval", {"ls": "-", "marker": "o"})])
+    first = "step 0 (warm start)" if all(evals[0]["step"] == 0 for _, _, _, evals in have) else "first eval"
+    style_legend(ax1, [(first, {"ls": "--", "marker": "o"}), ("last eval", {"ls": "-", "marker": "o"})])
     kname = "/".join(str(k) for k in sorted(kmaxes))
-    style_legend(ax2, [("pass@1", {"ls": "-", "marker": "o"}), (f"pass@{kname}", {"ls": ":", "marker": "s"})])
+    starred = [("warm start (step 0)", {"ls": "none", "marker": "*", "ms": 11})] \
+        if any(evals[0]["step"] == 0 for _, _, _, evals in have) else []
+    style_legend(ax2, [("pass@1", {"ls": "-", "marker": "o"}), (f"pass@{kname}", {"ls": ":", "marker": "s"}), *starred])
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     integer_steps(ax2)
     run_legend(fig, ax1, [(run.label, c) for run, c, _, _ in have])
     f.png = save(fig, out / "fig6_pass_at_k.png")
-    f.caption = "Unbiased pass@k on the eval set (probability); the eval steps are the x values on the right."
+    f.caption = ("Unbiased pass@k on the eval set (probability); the eval steps are the x values on the right; "
+                 "step 0 is the policy RL starts from, before any update." + "".join(f" {c}." for c in captions))
     return f
 
 

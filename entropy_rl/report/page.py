@@ -1,7 +1,9 @@
-"""The HTML page: header with key config, headline table, compare summary, figures as base64 data URIs.
+"""The HTML page: header with key config, headline table, compare summary, figures as base64 data URIs, and
+tables of sampled completions.
 
-Every string that comes from a run (labels, config values, metric keys, notes, the summary table) is passed
-through `html.escape`; the page has inline CSS only and no external references, so it opens offline.
+Every string that comes from a run (labels, config values, metric keys, notes, the summary table, and above
+all the model's completions, which are untrusted text) is passed through `html.escape`; the page has inline
+CSS only and no scripts or external references, so it opens offline.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from typing import Any
 from entropy_rl.report.data import HEADLINE_COLUMNS, RunData, headline
 from entropy_rl.report.figures import Figure
 
-__all__ = ["markdown_table_to_html", "render_page", "fmt", "CONFIG_FIELDS"]
+__all__ = ["markdown_table_to_html", "render_page", "fmt", "CONFIG_FIELDS", "completions_section"]
+
+# Completions shown per logged step, and the logged steps shown per run (the first and the last).
+MAX_COMPLETIONS_PER_STEP = 16
 
 # (column, dotted path in config.yaml) of the header's config table.
 CONFIG_FIELDS: tuple[tuple[str, str], ...] = (
@@ -41,6 +46,8 @@ img { max-width: 100%; border: 1px solid #eee; }
 .caption { color: #444; font-size: 0.9em; }
 div.wide { overflow-x: auto; }
 code { background: #f4f4f4; padding: 0 3px; }
+td.txt { text-align: left; font-family: monospace; white-space: pre-wrap; word-break: break-all; max-width: 40em; }
+span.tok { white-space: pre-wrap; }
 """
 
 
@@ -163,6 +170,67 @@ def figure_section(fig: Figure) -> str:
     return "\n".join(parts)
 
 
+def _num(v: Any) -> float | None:
+    """A logged number as float (None for text such as "nan" or a malformed value)."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def token_spans(tokens: list[str], entropy: list[Any], h_max: float) -> str:
+    """The response as escaped tokens, each shaded by its entropy (alpha = H / h_max) with H in the tooltip."""
+    spans = []
+    for tok, h in zip(tokens, entropy):
+        value = _num(h)
+        if value is None or not math.isfinite(value):
+            spans.append(f'<span class="tok" title="H = {e(h)}">{e(tok)}</span>')
+            continue
+        alpha = min(1.0, max(0.0, value / h_max)) if h_max > 0 else 0.0
+        spans.append(f'<span class="tok" style="background: rgba(228, 26, 28, {0.75 * alpha:.2f})" '
+                     f'title="H = {value:.3f} nats">{e(tok)}</span>')
+    return "".join(spans)
+
+
+def completions_table(records: list[dict[str, Any]]) -> str:
+    """One row per completion: step, reward, reason, advantage, mean token entropy, prompt, shaded response."""
+    finite = [v for r in records for h in r["entropy"] if (v := _num(h)) is not None and math.isfinite(v)]
+    h_max = max(finite, default=0.0)
+    head = ("<tr><th>step</th><th>reward</th><th class=\"l\">reason</th><th>advantage</th>"
+            "<th title=\"mean token entropy of the response (nats)\">mean H</th>"
+            "<th class=\"l\">prompt</th><th class=\"l\">completion (shaded by token entropy)</th></tr>")
+    rows = []
+    for r in records:
+        hs = [v for h in r["entropy"] if (v := _num(h)) is not None]
+        shaded = len(r["tokens"]) == len(r["entropy"])
+        text = token_spans(r["tokens"], r["entropy"], h_max) if shaded else e(r["completion"])
+        reward, adv = (fmt(_num(v)) if _num(v) is not None else v for v in (r["reward"], r["advantage"]))
+        rows.append(f'<tr><td>{e(r["step"])}</td><td>{e(reward)}</td><td class="l">{e(r["reason"])}</td>'
+                    f"<td>{e(adv)}</td><td>{e(fmt(sum(hs) / len(hs) if hs else None))}</td>"
+                    f'<td class="txt">{e(r["prompt"])}</td><td class="txt">{text}</td></tr>')
+    return '<div class="wide"><table>\n' + "\n".join([head, *rows]) + "\n</table></div>"
+
+
+def completions_section(runs: list[RunData]) -> str:
+    """Per run (collapsible, the first open): the completions of the first and last logged step."""
+    parts = ["<h2>Sample completions</h2>",
+             '<p class="caption">What the policy generated: the first responses of the rollout batch at the first '
+             "and last logged step (completions.jsonl), with the verifier's reward and reason, the advantage and the "
+             "mean token entropy. Model text is shown escaped, as data. Token shading: pre-update entropy, darker = "
+             "higher (scaled to the largest in the table); hover a token for its value in nats.</p>"]
+    opened = False
+    for run in runs:
+        if not run.completions:
+            parts.append(f'<p class="note">{e(run.label)}: no completions.jsonl '
+                         "(train.log_completions_every = 0, or a run from before it was logged); skipped</p>")
+            continue
+        steps = sorted({r["step"] for r in run.completions})
+        shown = [r for s in dict.fromkeys([steps[0], steps[-1]])
+                 for r in [r for r in run.completions if r["step"] == s][:MAX_COMPLETIONS_PER_STEP]]
+        title = f"{run.label}: steps {steps[0]} and {steps[-1]}" if len(steps) > 1 else f"{run.label}: step {steps[0]}"
+        parts.append(f"<details{'' if opened else ' open'}><summary>{e(title)} ({len(shown)} completions)</summary>\n"
+                     f"{completions_table(shown)}</details>")
+        opened = True
+    return "\n".join(parts)
+
+
 def render_page(runs: list[RunData], figures: list[Figure], summary_md: str | None) -> str:
     """The whole self-contained HTML document."""
     title = "entropy-rl report: " + (runs[0].label if len(runs) == 1 else f"{len(runs)} runs")
@@ -172,6 +240,7 @@ def render_page(runs: list[RunData], figures: list[Figure], summary_md: str | No
     if summary_md:
         body += ["<h2>Comparison summary (mean ± std over seeds)</h2>", markdown_table_to_html(summary_md)]
     body += [figure_section(fig) for fig in figures]
+    body.append(completions_section(runs))
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n" + "\n".join(body) +
             "\n</body>\n</html>\n")

@@ -1,5 +1,6 @@
 """Rollout engines: they return token ids, masks and sampling log-probs; text is decoded only for scoring."""
 
-from entropy_rl.rollout.hf import RolloutBatch, SamplingParams, generate
+from entropy_rl.rollout.base import ENGINES, RolloutBatch, RolloutEngine, SamplingParams, make_engine
+from entropy_rl.rollout.hf import HfEngine, generate
 
-__all__ = ["RolloutBatch", "SamplingParams", "generate"]
+__all__ = ["ENGINES", "HfEngine", "RolloutBatch", "RolloutEngine", "SamplingParams", "generate", "make_engine"]

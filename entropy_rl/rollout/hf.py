@@ -3,80 +3,35 @@
 The response of each row runs up to and including its first EOS (the EOS token is trained, as in verl);
 positions after it are padding with mask 0. Sampling log-probs come from the processed scores of
 `generate` (after temperature / top-k / top-p), so they are the log-probs of the distribution actually
-sampled from; the trainer recomputes `old_logp` in its own pre-update pass and logs the mismatch.
+sampled from; the trainer recomputes `old_logp` in its own pre-update pass and logs the mismatch. They are
+taken one step at a time from `generate`'s per-step scores (which `generate` itself keeps, T x [B, V] fp32),
+never stacked into a [B, T, V] tensor.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Sampling settings.
-
-    Attributes:
-        temperature: softmax temperature tau (> 0); the entropy metric uses the same tau.
-        top_p: nucleus mass in (0, 1]; 1 disables.
-        top_k: keep the k most likely tokens; 0 disables.
-        max_new_tokens: response length cap T.
-    """
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 16
-
-    def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 for sampling, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0 or self.max_new_tokens < 1:
-            raise ValueError(f"top_k must be >= 0 and max_new_tokens >= 1, got {self.top_k}, {self.max_new_tokens}")
+from entropy_rl.rollout.base import ENGINES, Prompts, RolloutBatch, SamplingParams, contiguous_groups
 
 
-@dataclass(frozen=True)
-class RolloutBatch:
-    """One batch of sampled responses.
-
-    Attributes:
-        prompt_ids: [B, P] int64, left-padded.
-        prompt_mask: [B, P] 1 on prompt tokens.
-        response_ids: [B, T] int64, right-padded after the first EOS.
-        response_mask: [B, T] float, 1 on response tokens up to and including EOS.
-        sampling_logp: [B, T] fp32 log-probs of the sampled tokens under the sampling distribution (0 off mask).
-        texts: decoded completions without special tokens (untrusted text: parse, never evaluate).
-        truncated: [B] bool, no EOS within max_new_tokens.
-    """
-
-    prompt_ids: Tensor
-    prompt_mask: Tensor
-    response_ids: Tensor
-    response_mask: Tensor
-    sampling_logp: Tensor
-    texts: list[str]
-    truncated: Tensor
-
-    @property
-    def input_ids(self) -> Tensor:
-        """[B, P + T] prompt then response."""
-        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
-
-    @property
-    def attention_mask(self) -> Tensor:
-        """[B, P + T] 1 on real tokens."""
-        return torch.cat([self.prompt_mask, self.response_mask.to(self.prompt_mask.dtype)], dim=1)
-
-
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Tokenise prompts, left-padded. Returns ids [B, P] and mask [B, P]."""
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Prompts, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Tokenise prompt strings (or take token-id prompts as they are), left-padded. Returns ids [B, P], mask [B, P]."""
+    if prompts and not isinstance(prompts[0], str):
+        width = max(len(ids) for ids in prompts)
+        ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, row in enumerate(prompts):
+            if len(row):
+                ids[i, width - len(row):] = torch.as_tensor(list(row), dtype=torch.long)
+                mask[i, width - len(row):] = 1
+        return ids.to(device), mask.to(device)
     tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
@@ -99,16 +54,16 @@ def response_mask_from_ids(response_ids: Tensor, eos_id: int) -> tuple[Tensor, T
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    prompts: Prompts,
     sampling: SamplingParams,
     batch_size: int | None = None,
 ) -> RolloutBatch:
-    """Sample one response per prompt (repeat prompts for groups). Uses the global torch RNG.
+    """Sample one response per prompt (repeat prompts for groups; each row is its own group). Global torch RNG.
 
     Args:
         model: causal LM (its current mode is restored afterwards).
         tokenizer: tokenizer with pad and eos tokens.
-        prompts: B prompt strings.
+        prompts: B prompt strings or token-id lists.
         sampling: temperature / top-p / top-k / length.
         batch_size: generate in chunks of this many prompts (None = all at once).
 
@@ -127,7 +82,7 @@ def generate(
 
 
 def generate_chunk(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], sampling: SamplingParams, device: torch.device
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Prompts, sampling: SamplingParams, device: torch.device
 ) -> RolloutBatch:
     """`generate` on one chunk; pads the response width to max_new_tokens."""
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
@@ -146,8 +101,7 @@ def generate_chunk(
     )
     P, T = prompt_ids.shape[1], sampling.max_new_tokens
     response_ids = out.sequences[:, P:]  # [B, T'] with T' <= T
-    scores = torch.stack(out.scores, dim=1).float()  # [B, T', V] processed logits
-    logp = torch.log_softmax(scores, dim=-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)  # [B, T']
+    logp = sampled_logprobs(out.scores, response_ids)  # [B, T']
     pad = T - response_ids.shape[1]
     if pad > 0:
         response_ids = torch.nn.functional.pad(response_ids, (0, pad), value=tokenizer.pad_token_id)
@@ -156,12 +110,35 @@ def generate_chunk(
     response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, tokenizer.pad_token_id))
     logp = torch.where(mask.bool(), logp, torch.zeros_like(logp))
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-    return RolloutBatch(prompt_ids, prompt_mask, response_ids, mask, logp, [t.strip() for t in texts], truncated)
+    B = response_ids.shape[0]
+    return RolloutBatch(prompt_ids, prompt_mask, response_ids, mask, logp, [t.strip() for t in texts], truncated,
+                        group_index=torch.arange(B, device=device),
+                        temperature=torch.full((B, T), sampling.temperature, dtype=torch.float32, device=device))
+
+
+def sampled_logprobs(scores: tuple[Tensor, ...], response_ids: Tensor) -> Tensor:
+    """Log-prob of each sampled token under its step's processed scores, one step at a time (no [B, T, V] stack).
+
+    Args:
+        scores: T' >= 1 per-step processed logits [B, V] from `generate` (after temperature / top-k / top-p).
+        response_ids: [B, T'] the tokens sampled at those steps.
+
+    Returns:
+        [B, T'] fp32 log-probs.
+    """
+    steps = [
+        torch.log_softmax(s.float(), dim=-1).gather(-1, response_ids[:, t : t + 1]).squeeze(-1)  # [B]
+        for t, s in enumerate(scores)
+    ]
+    return torch.stack(steps, dim=1)
 
 
 def concat_rollouts(parts: list[RolloutBatch], pad_id: int) -> RolloutBatch:
     """Concatenate chunks, re-left-padding prompts to a common width."""
     width = max(p.prompt_ids.shape[1] for p in parts)
+    offsets = [0]
+    for p in parts[:-1]:
+        offsets.append(offsets[-1] + int(p.group_index.max()) + 1 if p.group_index.numel() else offsets[-1])
 
     def left_pad(t: Tensor, value: int) -> Tensor:
         return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
@@ -174,4 +151,34 @@ def concat_rollouts(parts: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         sampling_logp=torch.cat([p.sampling_logp for p in parts]),
         texts=[t for p in parts for t in p.texts],
         truncated=torch.cat([p.truncated for p in parts]),
+        group_index=torch.cat([p.group_index + offset for p, offset in zip(parts, offsets)]),
+        temperature=torch.cat([p.temperature for p in parts]),
     )
+
+
+@dataclass(frozen=True)
+class HfParams:
+    """Settings of the `hf` engine (none yet: it generates the whole batch in one `generate` call)."""
+
+
+class HfEngine:
+    """`rollout.engine: hf`: samples with `model.generate` from the training model itself.
+
+    It holds no copy of the weights, so `sync_weights` only re-points it at the model it is given.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.model, self.tokenizer = model, tokenizer
+
+    def generate(self, prompts: Prompts, sampling: SamplingParams, group_size: int = 1) -> RolloutBatch:
+        """`group_size` responses per prompt, rows of a group contiguous; group_index = row // group_size."""
+        rows = [p for p in prompts for _ in range(group_size)]
+        batch = generate(self.model, self.tokenizer, rows, sampling)
+        return replace(batch, group_index=contiguous_groups(len(prompts), group_size, batch.group_index.device))
+
+    def sync_weights(self, model: PreTrainedModel) -> None:
+        """Nothing to copy: the engine samples from the training model."""
+        self.model = model
+
+
+ENGINES.register("hf", HfParams, doc="Hugging Face `generate` on the training model (CPU or one GPU).")(HfEngine)

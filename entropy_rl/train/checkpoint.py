@@ -30,7 +30,6 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from entropy_rl.metrics.sinks import read_jsonl
 from entropy_rl.models.build import DTYPES, save_pretrained
 
 COMPLETE = "COMPLETE"
@@ -268,16 +267,6 @@ def load_latest(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict[
         raise CheckpointError(f"no usable checkpoint in {root} ({'; '.join(problems)}); "
                               "start again with --overwrite or restore a checkpoint")
     return None
-
-
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep only metrics rows with step <= last_step (resume rewinds to its checkpoint)."""
-    if not path.exists():
-        return
-    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------- writing, crash recovery, pruning

@@ -1,19 +1,33 @@
 """`entropy-rl compare`: run several methods x seeds on one task, model and budget, then summarise.
 
-Every run shares one SFT warm start (done once, seed = the base config's seed) so that methods differ only in
-the RL phase; seeds vary the RL phase (sampling, data order, selection). A method name resolves to
-`<methods dir>/<name>.yaml` (a partial config merged over the base config: method, params, and any setting
-the method needs) or, failing that, to a registry key with default parameters. Runs are subprocesses
-(`entropy-rl train`), so one failing run does not end the comparison; finished runs are skipped and
-interrupted ones resumed.
+Every run that needs an SFT warm start shares one (done once, seed = the base config's seed) so that methods
+differ only in the RL phase; seeds vary the RL phase (sampling, data order, selection). A method name resolves
+to a variant (`entropy_rl.presets`: a `--methods-dir` file, else a packaged one) or, failing that, to a
+policy-loss registry key with default parameters; the summary says which. Every run's config is resolved and
+validated before anything is trained, so a typo fails in a second.
+
+Nothing is reused on a name alone. A run directory that holds a run (its `config.yaml`) is resumed or counted as
+finished only when the saved config equals the run's resolved config; otherwise compare stops and names the
+differing keys. The warm start lives in `<out>/_sft/<hash>`, keyed by the sha256 of the settings it depends on
+(`warm_start_settings`), so a changed task or model gets a new one. The default output directory carries a
+hash of the resolved base config, so compares with different overrides never share one. Runs are subprocesses
+(`entropy-rl train`), so one failing run does not end the comparison.
+
+The summary gives, per method and metric, the mean, sample std and 95% bootstrap CI of the mean over seeds
+(scipy.stats.bootstrap, percentile method, fixed seed: deterministic) and with >= 5 seeds the interquartile mean;
+then each method's difference from a baseline (`--baseline`; default ppo_clip when compared, else the first
+method) with its bootstrap CI, flagged "CI excludes 0" or, in words, "CI includes 0: within seed noise". Below 3
+seeds the CIs are n/a (std too with 1 seed): 2 values give no usable interval.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -21,25 +35,77 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import yaml
+from scipy import stats
 
 from entropy_rl.metrics.sinks import read_jsonl
+from entropy_rl.presets import REGISTRY_SOURCE, Variant, check_name, flatten, resolve, settings
 from entropy_rl.train.checkpoint import COMPLETE, latest_checkpoint
-from entropy_rl.train.config import ConfigError, apply_overrides, from_dict, Config, save_config, to_dict, validate
+from entropy_rl.train.config import Config, ConfigError, from_dict, load_config, save_config, to_dict, validate
 
 SUMMARY_KEYS = ("final_entropy", "final_reward", "pass@1", "pass@8", "steps_to_half_entropy", "wall_s")
+IGNORED_KEYS = frozenset({"train.threads"})  # compare sets it from --jobs; a resumed run keeps its own value
+RESERVED_NAMES = frozenset({"report"})  # <out>/report is the HTML report, not a method's run directories
+SFT_DIR = "_sft"  # <out>/_sft/<hash>: warm starts (a method name cannot start with '_')
+DEFAULT_BASELINE = "ppo_clip"  # the plain clipped objective every entropy paper compares against
+CONFIDENCE = 0.95
+CI_MIN_SEEDS = 3  # 2 values give a bootstrap of 3 distinct means, a t-interval 1 degree of freedom: n/a below 3
+IQM_MIN_SEEDS = 5  # trim_mean(x, 0.25) drops nothing below 4 values and leaves the middle 2 of 4
+BOOTSTRAP_RESAMPLES = 9999
+BOOTSTRAP_SEED = 0  # a fixed seed: the same runs always give the same summary
+STATS_NOTE = (
+    "Cells: mean ± sample std over the seeds with a value ((n/N) when only n of N had one: failed runs, or runs "
+    "whose entropy never halved), then the 95% bootstrap CI of the mean (percentile, scipy.stats.bootstrap, "
+    f"{BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}) and, with {IQM_MIN_SEEDS} or more seeds, the "
+    "interquartile mean (IQM). std is n/a with 1 seed, the CI with fewer than "
+    f"{CI_MIN_SEEDS}. Few seeds make the CI too narrow: with 3 it spans about the lowest to the highest seed and "
+    "covers the true mean about 3 times in 4 (5 seeds: about 84%), so read it as a lower bound on the uncertainty.")
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A shared SFT warm start: the config `entropy-rl sft` runs with and the directory keyed by its hash."""
+
+    cfg: Config
+    model_dir: Path
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One (method, seed) run: its resolved config and directory."""
+    """One (method, seed) run: what its name resolved to, its resolved config, directory and warm start."""
 
     method: str
+    variant: Variant
     seed: int
     cfg: Config
     run_dir: Path
+    warm_start: WarmStart | None
+
+
+def config_hash(data: dict[str, Any]) -> str:
+    """sha256 hex digest of a config dict's canonical JSON (sorted keys, no whitespace)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], ignore: frozenset[str] = IGNORED_KEYS) -> list[str]:
+    """'dotted.key: old -> new' for every leaf that differs (a missing leaf reads '<unset>'), sorted by key."""
+    a, b = flatten(old), flatten(new)
+    unset = "<unset>"
+    return [f"{k}: {a.get(k, unset)} -> {b.get(k, unset)}" for k in sorted(a.keys() | b.keys())
+            if k not in ignore and a.get(k, unset) != b.get(k, unset)]
+
+
+def warm_start_settings(cfg: Config) -> dict[str, Any]:
+    """What an SFT warm start depends on: the model, task and sft sections, the seed and device, and the sampling
+    settings of its accuracy check (the rollout section without the RL batch shape)."""
+    d = to_dict(cfg)
+    batch_shape = ("prompts_per_step", "group_size")
+    return {"model": d["model"], "task": d["task"], "sft": d["sft"],
+            "train": {"seed": d["train"]["seed"], "device": d["train"]["device"]},
+            "rollout": {k: v for k, v in d["rollout"].items() if k not in batch_shape}}
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -50,50 +116,110 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def method_overrides(name: str, methods_dir: Path) -> dict[str, Any]:
-    """The partial config of a method variant: `<methods_dir>/<name>.yaml`, else algorithm.method=<name>."""
-    path = methods_dir / f"{name}.yaml"
-    if path.is_file():
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        return data
-    return {"algorithm": {"method": name}}
+def check_methods(methods: list[str]) -> None:
+    """Raise ConfigError on an empty list, an unsafe or reserved name, or a name given twice."""
+    if not methods:
+        raise ConfigError("--methods needs at least one name")
+    for name in methods:
+        check_name(name)
+        if name in RESERVED_NAMES:
+            raise ConfigError(f"method name '{name}' is reserved (<out>/{name} holds the comparison's own files)")
+    twice = sorted({m for m in methods if methods.count(m) > 1})
+    if twice:
+        raise ConfigError(f"--methods names {', '.join(twice)} more than once (two runs would share a directory)")
 
 
-def plan_runs(base: dict[str, Any], methods: list[str], seeds: int, out_dir: Path, methods_dir: Path,
-              sft_model: Path | None) -> list[RunSpec]:
-    """Resolve and validate every run's config before anything is trained (a typo fails in a second)."""
+def resolved_config(name: str, variant: Variant, data: dict[str, Any]) -> Config:
+    """from_dict + validate of one run's merged config; ConfigError names the method and where it came from."""
+    try:
+        cfg = from_dict(Config, data)
+        validate(cfg)
+    except ConfigError as e:
+        if variant.source == REGISTRY_SOURCE:
+            raise ConfigError(f"method '{name}' is not a variant (`entropy-rl methods` lists them); {e}") from None
+        raise ConfigError(f"method '{name}' ({variant.source}): {e}") from None
+    return cfg
+
+
+def plan_runs(base: dict[str, Any], methods: list[str], seeds: int, out_dir: Path, methods_dir: Path | None,
+              threads: int = 0) -> list[RunSpec]:
+    """Resolve and validate every run's config before anything is trained (a typo fails in a second).
+
+    Args:
+        base: the base config as a dict (file + overrides); variants merge over it.
+        methods: method names (variants or registry keys).
+        seeds: runs per method; run k has train.seed = base seed + k.
+        out_dir: the comparison's directory; run k of method m lives in <out_dir>/m/seed<seed>.
+        methods_dir: a directory of user variants that win over the packaged ones, or None.
+        threads: torch threads per run (saved in each run's config); 0 keeps the base config's value.
+
+    Returns:
+        One RunSpec per (method, seed), method-major. A run whose config asks for an SFT warm start from a fresh
+        model gets a shared one instead: model.path = <out_dir>/_sft/<hash>, sft.enabled = false.
+    """
+    check_methods(methods)
+    base_seed = from_dict(Config, base).train.seed
     specs = []
     for name in methods:
+        variant = resolve(name, methods_dir)
         for k in range(seeds):
-            data = deep_merge(base, method_overrides(name, methods_dir))
-            data = deep_merge(data, {"train": {"seed": base.get("train", {}).get("seed", 0) + k}})
-            if sft_model is not None:
-                data = deep_merge(data, {"model": {"path": str(sft_model)}, "sft": {"enabled": False}})
-            try:
-                cfg = from_dict(Config, data)
-                validate(cfg)
-            except ConfigError as e:
-                raise ConfigError(f"method '{name}': {e}") from None
-            specs.append(RunSpec(name, cfg.train.seed, cfg, out_dir / name / f"seed{cfg.train.seed}"))
+            data = deep_merge(base, variant.overrides)
+            data = deep_merge(data, {"train": {"seed": base_seed + k, **({"threads": threads} if threads else {})}})
+            cfg = resolved_config(name, variant, data)
+            warm_start = None
+            if cfg.sft.enabled and not cfg.model.path:
+                ws_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=base_seed))
+                key = config_hash(warm_start_settings(ws_cfg))[:16]
+                warm_start = WarmStart(ws_cfg, out_dir / SFT_DIR / key)
+                cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(warm_start.model_dir)),
+                                          sft=dataclasses.replace(cfg.sft, enabled=False))
+            specs.append(RunSpec(name, variant, cfg.train.seed, cfg, out_dir / name / f"seed{cfg.train.seed}", warm_start))
     return specs
 
 
+def check_run_dir(spec: RunSpec) -> None:
+    """Raise ConfigError if the run directory holds a run whose saved config differs from `spec.cfg`.
+
+    The message names the differing keys (dotted paths, old -> new); train.threads is not compared.
+    """
+    saved = spec.run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    try:
+        old = to_dict(from_dict(Config, yaml.safe_load(saved.read_text(encoding="utf-8")) or {}))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError) as e:
+        raise ConfigError(f"{saved}: not a run config compare can check ({str(e).splitlines()[0]}); "
+                          "use another --out") from None
+    diff = config_diff(old, to_dict(spec.cfg))
+    if diff:
+        more = f"; and {len(diff) - 5} more" if len(diff) > 5 else ""
+        raise ConfigError(f"{spec.run_dir} holds a {spec.method} run with another config ({'; '.join(diff[:5])}{more}); "
+                          "use another --out, or remove that run directory to train this config")
+
+
 def is_finished(spec: RunSpec) -> bool:
-    """A run is finished when its final-step checkpoint exists."""
+    """A run is finished when its final-step checkpoint exists (its config was checked by `check_run_dir`)."""
     ckpt = latest_checkpoint(spec.run_dir)
     return ckpt is not None and ckpt.name == f"step_{spec.cfg.train.steps:06d}"
 
 
-def run_one(spec: RunSpec, threads: int) -> tuple[RunSpec, int, str]:
+def train_warm_start(ws: WarmStart, log: Callable[[str], None]) -> None:
+    """Run `entropy-rl sft` for a warm start in a subprocess, then mark it complete. RuntimeError on failure."""
+    log(f"compare: SFT warm start -> {ws.model_dir}")
+    ws.model_dir.parent.mkdir(parents=True, exist_ok=True)
+    cfg_file = ws.model_dir.with_suffix(".yaml")
+    save_config(ws.cfg, cfg_file)
+    proc = subprocess.run([sys.executable, "-m", "entropy_rl", "sft", str(cfg_file), "--out", str(ws.model_dir)])
+    if proc.returncode != 0:
+        raise RuntimeError(f"the SFT warm start failed (exit {proc.returncode}, output above); config {cfg_file}")
+    (ws.model_dir / COMPLETE).write_text(ws.model_dir.name)
+
+
+def run_one(spec: RunSpec) -> tuple[RunSpec, int, str]:
     """Train one run in a subprocess (resuming if it has started). Returns (spec, exit code, stderr tail)."""
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = spec.run_dir.parent / f"seed{spec.seed}.yaml"
-    cfg = spec.cfg
-    if threads:  # part of the saved config, so a resume uses the same thread count (bit-reproducible)
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
-    save_config(cfg, cfg_file)
+    save_config(spec.cfg, cfg_file)
     if (spec.run_dir / "config.yaml").is_file():
         cmd = [sys.executable, "-m", "entropy_rl", "train", "--resume", str(spec.run_dir), "--no-progress"]
     else:
@@ -106,7 +232,8 @@ def run_one(spec: RunSpec, threads: int) -> tuple[RunSpec, int, str]:
 def summarize_run(run_dir: Path) -> dict[str, float | None]:
     """Final entropy / reward (mean of the last 10 steps), last eval pass@1 / pass@8, steps until the entropy
     first falls to half its first-5-step mean, and the summed step wall time."""
-    rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    logged = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    rows = [r for r in logged if r.get("step", 0) >= 1]  # RL steps; step 0 is the warm start's eval
     if not rows:  # the run failed before its first step
         return {k: None for k in SUMMARY_KEYS}
     tail = rows[-10:]
@@ -123,71 +250,302 @@ def summarize_run(run_dir: Path) -> dict[str, float | None]:
     }
 
 
-def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:
-    """Mean and sample std of the non-None values, and how many there were."""
-    xs = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+def finite(values: list[float | None]) -> list[float]:
+    """The values that are numbers: a failed run's None and a non-finite value are left out."""
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def bootstrap_ci(samples: tuple[list[float], ...], statistic: Callable[..., Any]) -> tuple[float, float] | None:
+    """95% percentile bootstrap CI of `statistic` (scipy.stats.bootstrap), or None if a sample has < CI_MIN_SEEDS.
+
+    Every call draws from a fresh generator seeded with BOOTSTRAP_SEED, so a summary is the same every time it is
+    written. Samples are resampled independently of each other (`paired=False`).
+    """
+    if any(len(x) < CI_MIN_SEEDS for x in samples):
+        return None
+    res = stats.bootstrap(tuple(np.asarray(x, dtype=np.float64) for x in samples), statistic, paired=False,
+                          vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=CONFIDENCE,
+                          method="percentile", rng=np.random.default_rng(BOOTSTRAP_SEED))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Mean along `axis` (the vectorised statistic scipy's bootstrap calls)."""
+    return np.mean(x, axis=axis)
+
+
+def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """mean(x) - mean(y) along `axis` (the vectorised statistic scipy's bootstrap calls)."""
+    return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+
+@dataclass(frozen=True)
+class MetricStats:
+    """One metric of one method over its seeds: n = how many values there were (failed runs and, for
+    steps_to_half_entropy, runs whose entropy never halved are left out); std is the sample std (None below 2
+    values); ci the 95% bootstrap CI of the mean (None below CI_MIN_SEEDS); iqm the interquartile mean
+    (None below IQM_MIN_SEEDS)."""
+
+    n: int
+    mean: float | None
+    std: float | None
+    ci: tuple[float, float] | None
+    iqm: float | None
+
+
+def metric_stats(values: list[float | None]) -> MetricStats:
+    """Mean, sample std, 95% bootstrap CI of the mean and interquartile mean of one metric over seeds.
+
+    The IQM is scipy.stats.trim_mean(x, 0.25) (as in rliable): the mean after dropping floor(n/4) values at
+    each end, so with 5 seeds the mean of the middle 3.
+    """
+    xs = finite(values)
+    n = len(xs)
     if not xs:
-        return None, None, 0
-    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0), len(xs)
+        return MetricStats(0, None, None, None, None)
+    return MetricStats(n, statistics.mean(xs), statistics.stdev(xs) if n > 1 else None,
+                       bootstrap_ci((xs,), _mean), float(stats.trim_mean(xs, 0.25)) if n >= IQM_MIN_SEEDS else None)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(method) - mean(baseline) of one metric with its 95% bootstrap CI (None below CI_MIN_SEEDS values of
+    either); n and n_baseline count the values each side had."""
+
+    diff: float | None
+    ci: tuple[float, float] | None
+    n: int
+    n_baseline: int
+
+    @property
+    def excludes_zero(self) -> bool | None:
+        """True if the CI lies wholly above or below 0, None without a CI."""
+        return None if self.ci is None else (self.ci[0] > 0 or self.ci[1] < 0)
+
+    @property
+    def verdict(self) -> str:
+        """The difference in words."""
+        if self.diff is None:
+            return "n/a: no values"
+        if self.ci is None:
+            return f"n/a: the CI needs >= {CI_MIN_SEEDS} seeds of each"
+        return "CI excludes 0" if self.excludes_zero else "CI includes 0: within seed noise"
+
+
+def difference(values: list[float | None], baseline_values: list[float | None]) -> Difference:
+    """A method's difference from the baseline on one metric; the seeds of the two are resampled independently
+    (conservative when runs with the same seed are correlated, and failed runs may leave unequal counts)."""
+    xs, bs = finite(values), finite(baseline_values)
+    if not xs or not bs:
+        return Difference(None, None, len(xs), len(bs))
+    return Difference(statistics.mean(xs) - statistics.mean(bs), bootstrap_ci((xs, bs), _mean_difference),
+                      len(xs), len(bs))
+
+
+def choose_baseline(methods: list[str], baseline: str | None) -> str:
+    """The method others are compared with: `baseline` if given (ConfigError unless it is one of `methods`),
+    else DEFAULT_BASELINE when it is among them, else the first method."""
+    if baseline is not None:
+        if baseline not in methods:
+            raise ConfigError(f"--baseline '{baseline}' is not one of --methods ({', '.join(methods)})")
+        return baseline
+    return DEFAULT_BASELINE if DEFAULT_BASELINE in methods else methods[0]
+
+
+def _fmt(key: str) -> str:
+    """Format spec of a summary key's values: whole steps and seconds, else 3 decimals."""
+    return ".0f" if key in ("wall_s", "steps_to_half_entropy") else ".3f"
+
+
+def stats_cell(key: str, st: MetricStats, runs: int) -> str:
+    """'mean ± std, CI [lo, hi]' (', IQM x' with >= IQM_MIN_SEEDS values; ' (n/runs)' when values are missing);
+    'n/a' where a statistic needs more seeds; '-' without values (steps_to_half_entropy: 'never (runs)')."""
+    if st.mean is None:
+        return "-" if key != "steps_to_half_entropy" else f"never ({runs})"
+    f = _fmt(key)
+    std = "n/a" if st.std is None else f"{st.std:{f}}"
+    ci = "n/a" if st.ci is None else f"[{st.ci[0]:{f}}, {st.ci[1]:{f}}]"
+    iqm = "" if st.iqm is None else f", IQM {st.iqm:{f}}"
+    missing = f" ({st.n}/{runs})" if st.n < runs else ""
+    return f"{st.mean:{f}} ± {std}, CI {ci}{iqm}{missing}"
 
 
 def summary_table(results: dict[str, list[dict[str, float | None]]]) -> str:
-    """Markdown table: one row per method, mean +- std over seeds of each summary key."""
+    """Markdown table: one row per method, per summary key mean ± std, 95% CI and IQM over seeds (stats_cell)."""
     head = "| method | seeds | " + " | ".join(SUMMARY_KEYS) + " |"
     lines = [head, "|" + "---|" * (len(SUMMARY_KEYS) + 2)]
     for method, runs in results.items():
-        cells = []
-        for key in SUMMARY_KEYS:
-            mean, std, n = mean_std([r[key] for r in runs])
-            if mean is None:
-                cells.append("-" if key != "steps_to_half_entropy" else f"never ({len(runs)})")
-            else:
-                fmt = ".0f" if key in ("wall_s", "steps_to_half_entropy") else ".3f"
-                suffix = f" ({n}/{len(runs)})" if key == "steps_to_half_entropy" and n < len(runs) else ""
-                cells.append(f"{mean:{fmt}} ± {std:{fmt}}{suffix}")
+        cells = [stats_cell(key, metric_stats([r[key] for r in runs]), len(runs)) for key in SUMMARY_KEYS]
         lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def compare(config: str | None, overrides: list[str], methods: list[str], seeds: int, out_dir: str | Path,
-            jobs: int = 1, methods_dir: str | Path | None = None, log=print) -> Path:
-    """Run methods x seeds (skipping finished runs), then write summary.json / summary.md (and a report)."""
-    out_dir = Path(out_dir)
-    base: dict[str, Any] = {}
-    if config is not None:
-        base = yaml.safe_load(Path(config).read_text()) or {}
-    base = apply_overrides(base, overrides)
-    methods_dir = Path(methods_dir) if methods_dir else (Path(config).parent / "methods" if config else Path("configs/methods"))
-    base_cfg = from_dict(Config, base)
-    validate(base_cfg)
-    sft_model = None
-    if base_cfg.sft.enabled and not base_cfg.model.path:
-        sft_model = out_dir / "sft_model"
-        if not (sft_model / COMPLETE).is_file():
-            log(f"compare: SFT warm start shared by every run -> {sft_model}")
-            cfg_file = out_dir / "sft.yaml"
-            out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(base_cfg, cfg_file)
-            subprocess.run([sys.executable, "-m", "entropy_rl", "sft", str(cfg_file), "--out", str(sft_model)], check=True)
-            (sft_model / COMPLETE).write_text("ok")
-    specs = plan_runs(base, methods, seeds, out_dir, methods_dir, sft_model)
+def differences(results: dict[str, list[dict[str, float | None]]], baseline: str) -> dict[str, dict[str, Difference]]:
+    """Per method other than the baseline, per summary key, its Difference from the baseline."""
+    base = results[baseline]
+    return {m: {k: difference([r[k] for r in runs], [r[k] for r in base]) for k in SUMMARY_KEYS}
+            for m, runs in results.items() if m != baseline}
+
+
+def difference_table(results: dict[str, list[dict[str, float | None]]], baseline: str) -> str:
+    """Markdown table: one row per (method, summary key) with the difference from the baseline, its 95% CI, the
+    values each side had and the verdict in words; a key neither side has a value for (e.g. pass@k without
+    evaluation) gets no row; '' with a single method."""
+    diffs = differences(results, baseline)
+    if not diffs:
+        return ""
+    lines = [f"| method | metric | Δ vs {baseline} | 95% CI | seeds (method vs baseline) | verdict |",
+             "|---|---|---|---|---|---|"]
+    for method, by_key in diffs.items():
+        for key, d in by_key.items():
+            if d.n == d.n_baseline == 0:
+                continue
+            f = _fmt(key).replace(".", "+.")
+            diff = "-" if d.diff is None else f"{d.diff:{f}}"
+            ci = "n/a" if d.ci is None else f"[{d.ci[0]:{f}}, {d.ci[1]:{f}}]"
+            lines.append(f"| {method} | {key} | {diff} | {ci} | {d.n} vs {d.n_baseline} | {d.verdict} |")
+    return "\n".join(lines)
+
+
+def summary_markdown(results: dict[str, list[dict[str, float | None]]], baseline: str) -> str:
+    """The statistics part of summary.md: the per-method table, what its cells mean, and the difference table."""
+    parts = [summary_table(results), STATS_NOTE]
+    table = difference_table(results, baseline)
+    if table:
+        intro = (f"Differences from the baseline `{baseline}` (mean of the method - mean of the baseline; 95% "
+                 "bootstrap CI with the seeds of each resampled independently). \"CI excludes 0\" flags a "
+                 "difference larger than the seed-to-seed noise; \"CI includes 0: within seed noise\" means these "
+                 "seeds cannot tell the method from the baseline on that metric. With 3 seeds each the interval "
+                 "covers the true difference about 4 times in 5 (5 each: about 89%), not 95%.")
+        parts += [intro, table]
+    return "\n\n".join(parts)
+
+
+def summary_stats(results: dict[str, list[dict[str, float | None]]], baseline: str) -> dict[str, dict[str, Any]]:
+    """JSON-ready statistics per method: "stats" (per key n, mean, std, ci95, iqm) and "vs_baseline" (None for
+    the baseline, else {"baseline": name, "metrics": per key diff, ci95, n, n_baseline, excludes_zero, verdict})."""
+    diffs = differences(results, baseline)
+    out: dict[str, dict[str, Any]] = {}
+    for method, runs in results.items():
+        per_key = {}
+        for key in SUMMARY_KEYS:
+            st = metric_stats([r[key] for r in runs])
+            per_key[key] = {"n": st.n, "mean": st.mean, "std": st.std, "ci95": list(st.ci) if st.ci else None,
+                            "iqm": st.iqm}
+        vs = None
+        if method in diffs:
+            vs = {"baseline": baseline, "metrics": {
+                k: {"diff": d.diff, "ci95": list(d.ci) if d.ci else None, "n": d.n, "n_baseline": d.n_baseline,
+                    "excludes_zero": d.excludes_zero, "verdict": d.verdict} for k, d in diffs[method].items()}}
+        out[method] = {"stats": per_key, "vs_baseline": vs}
+    return out
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Raise ConfigError if `out_dir` is a file or lies under one (instead of a traceback at the first write)."""
+    p = out_dir
+    while not p.exists() and p != p.parent:  # exists() is False for a path under a file
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"--out '{out_dir}': '{p}' is a file, not a directory")
+
+
+def default_out_dir(config: str | None, base_cfg: Config) -> Path:
+    """runs/compare_<config name>_<first 8 hex of the resolved base config's hash>: other overrides, other dir."""
+    return Path("runs") / f"compare_{Path(config).stem if config else 'demo'}_{config_hash(to_dict(base_cfg))[:8]}"
+
+
+def describe(variant: Variant) -> str:
+    """One line: what a method name resolved to and what it sets."""
+    what = f" ({variant.description})" if variant.description else ""
+    return f"{variant.source}{what}: {', '.join(settings(variant.overrides))}"
+
+
+def write_summary(specs: list[RunSpec], out_dir: Path, baseline: str | None = None) -> str:
+    """Write summary.json and summary.md; return the markdown.
+
+    summary.json, per method: what the name resolved to ("variant", "settings"), per run its seed, directory,
+    config hash and summary ("runs"), and the statistics over seeds ("stats", "vs_baseline": see summary_stats).
+    summary.md: the statistics (summary_markdown), then what each name resolved to. `baseline` as in
+    choose_baseline.
+    """
+    results: dict[str, list[dict[str, float | None]]] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        summary = summarize_run(spec.run_dir)
+        results.setdefault(spec.method, []).append(summary)
+        entry = entries.setdefault(spec.method, {"variant": spec.variant.source, "settings": spec.variant.overrides,
+                                                 "runs": []})
+        entry["runs"].append({"seed": spec.seed, "run_dir": str(spec.run_dir),
+                              "config_sha256": config_hash(to_dict(spec.cfg)), **summary})
+    base = choose_baseline(list(results), baseline)
+    for method, st in summary_stats(results, base).items():
+        entries[method].update(st)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(entries, indent=2))
+    variants = {s.method: s.variant for s in specs}
+    table = summary_markdown(results, base) + "\n\n" + "\n".join(f"- `{name}`: {describe(v)}"
+                                                                    for name, v in variants.items())
+    (out_dir / "summary.md").write_text(table + "\n")
+    return table
+
+
+def compare(config: str | None, overrides: list[str], methods: list[str], seeds: int, out_dir: str | Path | None = None,
+            jobs: int = 1, methods_dir: str | Path | None = None, baseline: str | None = None,
+            log: Callable[[str], None] = print) -> Path:
+    """Run methods x seeds (skipping finished runs), then write summary.json / summary.md (and a report).
+
+    Everything is checked before anything is trained or written: the counts, the method names, every run's
+    config, and that no run directory holds a run with another config (ConfigError, one line).
+
+    Args:
+        config: base YAML config, or None for the defaults (the CPU demo).
+        overrides: `a.b=c` overrides applied to every run.
+        methods: method names: variants or policy-loss registry keys.
+        seeds: runs per method (>= 1).
+        out_dir: the comparison's directory; None gives runs/compare_<config name>_<base config hash>.
+        jobs: runs in parallel (>= 1).
+        methods_dir: a directory of user variants (win over the packaged ones), or None.
+        baseline: the method the summary compares the others with; None: ppo_clip if among `methods`, else the
+            first.
+        log: where progress lines go.
+
+    Returns:
+        The output directory.
+    """
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    check_methods(methods)
+    baseline = choose_baseline(methods, baseline)
+    user_dir = Path(methods_dir) if methods_dir is not None else None
+    if user_dir is not None and not user_dir.is_dir():
+        raise ConfigError(f"--methods-dir '{user_dir}' is not a directory")
+    base_cfg = load_config(config, overrides)
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(config, base_cfg)
+    check_out_dir(out_dir)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+    specs = plan_runs(to_dict(base_cfg), methods, seeds, out_dir, user_dir, threads)
+    for spec in specs:
+        check_run_dir(spec)
+    for name in methods:
+        log(f"compare: {name} = {describe(next(s.variant for s in specs if s.method == name))}")
+    warm_starts = {s.warm_start.model_dir: s.warm_start for s in specs if s.warm_start is not None}
+    for ws in warm_starts.values():
+        if not (ws.model_dir / COMPLETE).is_file():
+            train_warm_start(ws, log)
     todo = [s for s in specs if not is_finished(s)]
     log(f"compare: {len(specs)} runs ({len(specs) - len(todo)} already finished), {jobs} at a time, in {out_dir}")
-    threads = max(1, 2 // jobs) if jobs > 1 else 0
     failures = []
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for i, (spec, code, err) in enumerate(pool.map(lambda s: run_one(s, threads), todo), 1):
+        for i, (spec, code, err) in enumerate(pool.map(run_one, todo), 1):
             status = "ok" if code == 0 else f"FAILED (exit {code})"
             log(f"[{i}/{len(todo)}] {spec.method} seed {spec.seed}: {status} ({time.perf_counter() - t0:.0f} s elapsed)")
             if code != 0:
                 failures.append(f"{spec.method} seed {spec.seed}: {err.strip().splitlines()[-1] if err.strip() else code}")
-    results: dict[str, list[dict[str, float | None]]] = {}
-    for spec in specs:
-        results.setdefault(spec.method, []).append(summarize_run(spec.run_dir))
-    (out_dir / "summary.json").write_text(json.dumps(results, indent=2))
-    table = summary_table(results)
-    (out_dir / "summary.md").write_text(table + "\n")
+    table = write_summary(specs, out_dir, baseline)
     log(table)
     try:
         from entropy_rl.report import write_report

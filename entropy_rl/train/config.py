@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -107,6 +107,8 @@ class TrainConfig:
     min_free_gb: float = 0.0  # refuse to write a checkpoint with less free disk than this (and 2x the last one)
     high_entropy_threshold: float = 0.5  # nats; entropy/high_frac counts tokens above it
     dynamics_every: int = 1  # measure dH_actual / dH_pred / dH_identity every N steps (0 = never)
+    log_completions_every: int = 10  # write sampled completions to completions.jsonl at step 1, every N steps and the last (0 = never)
+    log_completions_n: int = 8  # completions written per logged step: the first n of the batch (whole groups when a multiple of G)
     sinks: list[str] = field(default_factory=lambda: ["jsonl", "stdout"])  # jsonl | stdout | tensorboard | wandb
 
 
@@ -281,6 +283,8 @@ def validate(cfg: Config) -> None:
     need(t.eval_samples >= 1, "train.eval_samples", f"must be >= 1, got {t.eval_samples}")
     need(t.eval_every >= 0 and t.save_every >= 0, "train.eval_every/save_every", "must be >= 0")
     need(t.dynamics_every >= 0, "train.dynamics_every", f"must be >= 0, got {t.dynamics_every}")
+    need(t.log_completions_every >= 0 and t.log_completions_n >= 1, "train.log_completions_every/log_completions_n",
+         f"must be >= 0 and >= 1, got {t.log_completions_every} and {t.log_completions_n}")
     need(t.min_free_gb >= 0, "train.min_free_gb", f"must be >= 0, got {t.min_free_gb}")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
     for sink in t.sinks:
@@ -307,10 +311,6 @@ def validate(cfg: Config) -> None:
             p = entry.make_params(**params)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{params_where}: {e}") from None
-        # a method that re-derives the trainer's aggregation (e.g. SIREN's penalty) must use the same mode
-        method_mode = getattr(p, "loss_agg_mode", a.loss_agg_mode) if where == "algorithm.method" else a.loss_agg_mode
-        need(method_mode == a.loss_agg_mode, "algorithm.method_params.loss_agg_mode",
-             f"'{method_mode}' differs from algorithm.loss_agg_mode '{a.loss_agg_mode}'; set both to the same mode")
         if where == "task.name":  # build it: dataset files are read and checked (bad rows named) before any model
             from entropy_rl.tasks import make_task
 
@@ -321,6 +321,49 @@ def validate(cfg: Config) -> None:
         if where == "algorithm.advantage" and getattr(p, "scale_by_std", False):
             need(r.group_size >= 2, "rollout.group_size",
                  "GRPO std scaling needs groups of >= 2 responses (a group of 1 has no std)")
+    validate_method_requirements(cfg)
+
+
+def _every_step_probe(cfg: Config) -> str | None:
+    every = cfg.train.dynamics_every
+    return None if every == 1 else f"set train.dynamics_every=1 (the entropy-change probe at every step; got {every})"
+
+
+def _reference_model(cfg: Config) -> str | None:
+    kl = cfg.algorithm.kl_coef
+    return None if kl > 0 else f"set algorithm.kl_coef > 0 (the reference model is kept only then; got {kl})"
+
+
+# What the trainer can supply to a method, and the config condition for it (None = always supplied):
+# per-token inputs (a method's own features are always computed) and metrics logged at every step.
+TRAINER_INPUTS: dict[str, Callable[[Config], str | None]] = {
+    "entropy": lambda cfg: None,
+    "old_entropy": lambda cfg: None,
+    "ref_logp": _reference_model,
+}
+TRAINER_STEP_METRICS: dict[str, Callable[[Config], str | None]] = {
+    "entropy/token_mean": lambda cfg: None,
+    "dynamics/dH_pred": _every_step_probe,
+    "dynamics/dH_per_bonus": _every_step_probe,  # from the second step on (needs Adam's second moments)
+}
+
+
+def validate_method_requirements(cfg: Config) -> None:
+    """Refuse a run whose trainer cannot supply what `algorithm.method` declares (`inputs`, `requires`).
+
+    Raises:
+        ConfigError: naming the method, the missing input or metric, and the setting that supplies it.
+    """
+    from entropy_rl.core.policy_loss import get_policy_loss
+
+    method = get_policy_loss(cfg.algorithm.method)
+    features = {name for name, _ in method.obj.old_features + method.obj.cur_features}
+    checks = [("input", name, TRAINER_INPUTS.get(name)) for name in sorted(method.obj.inputs - features)]
+    checks += [("trainer metric", name, TRAINER_STEP_METRICS.get(name)) for name in method.obj.requires]
+    for kind, name, condition in checks:
+        problem = "the trainer does not supply it" if condition is None else condition(cfg)
+        if problem is not None:
+            raise ConfigError(f"algorithm.method: '{method.name}' needs {kind} '{name}' at every step; {problem}")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -1,6 +1,15 @@
-"""Sampled evaluation on a fixed problem set: accuracy and unbiased pass@k."""
+"""Sampled evaluation on a fixed problem set: accuracy and unbiased pass@k; where a run's model is.
+
+The trainer evaluates at step 0 (the policy RL starts from: the SFT warm start or `model.path`, before any
+update), every `train.eval_every` steps and at the last step. Every eval draws from its own seed and restores
+the RNG states afterwards, so evaluating never changes the training trajectory (tests/train/test_evaluate.py
+checks that the RL steps are bit-identical with and without evals).
+"""
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -8,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from entropy_rl.metrics.dynamics import pass_at_k
 from entropy_rl.rollout.hf import SamplingParams, generate
 from entropy_rl.tasks.base import Problem, Task
+from entropy_rl.train import checkpoint as ckpt
 
 
 def pass_k_values(k_max: int) -> list[int]:
@@ -28,14 +38,16 @@ def evaluate(
     seed: int,
     prefix: str = "eval",
 ) -> dict[str, float]:
-    """Sample `samples` responses per problem at the rollout settings; RNG forked and seeded, so evaluating
-    never changes the training trajectory.
+    """Sample `samples` responses per problem at the rollout settings; the CPU RNG and the model's CUDA
+    device RNG are forked and seeded, so evaluating never changes the training trajectory.
 
     Returns:
         {prefix/accuracy: mean fraction correct, prefix/pass@k for k in 1, 2, 4, ..., samples}.
     """
     prompts = [p.prompt for p in problems for _ in range(samples)]
-    with torch.random.fork_rng(devices=[]):
+    device = next(model.parameters()).device
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         batch = generate(model, tokenizer, prompts, sampling, batch_size=512)
     correct = [task.reward(problems[i // samples], text).score > 0.5 for i, text in enumerate(batch.texts)]
@@ -44,3 +56,49 @@ def evaluate(
     for k in pass_k_values(samples):
         out[f"{prefix}/pass@{k}"] = sum(pass_at_k(samples, c, k) for c in counts) / max(1, len(problems))
     return out
+
+
+def eval_at_step(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    problems: list[Problem],
+    samples: int,
+    sampling: SamplingParams,
+    train_seed: int,
+    step: int,
+) -> dict[str, float]:
+    """The trainer's eval at `step` (0 = the policy RL starts from): `evaluate` with the seed
+    train_seed + 10_007 * step, plus timing/eval_s (seconds)."""
+    t0 = time.perf_counter()
+    out = evaluate(model, tokenizer, task, problems, samples, sampling, seed=train_seed + 10_007 * step)
+    out["timing/eval_s"] = time.perf_counter() - t0
+    return out
+
+
+def find_model(path: str | Path) -> tuple[Path, Path | None]:
+    """The model directory `entropy-rl eval PATH` evaluates, and the run directory it belongs to.
+
+    A model directory (config.json + weights) is used as it is. A run directory gives its newest complete
+    checkpoint's model/, or, before the first checkpoint, its SFT warm start sft/model.
+
+    Returns:
+        (model directory, run directory or None when PATH is a model directory).
+
+    Raises:
+        FileNotFoundError: PATH does not exist, or holds neither a model nor a run with a usable model.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"'{path}' is not a directory (give a model directory or a run directory)")
+    if (path / "config.json").is_file():
+        return path, None
+    latest = ckpt.latest_checkpoint(path)
+    if latest is not None:
+        return latest / "model", path
+    if (path / "sft" / ckpt.COMPLETE).is_file():
+        return path / "sft" / "model", path
+    raise FileNotFoundError(
+        f"'{path}' holds no model: expected a model directory (config.json) or a run directory with a complete "
+        "checkpoint (checkpoints/step_*/COMPLETE) or SFT warm start (sft/COMPLETE)"
+    )

@@ -23,10 +23,10 @@ import torch
 from tqdm import tqdm
 
 from entropy_rl.core.advantage import compute_advantages
-from entropy_rl.core.aggregate import aggregate
+from entropy_rl.core.aggregate import Aggregation, aggregate
 from entropy_rl.core.kl import kl_estimate
-from entropy_rl.core.policy_loss import check_inputs, get_policy_loss, run_select
-from entropy_rl.core.types import PolicyInputs
+from entropy_rl.core.policy_loss import check_inputs, get_policy_loss, run_select, step_context
+from entropy_rl.core.types import PolicyInputs, TokenWeights
 from entropy_rl.metrics.dynamics import (
     cov_logp_adv,
     distinct_answers,
@@ -34,17 +34,18 @@ from entropy_rl.metrics.dynamics import (
     fit_entropy_performance_law,
     steer_omega_signal,
 )
-from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl
+from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl, truncate_jsonl
 from entropy_rl.models.build import TinyModelSpec, build_tiny_model, load_pretrained, save_pretrained
 from entropy_rl.models.char_tokenizer import build_char_tokenizer
 from entropy_rl.rollout.hf import RolloutBatch, SamplingParams, generate
 from entropy_rl.tasks import make_task
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, ConfigError, save_config, to_dict
-from entropy_rl.train.dynamics import measure_after_update, probe_before_update
-from entropy_rl.train.evaluate import evaluate
-from entropy_rl.train.forward import score_in_chunks, score_responses
+from entropy_rl.train.entropy_probe import measure_after_update, probe_before_update
+from entropy_rl.train.evaluate import eval_at_step
+from entropy_rl.train.forward import entropy_for_update, score_in_chunks, score_responses
 from entropy_rl.train.rundir import RunLock, open_run_dir
+from entropy_rl.train.samples import CompletionLog
 from entropy_rl.train.sft import warm_start
 
 
@@ -229,10 +230,10 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
         start_step, skipped_total = saved["step"], saved.get("skipped_total", 0)
         if state is not None:
             state.load_state_dict(saved["method_state"])
-        ckpt.truncate_metrics(run_dir / "metrics.jsonl", start_step)
+        truncate_jsonl(run_dir / "metrics.jsonl", start_step)
         log(f"resumed from {latest} at step {start_step}")
     elif resume:
-        ckpt.truncate_metrics(run_dir / "metrics.jsonl", 0)
+        truncate_jsonl(run_dir / "metrics.jsonl", 0)
 
     sinks = make_sinks(cfg, run_dir, progress)
     eval_set = task.prompts("eval", cfg.train.eval_problems, seed=cfg.train.seed) if cfg.train.eval_every else []
@@ -242,9 +243,15 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
     micro = o.micro_batch_size or mb_size
     tau = cfg.rollout.temperature
     last: dict[str, float] = {}
+    logged = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     # (entropy, reward) pairs of every step so far, for the running R = -a exp(H) + b fit (rebuilt on resume)
-    law_points = [(r["entropy/token_mean"], r["reward/mean"]) for r in read_jsonl(run_dir / "metrics.jsonl")] \
-        if (run_dir / "metrics.jsonl").exists() else []
+    law_points = [(r["entropy/token_mean"], r["reward/mean"]) for r in logged if r.get("step", 0) >= 1]
+    if cfg.train.eval_every and start_step == 0 and not any(r.get("step") == 0 for r in logged):
+        # step 0: the policy RL starts from (the warm start), before any update; its own seed, RNG restored
+        last = eval_at_step(model, tokenizer, task, eval_set, cfg.train.eval_samples, sampling, cfg.train.seed, 0)
+        sinks.log(0, last)
+    completions = CompletionLog(run_dir, cfg.train.log_completions_every, cfg.train.log_completions_n,
+                                cfg.train.steps, start_step)
 
     def save(step: int) -> None:
         trainer_state = {
@@ -282,8 +289,8 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
         input_ids, attn = batch.input_ids, batch.attention_mask
         Lp = batch.prompt_ids.shape[1]
         mask = batch.response_mask  # [B, T]
-        old_logp, old_entropy, old_extras = score_in_chunks(model, input_ids, attn, Lp, tau, micro, all_features, params)
-        ref_logp = score_in_chunks(ref_model, input_ids, attn, Lp, tau, micro)[0] if ref_model is not None else None
+        old_logp, old_entropy, old_extras = score_in_chunks(model, input_ids, attn, Lp, tau, micro, all_features, params, mask=mask)
+        ref_logp = score_in_chunks(ref_model, input_ids, attn, Lp, tau, micro, mask=mask)[0] if ref_model is not None else None
         m["timing/score_s"] = time.perf_counter() - t0
 
         # ---- advantages ----
@@ -297,9 +304,9 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
         m.update(rollout_metrics(batch, results, rewards, correct, G, old_logp, mask))
         m.update(entropy_stats(old_entropy, mask, adv, correct, high_threshold=cfg.train.high_entropy_threshold))
         m["dynamics/cov_logp_adv"] = cov_logp_adv(old_logp, adv, mask)
-        if state is not None:  # first show the state this batch (anchors, histories), then ask for this step's params
+        if state is not None:  # first show the state this batch (anchors, histories), then take this step's values
             state.before_update(PolicyInputs(old_logp, old_logp, adv, mask, old_entropy, old_entropy, ref_logp, old_extras))
-        step_params = state.params(params) if state is not None else params
+        ctx = step_context(state, params, Aggregation(cfg.algorithm.loss_agg_mode, norm_length=T))
         if step in (1, cfg.train.steps):  # per-token entropies of the first and last batch, for the report's histogram
             save_token_entropies(run_dir, step, old_entropy, mask)
         m["dynamics/steer_omega"] = steer_omega_signal(old_logp, adv, old_entropy, mask)
@@ -330,27 +337,32 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
                 mb_mask = mask[rows]
                 n_tokens = mb_mask.sum()
                 gen = torch.Generator().manual_seed(((cfg.train.seed * 1_000_003 + step) * 101 + epoch) * 1_009 + mb_index)
-                sel = None
+                mb_ctx = ctx.for_minibatch(num_tokens=n_tokens, num_seqs=mb_size)
+                sel = TokenWeights()  # a method without `select` gets an empty selection
                 if cfg.algorithm.selection_scope == "minibatch" and method.obj.select is not None:
                     first = epoch == 0 and mb_index == 0  # policy == rollout policy: the pre-update pass is exact
                     extras = {k: v[rows] for k, v in old_extras.items()}  # the pre-update pass computed every feature
                     cur_logp, cur_ent = old_logp[rows], old_entropy[rows]
                     if not first:  # later mini-batches: the current policy's values (only the update-pass features)
                         cur_logp, cur_ent, cur_extras = score_in_chunks(
-                            model, input_ids[rows], attn[rows], Lp, tau, micro, method.obj.cur_features, step_params)
+                            model, input_ids[rows], attn[rows], Lp, tau, micro, method.obj.cur_features, params,
+                            mask=mb_mask)
                         extras.update(cur_extras)
-                    sel = run_select(method, step_params, PolicyInputs(cur_logp, old_logp[rows], adv[rows], mb_mask, cur_ent,
-                                                                       old_entropy[rows], None if ref_logp is None else ref_logp[rows], extras), gen)
+                    sel = run_select(method, params, PolicyInputs(cur_logp, old_logp[rows], adv[rows], mb_mask, cur_ent,
+                                                                  old_entropy[rows], None if ref_logp is None else ref_logp[rows], extras),
+                                     mb_ctx, gen)
                 optimizer.zero_grad(set_to_none=True)
                 finite, mb_loss = True, 0.0
                 for start in range(0, mb_size, micro):
                     r = rows[start : start + micro]
-                    logp, ent, cur = score_responses(model, input_ids[r], attn[r], Lp, tau, method.obj.cur_features, step_params)
+                    logp, ent, cur = score_responses(model, input_ids[r], attn[r], Lp, tau, method.obj.cur_features, params,
+                                                  want_entropy=entropy_for_update(method.obj), mask=mask[r])
                     x = PolicyInputs(logp, old_logp[r], adv[r], mask[r], ent, old_entropy[r],
                                      None if ref_logp is None else ref_logp[r], {**{k: v[r] for k, v in old_extras.items()}, **cur})
                     check_inputs(method, x)
-                    micro_sel = sel.rows(slice(start, start + micro)) if sel is not None else run_select(method, step_params, x, gen)
-                    out = method.obj.loss(x, step_params, micro_sel)
+                    micro_sel = sel.rows(slice(start, start + micro)) if cfg.algorithm.selection_scope == "minibatch" \
+                        else run_select(method, params, x, mb_ctx, gen)
+                    out = method.obj.loss(x, params, micro_sel, mb_ctx)
                     per_token = out.per_token
                     if ref_logp is not None:
                         kl = kl_estimate(logp, ref_logp[r], cfg.algorithm.kl_estimator)
@@ -362,8 +374,7 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
                         break
                     loss.backward()
                     mb_loss += loss.item()  # micro losses sum to the mini-batch loss (mini-batch normalisers)
-                    if micro_sel is not None:
-                        out.metrics.update(micro_sel.metrics)
+                    out.metrics.update(micro_sel.metrics)
                     weighted_update(acc, out.metrics, float(x.mask.sum()))
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))
                 if not finite or not torch.isfinite(grad_norm):
@@ -389,7 +400,8 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
 
         # ---- eval, log, checkpoint ----
         if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):
-            m.update(evaluate(model, tokenizer, task, eval_set, cfg.train.eval_samples, sampling, seed=cfg.train.seed + 10_007 * step))
+            m.update(eval_at_step(model, tokenizer, task, eval_set, cfg.train.eval_samples, sampling, cfg.train.seed, step))
+        completions.maybe_log(step, problems, G, batch, results, adv, old_entropy, tokenizer, sinks)
         m["timing/step_s"] = time.perf_counter() - t_step
         sinks.log(step, m)
         last = m

@@ -37,8 +37,8 @@ MARKER_VERSION = 1
 ENTRIES: dict[str, tuple[str, ...]] = {
     "train": (
         "config.yaml", "metrics.jsonl", "metrics.jsonl.tmp", "checkpoints", "sft", "sft_metrics.jsonl",
-        "sft_metrics.jsonl.tmp", "token_entropy", "report", "tb", "wandb", "samples.jsonl", "completions.jsonl",
-        "completions", MARKER,
+        "sft_metrics.jsonl.tmp", "completions.jsonl", "completions.jsonl.tmp", "token_entropy", "report", "tb",
+        "wandb", MARKER,
     ),
     # `entropy-rl sft --out DIR`: the model files themselves are recorded in the marker's "files" when written.
     "sft": ("config.yaml", "sft_metrics.jsonl", "sft_metrics.jsonl.tmp", "checkpoints", "COMPLETE", MARKER),

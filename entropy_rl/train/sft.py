@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from entropy_rl.metrics.sinks import JsonlSink
+from entropy_rl.metrics.sinks import JsonlSink, truncate_jsonl
 from entropy_rl.models.build import load_pretrained
 from entropy_rl.rollout.hf import SamplingParams
 from entropy_rl.tasks.base import Problem, Task
@@ -131,7 +131,7 @@ def warm_start(
     else:
         (model, tokenizer), start = fresh(), None
     model.to(device)
-    ckpt.truncate_metrics(metrics_path, start["step"] if start else 0)
+    truncate_jsonl(metrics_path, start["step"] if start else 0)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"SFT warm start of a {n_params / 1e6:.2f}M-parameter model to sampled accuracy >= {cfg.sft.target_accuracy}")
     sink = JsonlSink(metrics_path)

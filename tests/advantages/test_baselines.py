@@ -37,7 +37,16 @@ def test_singleton_rule(name: str) -> None:
     a = compute_advantages(name, r, g)
     assert float(a[0]) == 0.0  # toolkit rule: a lone response carries no relative signal
     a = compute_advantages(name, r, g, singleton="reward")
-    assert float(a[0]) == pytest.approx(0.7)  # verl: mean 0, std 1 => A = r
+    assert float(a[0]) == pytest.approx(0.7 / (1 + 1e-6) if name == "grpo" else 0.7, rel=1e-7)  # verl: mean 0, std 1
+
+
+def test_grpo_singleton_reward_divides_by_one_plus_eps_as_verl() -> None:
+    # verl compute_grpo_outcome_advantage: a singleton has mean 0 and std 1, so A = (r - 0) / (1 + eps)
+    r, g = torch.tensor([0.7, 1.0, 0.0]), torch.tensor([3, 8, 8])
+    a = compute_advantages("grpo", r, g, singleton="reward", eps=0.5)
+    assert float(a[0]) == pytest.approx(0.7 / 1.5)
+    a = compute_advantages("grpo", r, g, singleton="reward", eps=0.5, scale_by_std=False)
+    assert float(a[0]) == pytest.approx(0.7)  # no std scaling (Dr.GRPO): A = r
 
 
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo"])

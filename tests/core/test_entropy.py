@@ -1,4 +1,4 @@
-"""token_entropy against a float64 reference, temperature, fp32 output, chunking and gradient."""
+"""token_entropy against a float64 reference, temperature, fp32 output and gradient (chunking: test_token_stats.py)."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from entropy_rl import token_entropy
-from entropy_rl.core.entropy import token_entropy_chunked, token_logprobs
+from entropy_rl.core.entropy import token_logprobs
 
 
 def reference(logits: torch.Tensor, tau: float) -> torch.Tensor:
@@ -36,11 +36,6 @@ def test_bf16_input_is_computed_in_fp32() -> None:
     out = token_entropy(logits.bfloat16())
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), reference(logits.bfloat16().float(), 1.0), rtol=1e-5, atol=1e-6)
-
-
-def test_chunked_equals_plain() -> None:
-    logits = torch.randn(2, 9, 13, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(token_entropy_chunked(logits, 0.8, chunk_size=4), token_entropy(logits, 0.8))
 
 
 def test_gradient_matches_logit_space_formula() -> None:

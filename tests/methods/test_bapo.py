@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from entropy_rl.core.policy_loss import get_policy_loss, policy_loss, run_select
-from entropy_rl.core.types import PolicyInputs
+from entropy_rl.core.types import PolicyInputs, StepContext
 
 ENTRY = get_policy_loss("bapo")
 
@@ -20,7 +20,7 @@ def inputs(ratios, advs) -> PolicyInputs:
 
 
 def chosen(x: PolicyInputs, **kw):
-    sel = run_select(ENTRY, ENTRY.make_params(**kw), x, None)
+    sel = run_select(ENTRY, ENTRY.make_params(**kw), x, StepContext(), None)
     return float(sel["c_low"][0, 0]), float(sel["c_high"][0, 0]), float(sel.metrics["method/bapo/pos_share"]), sel
 
 
@@ -30,7 +30,7 @@ def test_target_met_at_start() -> None:
     assert (c_low, c_high) == pytest.approx((0.6, 1.2))
     assert share == pytest.approx(1.2 / 1.8)
     # loss: token 0: max(-2, -1.2) = -1.2; token 1: max(0.5, 0.6) = 0.6 (dual clip -c A = 3 does not bind)
-    out = ENTRY.obj.loss(inputs([2.0, 0.5], [1.0, -1.0]), ENTRY.make_params(), sel)
+    out = ENTRY.obj.loss(inputs([2.0, 0.5], [1.0, -1.0]), ENTRY.make_params(), sel, StepContext())
     torch.testing.assert_close(out.per_token.detach().view(-1), torch.tensor([-1.2, 0.6]))
 
 
@@ -88,7 +88,7 @@ def test_vectorised_search_matches_official_loop(seed: int) -> None:
     adv = (torch.randn(B, 1, generator=g, dtype=torch.float64) - 0.3 * seed / 5).expand(B, T)
     mask = (torch.rand(B, T, generator=g) > 0.2).double()
     p = ENTRY.make_params(target_positive_share=0.3 + 0.1 * seed)
-    sel = run_select(ENTRY, p, PolicyInputs(logp, old, adv * mask, mask), None)
+    sel = run_select(ENTRY, p, PolicyInputs(logp, old, adv * mask, mask), StepContext(), None)
     lo, hi = official_search(torch.exp(logp - old), adv * mask, mask, p)
     assert float(sel["c_low"][0, 0]) == pytest.approx(lo, abs=1e-12)
     assert float(sel["c_high"][0, 0]) == pytest.approx(hi, abs=1e-12)

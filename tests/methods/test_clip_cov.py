@@ -11,11 +11,19 @@ from entropy_rl.core import ppo
 
 from entropy_rl.core.aggregate import aggregate
 from entropy_rl.core.policy_loss import POLICY_LOSSES, get_policy_loss, policy_loss, run_select
-from entropy_rl.core.types import PolicyInputs
+from entropy_rl.core.types import PolicyInputs, StepContext, TokenWeights
 from entropy_rl.methods import clip_cov
-from entropy_rl.methods.clip_cov import PRESETS, Params, n_to_detach, preset
+from entropy_rl.methods.clip_cov import Params, n_to_detach
+from entropy_rl.presets import resolve
 
 ENTRY = get_policy_loss("clip_cov")
+
+
+def variant_params(name: str) -> Params:
+    """The Params a packaged variant sets (entropy_rl/presets/methods/<name>.yaml), checked to be a clip_cov variant."""
+    algorithm = resolve(name).overrides["algorithm"]
+    assert algorithm["method"] == "clip_cov"
+    return ENTRY.make_params(**algorithm.get("method_params", {}))
 
 
 def hand_case() -> PolicyInputs:
@@ -38,7 +46,7 @@ def test_hand_case_covariance_candidates_and_selection() -> None:
     x = hand_case()
     torch.testing.assert_close(ppo.token_covariance(x.logp.detach(), x.adv, x.mask), torch.tensor([[3.0, 1.0, 1.0, 3.0]]))
     p = Params()  # n_clip = max(1, floor(2e-4 * 4)) = 1
-    sel = run_select(ENTRY, p, x, torch.Generator().manual_seed(0))
+    sel = run_select(ENTRY, p, x, StepContext(), torch.Generator().manual_seed(0))
     assert sel["detach"].tolist() == [[True, False, False, False]]
     assert float(sel.metrics["method/clip_cov/n_candidates"]) == 1.0
     assert float(sel.metrics["method/clip_cov/n_selected"]) == 1.0
@@ -63,7 +71,7 @@ def test_detached_token_has_zero_loss_and_gradient_but_counts_in_denominator() -
 
 def test_draw_is_capped_by_the_candidate_count() -> None:
     # clip_ratio = 1 -> n_clip = 4, but |C| = 1 -> min(4, 1) = 1 selected
-    sel = run_select(ENTRY, Params(clip_ratio=1.0), hand_case(), torch.Generator().manual_seed(0))
+    sel = run_select(ENTRY, Params(clip_ratio=1.0), hand_case(), StepContext(), torch.Generator().manual_seed(0))
     assert int(sel["detach"].sum()) == 1
 
 
@@ -89,40 +97,36 @@ def test_generator_determinism_and_uniform_draw() -> None:
     # n = floor(0.25 * 58) = floor(14.5) = 14
     p = Params(clip_ratio=0.25, cov_lb=-1e9, cov_ub=1e9)
     x = random_case()
-    a = run_select(ENTRY, p, x, torch.Generator().manual_seed(7))
-    b = run_select(ENTRY, p, x, torch.Generator().manual_seed(7))
+    a = run_select(ENTRY, p, x, StepContext(), torch.Generator().manual_seed(7))
+    b = run_select(ENTRY, p, x, StepContext(), torch.Generator().manual_seed(7))
     assert torch.equal(a["detach"], b["detach"])
     assert int(a["detach"].sum()) == 14 and float(a.metrics["method/clip_cov/n_candidates"]) == 58.0
     assert not a["detach"][3, 10:].any()  # padding never selected
-    draws = {tuple(run_select(ENTRY, p, x, torch.Generator().manual_seed(s))["detach"].flatten().tolist()) for s in range(5)}
+    draws = {tuple(run_select(ENTRY, p, x, StepContext(), torch.Generator().manual_seed(s))["detach"].flatten().tolist()) for s in range(5)}
     assert len(draws) > 1  # the generator, not a fixed order, picks the tokens
 
 
 def test_clip_ratio_zero_is_ppo_clip() -> None:
     x = random_case()
     x = PolicyInputs(x.logp.requires_grad_(True), x.logp.detach() + 0.3, x.adv, x.mask)
-    out = ENTRY.obj.loss(x, Params(clip_ratio=0.0), run_select(ENTRY, Params(clip_ratio=0.0), x, torch.Generator()))
+    out = ENTRY.obj.loss(x, Params(clip_ratio=0.0), run_select(ENTRY, Params(clip_ratio=0.0), x, StepContext(), torch.Generator()), StepContext())
     ref = POLICY_LOSSES.get("ppo_clip")
-    expected = ref.obj.loss(x, ref.make_params(clip_ratio_c=None), None)
+    expected = ref.obj.loss(x, ref.make_params(clip_ratio_c=None), TokenWeights(), StepContext())
     torch.testing.assert_close(out.per_token, expected.per_token)
 
 
-def test_presets_are_overrides_of_params() -> None:
-    assert preset("verl") == Params()
-    paper = preset("paper")
+def test_variants_hold_the_paper_and_verl_settings() -> None:
+    assert variant_params("clip_cov_verl") == Params()
+    paper = variant_params("clip_cov")
     assert (paper.eps_low, paper.eps_high, paper.clip_ratio, paper.cov_lb, paper.cov_ub) == (1.0, 1.0, 2e-4, 1.0, 5.0)
-    assert preset("paper", clip_ratio=1e-3).clip_ratio == 1e-3
-    for overrides in PRESETS.values():
-        ENTRY.make_params(**overrides)  # every preset is valid config
-    with pytest.raises(ValueError, match="unknown clip_cov preset"):
-        preset("nope")
 
 
 def test_paper_preset_clamps_ratio_to_0_2() -> None:
     # eps 1.0: r = e^1 = 2.718 with A = 1 is clipped at 2 -> loss -2; r = e^-1 with A = -1 is inside [0, 2]
     logp = torch.tensor([[1.0, -1.0]])
     x = PolicyInputs(logp, torch.zeros(1, 2), torch.tensor([[1.0, -1.0]]), torch.ones(1, 2))
-    out = ENTRY.obj.loss(x, preset("paper", clip_ratio=0.0), None)
+    p = Params(eps_low=1.0, eps_high=1.0, clip_ratio=0.0)
+    out = ENTRY.obj.loss(x, p, run_select(ENTRY, p, x, StepContext(), None), StepContext())
     torch.testing.assert_close(out.per_token, torch.tensor([[-2.0, math.exp(-1.0)]]))
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from entropy_rl.core.policy_loss import get_policy_loss, policy_loss
-from entropy_rl.methods.entropy_bonus import AdaptiveEntropyState, Params
+from entropy_rl.methods.entropy_bonus import AdaptiveEntropyState, BonusValues, Params
 
 ENTRY = get_policy_loss("entropy_bonus")
 
@@ -19,12 +19,12 @@ def test_static_loss_is_ppo_minus_coef_entropy() -> None:
     torch.testing.assert_close(out.per_token, torch.tensor([[-2.05]]))
 
 
-def test_static_state_is_identity() -> None:
+def test_static_state_is_constant() -> None:
     p = Params(coef=0.01)
     state = ENTRY.obj.make_state(p)
-    assert state.params(p) is p
+    assert state.values(p) == BonusValues(0.01)
     state.after_update({"entropy/token_mean": 5.0})
-    assert state.params(p) is p and state.metrics() == {}
+    assert state.values(p) == BonusValues(0.01) and state.metrics() == {}
 
 
 def test_adaptive_controller_sequence() -> None:
@@ -33,7 +33,7 @@ def test_adaptive_controller_sequence() -> None:
     state = AdaptiveEntropyState(p)
     applied, coefs = [], []
     for h in [0.1, 0.1, 0.3, 0.1, 0.1, 0.2]:
-        applied.append(state.params(p).coef)  # coefficient used by this step (gated by the previous step's H)
+        applied.append(state.values(p).coef)  # coefficient used by this step (gated by the previous step's H)
         state.after_update({"entropy/token_mean": h})
         coefs.append(state.coef)
     # H <= 0.2 -> +delta, H > 0.2 -> -delta, clipped at 0.012; H == target counts as <= (TRL)
@@ -47,10 +47,10 @@ def test_adaptive_lower_clip_and_initial_coef() -> None:
     # c0 = coef = 0.003; H = 0.5 > 0.2 -> 0.003 - 0.005 = -0.002 -> clipped to coef_min 0.001
     p = Params(adaptive=True, coef=0.003, coef_min=0.001)
     state = AdaptiveEntropyState(p)
-    assert state.params(p).coef == pytest.approx(0.003)
+    assert state.values(p).coef == pytest.approx(0.003)
     state.after_update({"entropy/token_mean": 0.5})
     assert state.coef == pytest.approx(0.001)
-    assert state.params(p).coef == 0.0  # gate closed: 0.5 > 0.2
+    assert state.values(p).coef == 0.0  # gate closed: 0.5 > 0.2
 
 
 def test_adaptive_state_dict_round_trip() -> None:
@@ -61,7 +61,7 @@ def test_adaptive_state_dict_round_trip() -> None:
     b = AdaptiveEntropyState(p)
     b.load_state_dict(a.state_dict())
     assert b.state_dict() == a.state_dict()
-    assert b.params(p) == a.params(p)
+    assert b.values(p) == a.values(p)
     a.after_update({"entropy/token_mean": 0.3})
     b.after_update({"entropy/token_mean": 0.3})
     assert b.coef == a.coef

@@ -8,15 +8,17 @@ import pytest
 import torch
 
 from entropy_rl.core.policy_loss import get_policy_loss, policy_loss
-from entropy_rl.methods.epo import EpoState, Params, smooth_weight
+from entropy_rl.methods.epo import EpoState, EpoValues, Params, smooth_weight
 
 get_policy_loss("epo")
 
 
-def run(h: list[float], **params):
+def run(h: list[float], history_mean: float | None = None, epoch: int = 0, **params):
+    """EPO's loss on one row of entropies h, with the run-time values (Hbar, e) a state would give."""
     ent = torch.tensor([h], requires_grad=True)
     logp = torch.zeros(1, len(h), requires_grad=True)
-    out = policy_loss("epo", logp, logp.detach(), torch.zeros(1, len(h)), torch.ones(1, len(h)), entropy=ent, **params)
+    out = policy_loss("epo", logp, logp.detach(), torch.zeros(1, len(h)), torch.ones(1, len(h)), entropy=ent,
+                      values=EpoValues(history_mean, epoch), **params)
     (g,) = torch.autograd.grad(out.per_token.sum(), ent)
     return out, g
 
@@ -70,11 +72,19 @@ def test_schedule_values() -> None:
 def test_state_history_mean_epoch_and_round_trip() -> None:
     p = Params()
     state = EpoState(p)
-    assert state.params(p).history_mean is None and state.params(p).epoch == 0
+    assert state.values(p) == EpoValues(None, 0)
     for h in [1.0, 2.0, 3.0]:
         state.after_update({"entropy/token_mean": h})
-    q = state.params(p)
+    q = state.values(p)
     assert q.history_mean == pytest.approx(2.0) and q.epoch == 3  # all-time mean of (1, 2, 3)
     restored = EpoState(p)
     restored.load_state_dict(state.state_dict())
-    assert restored.params(p) == q
+    assert restored.values(p) == q
+
+
+def test_function_api_defaults_to_the_first_step() -> None:
+    # no values given: a fresh state's (Hbar unknown, e = 0), so smoothing is off as at the first step of a run
+    ent = torch.tensor([[1.5, 0.5]], requires_grad=True)
+    logp = torch.zeros(1, 2, requires_grad=True)
+    out = policy_loss("epo", logp, logp.detach(), torch.zeros(1, 2), torch.ones(1, 2), entropy=ent, coef=0.1, smooth_coef=2.0)
+    torch.testing.assert_close(out.per_token.detach(), torch.tensor([[-0.15, -0.05]]))

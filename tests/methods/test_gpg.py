@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from entropy_rl.core.policy_loss import get_policy_loss, policy_loss, run_select
-from entropy_rl.core.types import PolicyInputs
+from entropy_rl.core.types import PolicyInputs, StepContext
 
 
 def batch():
@@ -37,7 +37,7 @@ def test_without_correction_alpha_is_one() -> None:
 def test_alpha_is_a_mini_batch_quantity_sliced_per_micro_batch() -> None:
     logp, adv, mask = batch()
     entry = get_policy_loss("gpg")
-    sel = run_select(entry, entry.make_params(), PolicyInputs(logp, logp.detach(), adv, mask), None)
+    sel = run_select(entry, entry.make_params(), PolicyInputs(logp, logp.detach(), adv, mask), StepContext(), None)
     assert torch.equal(sel.rows(slice(2, 4))["alpha"], torch.full((2, 1), 2.0))  # not 4/0 for the invalid half
 
 

@@ -11,11 +11,19 @@ import torch
 from entropy_rl.core import ppo
 
 from entropy_rl.core.policy_loss import POLICY_LOSSES, get_policy_loss, policy_loss, run_select
-from entropy_rl.core.types import PolicyInputs
+from entropy_rl.core.types import PolicyInputs, StepContext
 from entropy_rl.methods import kl_cov
-from entropy_rl.methods.kl_cov import PRESETS, Params, n_to_penalise, preset
+from entropy_rl.methods.kl_cov import Params, n_to_penalise
+from entropy_rl.presets import resolve
 
 ENTRY = get_policy_loss("kl_cov")
+
+
+def variant_params(name: str) -> Params:
+    """The Params a packaged variant sets (entropy_rl/presets/methods/<name>.yaml), checked to be a kl_cov variant."""
+    algorithm = resolve(name).overrides["algorithm"]
+    assert algorithm["method"] == "kl_cov"
+    return ENTRY.make_params(**algorithm.get("method_params", {}))
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +60,7 @@ def test_hand_case_top_k_by_covariance(ratio: float, expected: list[int]) -> Non
     # k = max(1, floor(ratio * 4)): 0.25 -> 1 {t0}; 0.5 -> 2 {t0, t3}; 0.75 -> 3 {t0, t3, t2}; 2e-4 -> 1
     x = hand_case()
     torch.testing.assert_close(ppo.token_covariance(x.logp.detach(), x.adv, x.mask), torch.tensor([[2.625, 0.75, 1.25, 1.875, 0.0]]))
-    sel = run_select(ENTRY, Params(kl_ratio=ratio), x, None)
+    sel = run_select(ENTRY, Params(kl_ratio=ratio), x, StepContext(), None)
     assert sel["penalize"][0].nonzero().flatten().tolist() == expected
 
 
@@ -80,7 +88,7 @@ def test_no_clipping_anywhere() -> None:
     # r = e^2 = 7.389 with A = 1: ppo_clip would clip at 1.2 (zero gradient); KL-Cov keeps -A r and gradient -e^2
     logp = torch.tensor([[2.0, -2.0]], requires_grad=True)
     x = PolicyInputs(logp, torch.zeros(1, 2), torch.tensor([[1.0, -1.0]]), torch.ones(1, 2))
-    out = ENTRY.obj.loss(x, Params(kl_ratio=0.0), run_select(ENTRY, Params(kl_ratio=0.0), x, None))
+    out = ENTRY.obj.loss(x, Params(kl_ratio=0.0), run_select(ENTRY, Params(kl_ratio=0.0), x, StepContext(), None), StepContext())
     # t1: r = e^-2 with A = -1: ppo_clip would clip at 0.8; here loss = e^-2, gradient e^-2
     torch.testing.assert_close(out.per_token, torch.tensor([[-math.exp(2.0), math.exp(-2.0)]]))
     (g,) = torch.autograd.grad(out.per_token.sum(), logp)
@@ -97,12 +105,12 @@ def test_on_policy_warns_once_after_two_consecutive_zero_penalty_mini_batches() 
     x = on_policy_case()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # first on-policy mini-batch: normal (every rollout's first one is)
-        run_select(ENTRY, Params(), x, None)
+        run_select(ENTRY, Params(), x, StepContext(), None)
     with pytest.warns(UserWarning, match="on-policy"):
-        run_select(ENTRY, Params(), x, None)
+        run_select(ENTRY, Params(), x, StepContext(), None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per process
-        run_select(ENTRY, Params(), x, None)
+        run_select(ENTRY, Params(), x, StepContext(), None)
 
 
 def test_off_policy_mini_batches_reset_the_streak() -> None:
@@ -110,9 +118,9 @@ def test_off_policy_mini_batches_reset_the_streak() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 8 mini-batches per rollout: on, off x 7, on, off ... never warns
         for _ in range(3):
-            run_select(ENTRY, Params(), on, None)
+            run_select(ENTRY, Params(), on, StepContext(), None)
             for _ in range(7):
-                run_select(ENTRY, Params(), off, None)
+                run_select(ENTRY, Params(), off, StepContext(), None)
 
 
 def test_on_policy_penalty_and_its_gradient_are_zero() -> None:
@@ -124,14 +132,10 @@ def test_on_policy_penalty_and_its_gradient_are_zero() -> None:
     assert float(out.metrics["method/kl_cov/abs_logratio_mean"]) == 0.0
 
 
-def test_presets_are_overrides_of_params() -> None:
-    assert preset("verl") == Params() == Params(kl_ratio=2e-4, kl_coef=0.1)
-    assert (preset("paper_7b").kl_ratio, preset("paper_7b").kl_coef) == (2e-3, 1.0)
-    assert (preset("paper_32b").kl_ratio, preset("paper_32b").kl_coef) == (2e-4, 1.0)
-    for overrides in PRESETS.values():
-        ENTRY.make_params(**overrides)
-    with pytest.raises(ValueError, match="unknown kl_cov preset"):
-        preset("paper")
+def test_variants_hold_the_paper_and_verl_settings() -> None:
+    assert variant_params("kl_cov_verl") == Params() == Params(kl_ratio=2e-4, kl_coef=0.1)
+    assert (variant_params("kl_cov").kl_ratio, variant_params("kl_cov").kl_coef) == (2e-3, 1.0)  # paper 7B
+    assert (variant_params("kl_cov_32b").kl_ratio, variant_params("kl_cov_32b").kl_coef) == (2e-4, 1.0)
 
 
 def test_no_neutral_setting_is_declared() -> None:

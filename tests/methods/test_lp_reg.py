@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from entropy_rl.core.policy_loss import get_policy_loss, policy_loss
-from entropy_rl.core.types import PolicyInputs
+from entropy_rl.core.types import PolicyInputs, StepContext
 from entropy_rl.methods.lp_reg import Params, lp_proxy_feature, min_p_proxy_logp, select
 
 get_policy_loss("lp_reg")
@@ -55,7 +55,7 @@ def test_selects_lowest_logp_negatives_then_proxy_filter() -> None:
     logp = [-1.0, -2.0, -3.0, -9.0, -4.0, -5.0, -6.0, -8.0, -7.0, -1.5]
     proxy = [-0.5] * 10
     proxy[7] = -8.5
-    sel = select(make_x(logp, [-1.0] * 10, proxy), Params(rho_neg=0.2), None)
+    sel = select(make_x(logp, [-1.0] * 10, proxy), Params(rho_neg=0.2), StepContext(), None)
     assert sel["reg"][0].nonzero().flatten().tolist() == [3]
     assert float(sel.metrics["method/lp_reg/n_candidates"]) == 2.0
     assert float(sel.metrics["method/lp_reg/n_selected"]) == 1.0
@@ -64,7 +64,7 @@ def test_selects_lowest_logp_negatives_then_proxy_filter() -> None:
 def test_positive_and_masked_tokens_are_not_selected_by_rho_neg() -> None:
     # positions 0 (A > 0) and 1 (masked) have the lowest logp but are not valid negatives
     logp = [-20.0, -30.0, -3.0, -4.0, -5.0, -6.0]
-    sel = select(make_x(logp, [1.0] + [-1.0] * 5, [0.0] * 6, [1, 0, 1, 1, 1, 1]), Params(rho_neg=0.5), None)
+    sel = select(make_x(logp, [1.0] + [-1.0] * 5, [0.0] * 6, [1, 0, 1, 1, 1, 1]), Params(rho_neg=0.5), StepContext(), None)
     # N_neg = 4 valid negatives -> k = 2: positions 5 (-6) and 4 (-5)
     assert sel["reg"][0].nonzero().flatten().tolist() == [4, 5]
 
@@ -73,10 +73,10 @@ def test_min_k_rule() -> None:
     # N_neg = 10, rho 0.1 -> k = max(1, 1) = 1: official (min_k 2) applies nothing; min_k 1 takes the lowest one
     logp = [-float(i) for i in range(10)]
     x = make_x(logp, [-1.0] * 10, [0.0] * 10)
-    assert int(select(x, Params(rho_neg=0.1), None)["reg"].sum()) == 0
-    assert select(x, Params(rho_neg=0.1, min_k=1), None)["reg"][0].nonzero().flatten().tolist() == [9]
+    assert int(select(x, Params(rho_neg=0.1), StepContext(), None)["reg"].sum()) == 0
+    assert select(x, Params(rho_neg=0.1, min_k=1), StepContext(), None)["reg"][0].nonzero().flatten().tolist() == [9]
     # rho 0.0: nothing, whatever min_k
-    assert int(select(x, Params(rho_neg=0.0, min_k=1), None)["reg"].sum()) == 0
+    assert int(select(x, Params(rho_neg=0.0, min_k=1), StepContext(), None)["reg"].sum()) == 0
 
 
 def test_k3_value_and_gradient_raises_logp() -> None:

@@ -9,10 +9,18 @@ import math
 import pytest
 import torch
 
-from entropy_rl.core.aggregate import AGG_MODES, aggregate
+from entropy_rl.core.aggregate import AGG_MODES, Aggregation, aggregate
 from entropy_rl.core.policy_loss import get_policy_loss, policy_loss, run_select
-from entropy_rl.core.types import PolicyInputs
-from entropy_rl.methods.siren import Params, SirenState, peak_mask, selected_entropy, topp_entropy, topp_entropy_feature
+from entropy_rl.core.types import PolicyInputs, StepContext
+from entropy_rl.methods.siren import (
+    Params,
+    SirenState,
+    SirenValues,
+    peak_mask,
+    selected_entropy,
+    topp_entropy,
+    topp_entropy_feature,
+)
 
 ENTRY = get_policy_loss("siren")
 
@@ -81,17 +89,19 @@ def test_linearised_penalty_has_the_gradient_of_the_minibatch_objective(mode: st
     zeros = torch.zeros(b, t)
     logp = torch.zeros(b, t, requires_grad=True)
     x = PolicyInputs(logp, logp.detach(), zeros, mask, extras={"topp_entropy": h})
-    p = Params(coef=lam, anchor=anchor, loss_agg_mode=mode, norm_length=10.0)
+    p = Params(coef=lam)
+    # the trainer's context: this step's anchor and its aggregation (norm_length 10 != T: taken from the context)
+    ctx = StepContext(SirenValues(anchor), Aggregation(mode, num_tokens=mask.sum(), num_seqs=b, norm_length=10.0))
     # exact objective over the mini-batch (the peak mask carries no gradient)
     s = peak_mask(h, mask, 0.8)
     exact = lam * (selected_entropy(h, s) - anchor) ** 2
     (g_exact,) = torch.autograd.grad(exact, logits, retain_graph=True)
     # trainer-style: select once over the mini-batch, loss per micro-batch, aggregate with mini-batch normalisers
-    sel = run_select(ENTRY, p, x, None)
+    sel = run_select(ENTRY, p, x, ctx, None)
     total, size = 0.0, b // n_micro
     for start in range(0, b, size):
         rows = slice(start, start + size)
-        out = ENTRY.obj.loss(x.rows(rows), p, sel.rows(rows))
+        out = ENTRY.obj.loss(x.rows(rows), p, sel.rows(rows), ctx)
         total = total + aggregate(out.per_token, mask[rows], mode, num_tokens=mask.sum(), num_seqs=b, norm_length=10.0)
     (g_lin,) = torch.autograd.grad(total, logits)
     assert g_exact.abs().sum() > 0
@@ -99,6 +109,31 @@ def test_linearised_penalty_has_the_gradient_of_the_minibatch_objective(mode: st
     # the aggregated value is the penalty itself (A = 0: the PPO part is 0)
     torch.testing.assert_close(total.detach(), exact.detach(), rtol=1e-5, atol=1e-7)
     assert float(sel.metrics["method/siren/penalty"]) == pytest.approx(float(exact.detach()), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", AGG_MODES)
+def test_microbatch_selection_weights_each_penalty_by_its_share_of_sequences(mode: str) -> None:
+    """selection_scope=microbatch: H_sel per micro-batch, penalty weighted B_micro / B_mb (official 1 / grad accum)."""
+    lam, anchor, n_micro = 0.7, 0.3, 2
+    logits, mask = random_batch(2)
+    b, t = mask.shape
+    h = topp_entropy(logits, 1.0)
+    logp = torch.zeros(b, t, requires_grad=True)
+    x = PolicyInputs(logp, logp.detach(), torch.zeros(b, t), mask, extras={"topp_entropy": h})
+    p = Params(coef=lam)
+    ctx = StepContext(SirenValues(anchor), Aggregation(mode, num_tokens=mask.sum(), num_seqs=b, norm_length=10.0))
+    total, expected, size = 0.0, 0.0, b // n_micro
+    for start in range(0, b, size):
+        rows = slice(start, start + size)
+        xr = x.rows(rows)
+        out = ENTRY.obj.loss(xr, p, run_select(ENTRY, p, xr, ctx, None), ctx)
+        total = total + ctx.agg.reduce(out.per_token, xr.mask)
+        h_sel = selected_entropy(h[rows], peak_mask(h[rows], mask[rows], 0.8))
+        expected = expected + size / b * lam * (h_sel - anchor) ** 2
+    (g, g_expected) = (torch.autograd.grad(v, logits, retain_graph=True)[0] for v in (total, expected))
+    assert g_expected.abs().sum() > 0
+    torch.testing.assert_close(g, g_expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(total.detach(), expected.detach(), rtol=1e-5, atol=1e-7)
 
 
 def test_no_anchor_means_zero_penalty() -> None:
@@ -114,22 +149,22 @@ def test_no_anchor_means_zero_penalty() -> None:
 def test_anchor_is_set_once_from_the_first_batch_and_saved() -> None:
     p = Params()
     state = ENTRY.obj.make_state(p)
-    assert state.params(p).anchor is None  # first step: no anchor yet (params taken before before_update)
+    assert state.values(p).anchor is None  # a fresh state: no anchor until it has seen a batch
     h1 = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 2.0, 6.0, 1.0, 1.0]])
     mask = torch.ones(2, 5)
     x1 = PolicyInputs(torch.zeros(2, 5), torch.zeros(2, 5), torch.zeros(2, 5), mask, extras={"topp_entropy": h1})
     state.before_update(x1)
     # row 0 -> {5}; row 1: sorted [1,1,2,2,6], position 3.2 -> 2 + .2*4 = 2.8 -> {6}; H_sel = (5 + 6) / 2 = 5.5
-    assert state.params(p).anchor == pytest.approx(5.5)
+    assert state.values(p).anchor == pytest.approx(5.5)
     x2 = PolicyInputs(torch.zeros(2, 5), torch.zeros(2, 5), torch.zeros(2, 5), mask, extras={"topp_entropy": h1 * 0})
     state.before_update(x2)
-    assert state.params(p).anchor == pytest.approx(5.5)  # fixed afterwards
+    assert state.values(p).anchor == pytest.approx(5.5)  # fixed afterwards
     restored = ENTRY.obj.make_state(p)
     restored.load_state_dict(state.state_dict())
-    assert restored.params(p).anchor == pytest.approx(5.5)
+    assert restored.values(p) == state.values(p) == SirenValues(5.5)
 
 
-def test_feature_uses_the_params_and_bad_mode_raises() -> None:
+def test_feature_uses_the_params() -> None:
     z = torch.log(torch.tensor([[[0.5, 0.2, 0.2, 0.1]]]))
     tokens = torch.zeros(1, 1, dtype=torch.long)
     # top_p 0.8 keeps {0.5, 0.2} (0.9 crosses at the third): q = [5/7, 2/7]
@@ -138,8 +173,6 @@ def test_feature_uses_the_params_and_bad_mode_raises() -> None:
     # top_p 0.95 keeps {0.5, 0.2, 0.2}: q = [5/9, 2/9, 2/9]
     q = torch.tensor([5 / 9, 2 / 9, 2 / 9])
     assert float(topp_entropy_feature(z, tokens, 1.0, Params(top_p=0.95))) == pytest.approx(float(-(q * q.log()).sum()), rel=1e-5)
-    with pytest.raises(ValueError, match="loss_agg_mode"):
-        Params(loss_agg_mode="mean")
 
 
 def test_state_type() -> None:

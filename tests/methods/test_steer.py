@@ -8,10 +8,20 @@ import pytest
 import torch
 
 from entropy_rl.core.policy_loss import POLICY_LOSSES, get_policy_loss, policy_loss, run_select
-from entropy_rl.core.types import PolicyInputs
-from entropy_rl.methods.steer import PRESETS, Params, preset, steer_omega
+from entropy_rl.core.types import PolicyInputs, StepContext, TokenWeights
+from entropy_rl.methods.steer import Params, steer_omega
+from entropy_rl.presets import resolve
 
 ENTRY = get_policy_loss("steer")
+
+
+def variant_params(name: str) -> Params:
+    """The Params a packaged variant sets (entropy_rl/presets/methods/<name>.yaml), checked to be a steer variant."""
+    algorithm = resolve(name).overrides["algorithm"]
+    assert algorithm["method"] == "steer"
+    return ENTRY.make_params(**algorithm.get("method_params", {}))
+
+
 PROBS = [0.5, 0.25, 0.8]
 
 
@@ -50,7 +60,7 @@ def test_exp_map_hand_weights() -> None:
     #   t0 exp(-0.770202 * 0.153426) = exp(-0.118169) = 0.888546
     #   t1 exp(-0.770202 * 0.289721) = exp(ln 0.8)    = 0.8       (the max-|Omega| token gets lambda_min)
     #   t2 exp(-0.770202 * 0.155371) = exp(-0.119667) = 0.887216
-    sel = run_select(ENTRY, Params(), hand_case(), None)
+    sel = run_select(ENTRY, Params(), hand_case(), StepContext(), None)
     torch.testing.assert_close(sel["weight"], torch.tensor([[0.88854557, 0.8, 0.88721557]]))
     assert float(sel.metrics["method/steer/weight_min"]) == pytest.approx(0.8)
     assert float(sel.metrics["method/steer/weight_mean"]) == pytest.approx((0.88854557 + 0.8 + 0.88721557) / 3)
@@ -66,20 +76,20 @@ def test_linear_map_hand_weights() -> None:
     #   t0 1.2 - 0                       = 1.2
     #   t1 1.2 - 0.136295 * 2.934824     = 0.8
     #   t2 1.2 - (0.155371 - 0.153426) * 2.934824 = 1.2 - 0.005708 = 1.194292
-    sel = run_select(ENTRY, preset("linear"), hand_case(), None)
+    sel = run_select(ENTRY, Params(weight_map="linear", weight_max=1.2), hand_case(), StepContext(), None)
     torch.testing.assert_close(sel["weight"], torch.tensor([[1.2, 0.8, 1.19429212]]))
 
 
 def test_linear_map_with_equal_omegas_gives_the_midpoint() -> None:
     # A = 0 -> Omega = 0 everywhere -> max == min -> w = (0.8 + 1.2) / 2 = 1.0
-    sel = run_select(ENTRY, preset("linear"), hand_case(adv=0.0), None)
+    sel = run_select(ENTRY, Params(weight_map="linear", weight_max=1.2), hand_case(adv=0.0), StepContext(), None)
     torch.testing.assert_close(sel["weight"], torch.ones(1, 3))
 
 
 def test_exp_map_floor_keeps_small_batches_near_one() -> None:
     # A = 0.01 -> |Omega| = [0.0015343, 0.0028972, 0.0015537], max 0.0028972 < 0.02 -> divide by the floor 0.02:
     # k = 0.223144 / 0.02 = 11.157178;  w = exp(-k |Omega|) = [0.983028, 0.968192, 0.982814]; none reaches 0.8
-    sel = run_select(ENTRY, Params(), hand_case(adv=0.01), None)
+    sel = run_select(ENTRY, Params(), hand_case(adv=0.01), StepContext(), None)
     torch.testing.assert_close(sel["weight"], torch.tensor([[0.98302762, 0.96819220, 0.98281434]]))
 
 
@@ -89,7 +99,7 @@ def test_first_order_omega_is_p_times_official() -> None:
     x = hand_case()
     om = steer_omega(x.logp.detach(), x.old_logp, x.adv, x.old_entropy, "first_order")
     torch.testing.assert_close(om, torch.tensor([[0.07671320, -0.07243019, 0.12429703]]))
-    sel = run_select(ENTRY, Params(omega="first_order"), x, None)
+    sel = run_select(ENTRY, Params(omega="first_order"), x, StepContext(), None)
     torch.testing.assert_close(sel["weight"], torch.tensor([[0.87134357, 0.87806918, 0.8]]))
 
 
@@ -97,10 +107,10 @@ def test_non_finite_omega_is_zero_and_masked_weights_are_zero() -> None:
     # H_old = nan at t0 -> Omega_0 non-finite -> 0 -> weight exp(0) = 1; the rest as in the hand case but
     # k uses max over {0, 0.289721, 0.155371}
     x = hand_case(entropy=[float("nan"), 1.0, 1.0])
-    sel = run_select(ENTRY, Params(), x, None)
+    sel = run_select(ENTRY, Params(), x, StepContext(), None)
     torch.testing.assert_close(sel["weight"], torch.tensor([[1.0, 0.8, 0.88721557]]))
     x = PolicyInputs(x.logp, x.old_logp, x.adv, torch.tensor([[1.0, 1.0, 0.0]]), old_entropy=torch.ones(1, 3))
-    assert float(run_select(ENTRY, Params(), x, None)["weight"][0, 2]) == 0.0
+    assert float(run_select(ENTRY, Params(), x, StepContext(), None)["weight"][0, 2]) == 0.0
 
 
 def test_weights_are_detached_gradient_is_w_times_ppo_gradient() -> None:
@@ -112,27 +122,25 @@ def test_weights_are_detached_gradient_is_w_times_ppo_gradient() -> None:
     out = policy_loss("steer", logp, old_logp, adv, torch.ones(2, 4), old_entropy=h)
     (g_steer,) = torch.autograd.grad(out.per_token.sum(), logp)
     x = PolicyInputs(logp, old_logp, adv, torch.ones(2, 4), old_entropy=h)
-    w = run_select(ENTRY, Params(), x, None)["weight"]
+    w = run_select(ENTRY, Params(), x, StepContext(), None)["weight"]
     assert not w.requires_grad
     ref = POLICY_LOSSES.get("ppo_clip")
-    ppo_out = ref.obj.loss(x, ref.make_params(eps_low=0.2, eps_high=0.28, clip_ratio_c=10.0), None)
+    ppo_out = ref.obj.loss(x, ref.make_params(eps_low=0.2, eps_high=0.28, clip_ratio_c=10.0), TokenWeights(), StepContext())
     (g_ppo,) = torch.autograd.grad(ppo_out.per_token.sum(), logp)
     torch.testing.assert_close(g_steer, w * g_ppo)
     assert float(w.min()) == pytest.approx(0.8)  # the max-|Omega| token
 
 
 def test_weight_min_one_is_all_ones() -> None:
-    sel = run_select(ENTRY, Params(weight_min=1.0), hand_case(), None)
+    sel = run_select(ENTRY, Params(weight_min=1.0), hand_case(), StepContext(), None)
     torch.testing.assert_close(sel["weight"], torch.ones(1, 3))
 
 
-def test_presets_are_overrides_of_params() -> None:
-    assert preset("exp") == Params()
-    lin = preset("linear")
+def test_variants_hold_the_scripts_settings() -> None:
+    assert variant_params("steer") == Params()
+    lin = variant_params("steer_linear")
     assert (lin.weight_map, lin.weight_min, lin.weight_max) == ("linear", 0.8, 1.2)
-    for overrides in PRESETS.values():
-        ENTRY.make_params(**overrides)
-    assert POLICY_LOSSES.get("steer").obj.needs_old_entropy
+    assert "old_entropy" in POLICY_LOSSES.get("steer").obj.inputs
 
 
 @pytest.mark.parametrize(

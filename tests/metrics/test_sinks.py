@@ -6,11 +6,13 @@ import io
 import json
 import math
 import sys
+import types
 
 import pytest
 import torch
 
-from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, TensorBoardSink, WandbSink, read_jsonl
+from entropy_rl.metrics.sinks import (JsonlSink, MetricSink, MultiSink, StdoutSink, TableSink, TensorBoardSink, WandbSink,
+                                      append_jsonl, read_jsonl, truncate_jsonl)
 
 
 def test_jsonl_round_trip(tmp_path):
@@ -121,3 +123,89 @@ def test_optional_sinks_name_their_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ImportError, match=r"pip install entropy-rl\[tensorboard\]"):
         TensorBoardSink(tmp_path)
+
+
+def test_stdout_line_shows_evals_including_the_step_0_row():
+    sink = StdoutSink(total_steps=300)
+    evals = {"eval/accuracy": 0.3, "eval/pass@1": 0.3121, "eval/pass@2": 0.5, "eval/pass@8": 0.69, "timing/eval_s": 2.0}
+    assert sink.format(0, evals) == "step 0/300 | pass@1 0.312 | pass@8 0.690"
+    assert sink.format(50, {"reward/mean": 0.5, **evals, "timing/step_s": 1.0}) == \
+        "step 50/300 | reward 0.500 | pass@1 0.312 | pass@8 0.690 | 1.00 s/step"
+    assert sink.format(1, {"eval/pass@1": 0.25}) == "step 1/300 | pass@1 0.250"
+
+
+def test_append_jsonl_keeps_text_and_writes_non_finite_numbers_as_strings(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"step": 1, "completion": "a"}\n{"step": 2, "comp')  # a killed writer's partial line
+    with pytest.warns(UserWarning, match=r"c\.jsonl:2"):
+        append_jsonl(path, [{"step": 2, "completion": "nan", "reward": math.nan, "entropy": [0.5, math.inf]}])
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON
+    assert read_jsonl(path, decode_nonfinite=False) == [
+        {"step": 1, "completion": "a"}, {"step": 2, "completion": "nan", "reward": "nan", "entropy": [0.5, "inf"]}]
+    assert read_jsonl(path)[1]["completion"] != "nan"  # what the metrics decoding would do to a model's "nan"
+
+
+def test_truncate_jsonl_keeps_earlier_lines_byte_for_byte(tmp_path):
+    path = tmp_path / "c.jsonl"
+    lines = ['{"step": 1, "completion": "nan", "x": 1.0}', '{"step": 2, "completion": "é"}', '{"step": 3}']
+    path.write_text("\n".join(lines) + '\n{"step": 4, "compl')
+    with pytest.warns(UserWarning):
+        truncate_jsonl(path, 2)
+    assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"
+    truncate_jsonl(tmp_path / "missing.jsonl", 0)  # nothing to do
+    assert not (tmp_path / "missing.jsonl").exists()
+
+
+class _TableRecorder(_Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[tuple] = []
+
+    def log_table(self, step, key, columns, rows):
+        self.tables.append((step, key, list(columns), [list(r) for r in rows]))
+
+
+def test_multisink_forwards_tables_only_to_table_sinks():
+    plain, tabled = _Recorder(), _TableRecorder()
+    assert not isinstance(plain, TableSink) and isinstance(tabled, TableSink)
+    sink = MultiSink([plain, tabled])
+    assert isinstance(sink, TableSink)
+    sink.log_table(3, "completions", ["a", "b"], [[1, "x"]])
+    assert tabled.tables == [(3, "completions", ["a", "b"], [[1, "x"]])] and plain.logged == []
+
+
+def test_wandb_sink_logs_metrics_and_tables(monkeypatch):
+    calls = {}
+
+    class Run:
+        def __init__(self):
+            self.logged = []
+
+        def log(self, data, step):
+            self.logged.append((step, data))
+
+        def finish(self):
+            calls["finished"] = True
+
+    class Table:
+        def __init__(self, columns, data):
+            self.columns, self.data = columns, data
+
+    run = Run()
+
+    def init(**kwargs):
+        calls["init"] = kwargs
+        return run
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init, Table=Table))
+    sink = WandbSink(project="p", config={"a": 1}, mode="offline")
+    assert calls["init"] == {"project": "p", "name": None, "config": {"a": 1}, "mode": "offline"}
+    sink.log(2, {"reward/mean": 0.5})
+    sink.log_table(2, "completions", ("prompt", "completion"), [("1+1=", "<script>2</script>")])
+    sink.close()
+    assert run.logged[0] == (2, {"reward/mean": 0.5})
+    step, data = run.logged[1]
+    assert step == 2 and data["completions"].columns == ["prompt", "completion"]
+    assert data["completions"].data == [["1+1=", "<script>2</script>"]]  # W&B renders table cells as text
+    assert calls["finished"] and isinstance(sink, TableSink)

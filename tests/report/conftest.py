@@ -1,6 +1,7 @@
 """Fake run directories for the report tests: metrics.jsonl rows with plausible values (entropy decaying,
-reward following R = -a exp(H) + b plus noise, dynamics on every other step, evals every 10 steps),
-config.yaml and token_entropy/*.json, written directly (no training)."""
+reward following R = -a exp(H) + b plus noise, dynamics on every other step, evals at step 0 (the warm start,
+its own row, as the trainer writes it) and every 10 steps), config.yaml, token_entropy/*.json and
+completions.jsonl, written directly (no training)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from entropy_rl.metrics.sinks import JsonlSink
+from entropy_rl.metrics.sinks import JsonlSink, append_jsonl
+
+WARM_START_EVAL = {"eval/accuracy": 0.4, "eval/pass@1": 0.4, "eval/pass@2": 0.55, "eval/pass@4": 0.66,
+                   "eval/pass@8": 0.77, "timing/eval_s": 1.5}
+
+
+def fake_completions(step: int, n: int = 4, completion: str = "1+2+3") -> list[dict]:
+    """n completions.jsonl records of one step (one token per character, as the char tokenizer gives)."""
+    tokens = list(completion) + ["<eos>"]
+    return [{"step": step, "index": i, "group": 0, "prompt": "Use 1 2 3 to make 6:", "completion": completion,
+             "reward": float(i % 2), "reason": "ok" if i % 2 else "wrong_value", "answer": "6" if i % 2 else "5",
+             "advantage": 0.5 if i % 2 else -0.5, "tokens": tokens,
+             "entropy": [round(0.1 * (j + 1), 4) for j in range(len(tokens))]} for i in range(n)]
 
 
 def fake_rows(steps: int, seed: int, dynamics: bool = True, evals: bool = True) -> list[dict[str, float]]:
@@ -40,9 +53,11 @@ def fake_rows(steps: int, seed: int, dynamics: bool = True, evals: bool = True) 
 
 
 def make_run(path: Path, steps: int = 30, seed: int = 0, dynamics: bool = True, evals: bool = True,
-             token_entropy: bool = True, method_params: dict | None = None) -> Path:
-    """Write metrics.jsonl (via JsonlSink), config.yaml and token_entropy files into `path`."""
+             token_entropy: bool = True, method_params: dict | None = None, completions: bool = True) -> Path:
+    """Write metrics.jsonl (via JsonlSink), config.yaml, token_entropy files and completions.jsonl into `path`."""
     sink = JsonlSink(path / "metrics.jsonl")
+    if evals:
+        sink.log(0, WARM_START_EVAL)
     for step, m in enumerate(fake_rows(steps, seed, dynamics, evals), start=1):
         sink.log(step, m)
     sink.close()
@@ -57,6 +72,8 @@ def make_run(path: Path, steps: int = 30, seed: int = 0, dynamics: bool = True, 
         for step, scale in ((1, 0.8), (steps, 0.3)):
             values = [round(rng.expovariate(1 / scale), 6) for _ in range(2000)]
             (path / "token_entropy" / f"step_{step:06d}.json").write_text(json.dumps({"step": step, "entropy": values}))
+    if completions:
+        append_jsonl(path / "completions.jsonl", fake_completions(1) + fake_completions(steps))
     return path
 
 

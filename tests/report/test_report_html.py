@@ -1,5 +1,6 @@
 """write_report on fake runs: a self-contained page with 7 embedded figures, numbers that match the data,
-escaped untrusted text, and notes instead of failures when metrics are missing."""
+the step-0 eval of the warm start, escaped untrusted text (completions above all), and notes instead of
+failures when metrics are missing."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import re
 from pathlib import Path
 
 from entropy_rl.metrics.dynamics import fit_entropy_performance_law, pearson
-from entropy_rl.metrics.sinks import read_jsonl
+from entropy_rl.metrics.sinks import append_jsonl, read_jsonl
 from entropy_rl.report import default_labels, write_report
 from entropy_rl.report.cli import cmd_report
-from entropy_rl.report.page import fmt, markdown_table_to_html
+from entropy_rl.report.data import HEADLINE_COLUMNS, load_run, pass_story
+from entropy_rl.report.page import MAX_COMPLETIONS_PER_STEP, fmt, markdown_table_to_html
+
+from conftest import WARM_START_EVAL, fake_completions  # tests/report/conftest.py (the rootdir-relative module)
 
 IMG = '<img src="data:image/png;base64,'
 
@@ -117,3 +121,50 @@ def test_cli_prints_only_the_path(two_runs: list[Path], tmp_path: Path, capsys) 
     assert cmd_report(args) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "cli" / "report.html")
     assert '<td class="l">clip_cov</td>' in (tmp_path / "cli" / "report.html").read_text()
+
+
+def test_step_0_eval_is_shown_as_the_warm_start(two_runs: list[Path], tmp_path: Path) -> None:
+    html = write_report(two_runs, tmp_path / "out", labels=["A", "B"]).read_text()
+    start = WARM_START_EVAL["eval/pass@8"]
+    for run, label in zip(two_runs, ["A", "B"]):
+        rows = read_jsonl(run / "metrics.jsonl")
+        assert rows[0]["step"] == 0 and "entropy/token_mean" not in rows[0]
+        cells = re.findall(r"<td>(.*?)</td>", table_row(html, label))
+        headline = dict(zip([name for name, _ in HEADLINE_COLUMNS], cells))
+        assert headline["steps"] == "30"  # RL steps; the step-0 eval row is not one
+        assert headline["pass@8_start"] == fmt(start) and headline["pass@1_start"] == fmt(WARM_START_EVAL["eval/pass@1"])
+        last = [r for r in rows if "eval/pass@8" in r][-1]
+        assert headline["pass@8"] == fmt(last["eval/pass@8"])
+        assert f"{label}: {pass_story(rows)}." in html
+    assert f"pass@8 {start:.3f} at step 0 (warm start)" in html
+
+
+def test_completions_are_shown_escaped(make_fake_run, tmp_path: Path) -> None:
+    run = make_fake_run(tmp_path / "r", completions=False)
+    hostile = fake_completions(1, n=1, completion="<script>alert(1)</script>")
+    hostile[0]["tokens"] = ["<script>", "alert(1)", '"><img src=x onerror=alert(2)>', "</script>", "<eos>"]
+    hostile[0]["entropy"] = [0.1, 0.2, 0.3, "nan", 0.5]
+    hostile[0]["prompt"] = "<u>bold</u> & \"q\""
+    text = fake_completions(30, n=1, completion="nan")  # a model may answer "nan": it stays text
+    append_jsonl(run / "completions.jsonl", hostile + text)
+    html = write_report([run], tmp_path / "out").read_text()
+    assert not re.search(r"<(script|img src=x|u>)", html, re.IGNORECASE)
+    assert "&lt;script&gt;" in html and "&quot;&gt;&lt;img src=x onerror=alert(2)&gt;" in html
+    assert "&lt;u&gt;bold&lt;/u&gt; &amp; &quot;q&quot;" in html
+    assert '>n</span><span class="tok"' in html  # "nan" as three shaded tokens, not a float
+    assert '<span class="tok" title="H = nan">&lt;/script&gt;</span>' in html  # a non-finite entropy: no shade
+
+
+def test_completions_table_shows_first_and_last_logged_step(make_fake_run, tmp_path: Path) -> None:
+    run = make_fake_run(tmp_path / "r", completions=False)
+    records = [r for step in (1, 10, 20, 30) for r in fake_completions(step, n=20)]
+    records[5]["tokens"] = "not a list"  # malformed records are skipped with a note, not a failure
+    append_jsonl(run / "completions.jsonl", records)
+    assert len(load_run(run, "r").completions) == 79
+    html = write_report([run], tmp_path / "out").read_text()
+    section = html[html.index("<h2>Sample completions</h2>"):]
+    steps = re.findall(r"<tr><td>(\d+)</td>", section)
+    assert steps == ["1"] * MAX_COMPLETIONS_PER_STEP + ["30"] * MAX_COMPLETIONS_PER_STEP
+    assert "r: steps 1 and 30" in section and "completions.jsonl: 1 malformed records skipped" in html
+    bare = make_fake_run(tmp_path / "bare", completions=False)
+    assert "bare: no completions.jsonl" in write_report([bare], tmp_path / "out2").read_text()

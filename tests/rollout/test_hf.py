@@ -4,7 +4,7 @@
 import torch
 
 from entropy_rl.models import TinyModelSpec, build_char_tokenizer, build_tiny_model
-from entropy_rl.rollout.hf import SamplingParams, generate, response_mask_from_ids
+from entropy_rl.rollout.hf import SamplingParams, generate, response_mask_from_ids, sampled_logprobs
 from entropy_rl.train.forward import score_in_chunks
 
 
@@ -26,3 +26,14 @@ def test_sampling_logprobs_match_rescoring_with_left_padding() -> None:
     assert torch.allclose(batch.sampling_logp[m], logp[m], atol=1e-4)
     assert (entropy[m] > 0).all()
     assert len(batch.texts) == 4 and all(isinstance(t, str) for t in batch.texts)
+
+
+def test_sampled_logprobs_step_by_step_equal_the_stacked_computation() -> None:
+    """One [B, V] step at a time gives bit-for-bit the log-probs of the former [B, T, V] stack, -inf scores included."""
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn(3, 11, generator=g) * 3 for _ in range(5)]
+    for s in scores:
+        s[:, :4] = float("-inf")  # top-k filtered
+    tokens = torch.randint(4, 11, (3, 5), generator=g)
+    stacked = torch.log_softmax(torch.stack(scores, dim=1).float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    assert torch.equal(sampled_logprobs(tuple(scores), tokens), stacked)

@@ -31,7 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
         (["train.sinks=[csv]"], "train.sinks: unknown sink 'csv'"),
         (["nokey"], "not of the form key.path=value"),
         (["algorithm.method=siren", "algorithm.method_params={loss_agg_mode: seq-mean-token-mean}"],
-         "algorithm.method_params.loss_agg_mode: 'seq-mean-token-mean' differs"),
+         "algorithm.method_params: siren: unknown parameter 'loss_agg_mode'"),  # the trainer's, in the step context
+        (["algorithm.method=entropy_controller", "train.dynamics_every=0"],
+         "algorithm.method: 'entropy_controller' needs trainer metric 'dynamics/dH_pred' at every step; set train.dynamics_every=1"),
     ],
 )
 def test_bad_config_is_rejected_with_the_key_path(overrides: list[str], message: str) -> None:

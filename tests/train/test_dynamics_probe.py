@@ -1,13 +1,15 @@
-"""The entropy-dynamics probe (train/dynamics.py) against independent autograd / finite-difference computations."""
+"""The entropy-dynamics probe (train/entropy_probe.py) against independent autograd / finite-difference computations."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._pytree import tree_flatten
 
 from entropy_rl.core.entropy import token_entropy
+from entropy_rl.metrics.dynamics import entropy_change_identity
 from entropy_rl.models import TinyModelSpec, build_char_tokenizer, build_tiny_model
-from entropy_rl.train.dynamics import (
+from entropy_rl.train.entropy_probe import (
     adam_bonus_sensitivity,
     linearised_entropy_change,
     linearised_logit_change,
@@ -76,6 +78,35 @@ def test_measured_and_first_order_changes_match_autograd(setup) -> None:
     assert out["dynamics/dH_pred"] == pytest.approx(expected_pred, rel=1e-4, abs=1e-8)
     assert out["dynamics/dH_actual"] == pytest.approx(expected_actual, abs=1e-6)
     assert model.config._attn_implementation == "sdpa"  # the JVP's eager attention is switched back
+
+
+def test_probe_keeps_only_parameter_sized_tensors_across_the_update(setup) -> None:
+    """No [B, T, V] logits live in the probe between the two halves: every tensor it holds is a parameter's size."""
+    model, opt, ids, attn, mask = setup
+    probe = probe_before_update(model, opt, ids, attn, P, TAU, mask, chunk=4)
+    shapes = {p.shape for p in model.parameters()}
+    held = [v for v in tree_flatten(vars(probe))[0] if isinstance(v, torch.Tensor)]  # through dicts and lists
+    assert held and not [tuple(t.shape) for t in held if t.shape not in shapes]
+
+
+@pytest.mark.parametrize("chunk", [2, B])
+def test_identity_equals_the_one_from_logits_kept_across_the_update(setup, chunk: int) -> None:
+    """The old logits recomputed at theta_old after the step are those of the pre-update forward: dH_identity is
+    bit-identical to the probe that kept them."""
+    model, opt, ids, attn, mask = setup
+    with torch.no_grad():
+        old = [response_logits(model, ids[i : i + chunk], attn[i : i + chunk], P).float() for i in range(0, B, chunk)]
+    probe = probe_before_update(model, opt, ids, attn, P, TAU, mask, chunk=chunk)
+    named_update(model, 3e-3)
+    out = measure_after_update(model, probe, ids, attn, P, TAU, mask, chunk=chunk)
+    n_tokens = float(mask.sum())
+    expected = 0.0
+    with torch.no_grad():
+        for k, i in enumerate(range(0, B, chunk)):
+            m = mask[i : i + chunk]
+            new = response_logits(model, ids[i : i + chunk], attn[i : i + chunk], P).float()
+            expected += entropy_change_identity(old[k], new, m, TAU) * float(m.sum()) / n_tokens
+    assert out["dynamics/dH_identity"] == expected
 
 
 def test_all_predictors_agree_for_a_small_step(setup) -> None:

@@ -14,7 +14,8 @@ the same rollout batch. Then:
                   section 1): first order in logit space, validates the instrument;
   - dH_per_bonus = predicted dH of adding an entropy bonus of coefficient 1 to this step's gradient under the
                   current Adam preconditioner: lr (1 - b1) / (1 - b1^t) * sum g_H^2 / (sqrt(v_hat) + eps).
-Costs one extra forward + backward before and, after the step, one forward plus one forward-mode JVP (run with
+Costs one extra forward + backward before and, after the step, two forwards (new weights, and theta_old again for
+the identity's old logits, so no [B, T, V] tensor is kept across the update) plus one forward-mode JVP (run with
 eager attention: fused attention kernels have no forward-mode derivative); `train.dynamics_every` sets how often.
 """
 
@@ -30,17 +31,17 @@ from torch.func import functional_call, jvp
 from transformers import PreTrainedModel
 
 from entropy_rl.core.entropy import token_entropy
+from entropy_rl.core.token_stats import token_stats
 from entropy_rl.metrics.dynamics import entropy_change_identity
 from entropy_rl.train.forward import position_ids_from_mask, response_logits
 
 
 @dataclass
 class EntropyProbe:
-    """What the probe keeps from before the step: gradient of H, parameters, logits, H itself."""
+    """What the probe keeps from before the step: gradient of H, parameters and H itself (no logits)."""
 
     grad_h: dict[str, Tensor]  # by parameter name (trainable parameters only), like theta_old
     theta_old: dict[str, Tensor]
-    old_logits: list[Tensor]  # per chunk, [b, T, V] fp32
     h_old: float
     dh_per_bonus: float | None
 
@@ -74,18 +75,34 @@ def probe_before_update(
     model.eval()
     optimizer.zero_grad(set_to_none=True)
     n_tokens = mask.sum().clamp_min(1.0)
-    h_sum, logits_kept = 0.0, []
+    h_sum = 0.0
     for i in range(0, input_ids.shape[0], chunk):
-        logits = response_logits(model, input_ids[i : i + chunk], attn[i : i + chunk], prompt_len)
-        h = (token_entropy(logits, temperature) * mask[i : i + chunk]).sum() / n_tokens
+        ids = input_ids[i : i + chunk]
+        logits = response_logits(model, ids, attn[i : i + chunk], prompt_len)
+        h = (response_entropy(logits, ids[:, prompt_len:], temperature) * mask[i : i + chunk]).sum() / n_tokens
         h_sum += h.detach().item()
         h.backward()
-        logits_kept.append(logits.detach().float())
     grads = {n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for n, p in named.items()}
     optimizer.zero_grad(set_to_none=True)
     model.train(was_training)
-    return EntropyProbe(grads, {n: p.detach().clone() for n, p in named.items()}, logits_kept, h_sum,
+    return EntropyProbe(grads, {n: p.detach().clone() for n, p in named.items()}, h_sum,
                         adam_bonus_sensitivity(optimizer, list(grads.values()), list(named.values())))
+
+
+def response_entropy(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
+    """Tempered entropy [B, T] fp32 of response logits [B, T, V], chunked over tokens; grad as the caller's mode."""
+    entropy = token_stats(logits, tokens, temperature).entropy
+    assert entropy is not None  # want_entropy defaults to True
+    return entropy
+
+
+def response_logits_at(
+    model: PreTrainedModel, params: dict[str, Tensor], input_ids: Tensor, attn: Tensor, prompt_len: int
+) -> Tensor:
+    """`response_logits` [B, T, V] with the model's parameters replaced by `params` (by name) for this call."""
+    out = functional_call(model, params, (), {"input_ids": input_ids, "attention_mask": attn,
+                                              "position_ids": position_ids_from_mask(attn)})
+    return out.logits[:, prompt_len - 1 : -1]
 
 
 @contextmanager
@@ -115,9 +132,7 @@ def linearised_logit_change(
     """
 
     def logits_at(params: dict[str, Tensor]) -> Tensor:
-        out = functional_call(model, params, (), {"input_ids": input_ids, "attention_mask": attn,
-                                                  "position_ids": position_ids_from_mask(attn)})
-        return out.logits[:, prompt_len - 1 : -1]
+        return response_logits_at(model, params, input_ids, attn, prompt_len)
 
     with eager_attention(model):
         z, dz = jvp(logits_at, (theta_old,), (delta,))
@@ -143,18 +158,23 @@ def measure_after_update(
     model: PreTrainedModel, probe: EntropyProbe, input_ids: Tensor, attn: Tensor, prompt_len: int,
     temperature: float, mask: Tensor, chunk: int,
 ) -> dict[str, float]:
-    """dynamics/dH_actual, dH_pred, dH_pred_lin, dH_identity (and dH_per_bonus when Adam has moments) for this step."""
+    """dynamics/dH_actual, dH_pred, dH_pred_lin, dH_identity (and dH_per_bonus when Adam has moments) for this step.
+
+    Chunk by chunk it scores the new weights and, for the identity, theta_old again (the same forward as before
+    the step, so the old logits are those the probe saw); each chunk's logits are dropped before the next.
+    """
     delta = {n: p.detach() - probe.theta_old[n] for n, p in model.named_parameters() if p.requires_grad}
     dh_pred = sum(float((probe.grad_h[n] * d).sum()) for n, d in delta.items())
     was_training = model.training
     model.eval()
     n_tokens = float(mask.sum().clamp_min(1.0))
     h_new, identity = 0.0, 0.0
-    for k, i in enumerate(range(0, input_ids.shape[0], chunk)):
-        logits = response_logits(model, input_ids[i : i + chunk], attn[i : i + chunk], prompt_len).float()
-        m = mask[i : i + chunk]
-        h_new += float((token_entropy(logits, temperature) * m).sum()) / n_tokens
-        identity += entropy_change_identity(probe.old_logits[k], logits, m, temperature) * float(m.sum()) / n_tokens
+    for i in range(0, input_ids.shape[0], chunk):
+        ids, a, m = input_ids[i : i + chunk], attn[i : i + chunk], mask[i : i + chunk]
+        logits = response_logits(model, ids, a, prompt_len).float()
+        h_new += float((response_entropy(logits, ids[:, prompt_len:], temperature) * m).sum()) / n_tokens
+        old_logits = response_logits_at(model, probe.theta_old, ids, a, prompt_len).float()
+        identity += entropy_change_identity(old_logits, logits, m, temperature) * float(m.sum()) / n_tokens
     dh_lin = linearised_entropy_change(model, probe.theta_old, delta, input_ids, attn, prompt_len, temperature, mask, chunk)
     model.train(was_training)
     out = {"dynamics/dH_actual": h_new - probe.h_old, "dynamics/dH_pred": dh_pred, "dynamics/dH_pred_lin": dh_lin,

@@ -1,0 +1,127 @@
+"""The rollout seam: what every generation engine takes and returns, and the engine registry.
+
+An engine (`hf` here; `vllm` later) turns prompts into a `RolloutBatch`: token ids, masks, the per-token
+log-probs of the distribution actually sampled, the group of each row and the per-token sampling
+temperature (so strategies may vary it). Engines return token ids, never only text. After every optimizer
+step the trainer calls `engine.sync_weights(model)` so an engine holding its own copy of the weights samples
+from the current policy (a no-op for `hf`, which samples from the training model itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from entropy_rl.core.registry import Registry
+
+Prompts = Sequence[str] | Sequence[Sequence[int]]  # prompt strings, or token ids (no special tokens added)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings.
+
+    Attributes:
+        temperature: softmax temperature tau (> 0); the entropy metric uses the same tau.
+        top_p: nucleus mass in (0, 1]; 1 disables.
+        top_k: keep the k most likely tokens; 0 disables.
+        max_new_tokens: response length cap T.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 for sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.max_new_tokens < 1:
+            raise ValueError(f"top_k must be >= 0 and max_new_tokens >= 1, got {self.top_k}, {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """One batch of sampled responses.
+
+    Attributes:
+        prompt_ids: [B, P] int64, left-padded.
+        prompt_mask: [B, P] 1 on prompt tokens.
+        response_ids: [B, T] int64, right-padded after the first EOS.
+        response_mask: [B, T] float, 1 on response tokens up to and including EOS.
+        sampling_logp: [B, T] fp32 log-probs of the sampled tokens under the sampling distribution (0 off mask).
+        texts: decoded completions without special tokens (untrusted text: parse, never evaluate).
+        truncated: [B] bool, no EOS within max_new_tokens.
+        group_index: [B] int64, the prompt group of each row (rows of a group need not be contiguous).
+        temperature: [B, T] fp32 sampling temperature of each response token (what `sampling_logp` and the
+            trainer's tempered log-probs and entropy divide the logits by).
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    response_ids: Tensor
+    response_mask: Tensor
+    sampling_logp: Tensor
+    texts: list[str]
+    truncated: Tensor
+    group_index: Tensor
+    temperature: Tensor
+
+    @property
+    def input_ids(self) -> Tensor:
+        """[B, P + T] prompt then response."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> Tensor:
+        """[B, P + T] 1 on real tokens."""
+        return torch.cat([self.prompt_mask, self.response_mask.to(self.prompt_mask.dtype)], dim=1)
+
+    def __post_init__(self) -> None:
+        B, T = self.response_ids.shape
+        if self.group_index.shape != (B,):
+            raise ValueError(f"group_index must be [B] = [{B}], got {tuple(self.group_index.shape)}")
+        if self.temperature.shape != (B, T):
+            raise ValueError(f"temperature must be [B, T] = [{B}, {T}], got {tuple(self.temperature.shape)}")
+
+    def uniform_temperature(self) -> float | None:
+        """The one temperature every response token was sampled at, or None when it varies per token."""
+        values = self.temperature[self.response_mask.bool()]
+        if values.numel() == 0:
+            return float(self.temperature.flatten()[0]) if self.temperature.numel() else None
+        first = float(values[0])
+        return first if bool((values == first).all()) else None
+
+
+class RolloutEngine(Protocol):
+    """Generates rollouts for the trainer; see the module docstring."""
+
+    def generate(self, prompts: Prompts, sampling: SamplingParams, group_size: int = 1) -> RolloutBatch:
+        """Sample `group_size` responses per prompt: B = len(prompts) * group_size rows with their group_index."""
+        ...
+
+    def sync_weights(self, model: PreTrainedModel) -> None:
+        """Make the engine sample from `model`'s current weights (called after every optimizer step)."""
+        ...
+
+
+EngineFactory = Callable[[PreTrainedModel, PreTrainedTokenizerBase], RolloutEngine]
+ENGINES: Registry[EngineFactory] = Registry("rollout engine")
+
+
+def make_engine(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
+    """The engine registered as `name` (`rollout.engine`), built for this policy and tokenizer."""
+    import entropy_rl.rollout.hf  # noqa: F401  (registers the built-in engine)
+
+    return ENGINES.get(name).obj(model, tokenizer)
+
+
+def contiguous_groups(n_prompts: int, group_size: int, device: torch.device | None = None) -> Tensor:
+    """[n_prompts * group_size] group index of prompts repeated group_size times in a row: 0,0,..,1,1,..."""
+    return torch.arange(n_prompts * group_size, device=device) // group_size

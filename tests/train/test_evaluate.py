@@ -1,0 +1,113 @@
+"""Evaluation: the step-0 eval of the warm start (its own row, RL steps bit-identical with and without it,
+once across resumes), and `entropy-rl eval` on a run directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from entropy_rl.cli import main
+from entropy_rl.metrics.sinks import read_jsonl
+from entropy_rl.models import load_pretrained
+from entropy_rl.tasks import make_task
+from entropy_rl.train.checkpoint import latest_checkpoint, list_checkpoints
+from entropy_rl.train.evaluate import evaluate, find_model
+from entropy_rl.train.loop import rollout_sampling, train
+
+GOLDEN_CFG = ("optim.mini_batches=2", "optim.lr=0.001")  # tests/train/test_golden.py's run
+EVAL = ("train.eval_every=2", "train.eval_problems=6", "train.eval_samples=4")
+
+
+def rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl rows without wall-clock timings."""
+    return [{k: v for k, v in r.items() if not k.startswith("timing/")} for r in read_jsonl(run_dir / "metrics.jsonl")]
+
+
+def without_eval(rs: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("eval/")} for r in rs if r["step"] >= 1]
+
+
+def test_step_0_eval_is_its_own_row_and_leaves_the_rl_steps_bit_identical(tiny_config, tmp_path: Path) -> None:
+    train(tiny_config(*GOLDEN_CFG), tmp_path / "plain", progress=False)
+    train(tiny_config(*GOLDEN_CFG, *EVAL), tmp_path / "eval", progress=False)
+    plain, evald = rows(tmp_path / "plain"), rows(tmp_path / "eval")
+    assert [r["step"] for r in evald] == [0, 1, 2, 3]
+    assert set(read_jsonl(tmp_path / "eval" / "metrics.jsonl")[0]) == {
+        "step", "eval/accuracy", "eval/pass@1", "eval/pass@2", "eval/pass@4", "timing/eval_s"}
+    assert "eval/pass@4" in evald[2] and "eval/pass@4" in evald[3] and "eval/pass@4" not in evald[1]
+    assert without_eval(evald) == plain  # exact: the evals drew from their own RNG and restored it
+
+
+def test_step_0_eval_scores_the_model_rl_starts_from(tiny_config, warm_model_dir: Path, run_dir: Path) -> None:
+    cfg = tiny_config(*EVAL)
+    train(cfg, run_dir, progress=False)
+    model, tok = load_pretrained(warm_model_dir)
+    task = make_task(cfg.task.name, **cfg.task.params)
+    problems = task.prompts("eval", cfg.train.eval_problems, seed=cfg.train.seed)
+    expected = evaluate(model, tok, task, problems, cfg.train.eval_samples, rollout_sampling(cfg), seed=cfg.train.seed)
+    assert rows(run_dir)[0] == {"step": 0, **expected}
+
+
+@pytest.mark.parametrize("cut", ["after_step_1", "before_any_checkpoint"])
+def test_resume_logs_the_step_0_eval_once(tiny_config, tmp_path: Path, cut: str) -> None:
+    cfg = tiny_config("train.steps=2", "train.save_every=1", *EVAL)
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(cfg, full, progress=False)
+    train(cfg, part, progress=False)
+    keep = 1 if cut == "after_step_1" else 0
+    for c in list_checkpoints(part)[keep:]:
+        shutil.rmtree(c)
+    train(cfg, part, resume=True, progress=False)
+    assert [r["step"] for r in rows(part)] == [0, 1, 2]
+    assert rows(part) == rows(full)
+
+
+def test_zero_steps_evaluates_the_start_only(tiny_config, run_dir: Path) -> None:
+    result = train(tiny_config("train.steps=0", *EVAL), run_dir, progress=False)
+    assert [r["step"] for r in rows(run_dir)] == [0]
+    assert result.final_metrics["eval/pass@4"] == rows(run_dir)[0]["eval/pass@4"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_evals_leave_the_rl_steps_unchanged_on_cuda(tiny_config, tmp_path: Path) -> None:
+    """On CUDA sampling draws from the device generator: evaluate must fork and restore it too."""
+    train(tiny_config(*GOLDEN_CFG, "train.device=cuda"), tmp_path / "plain", progress=False)
+    train(tiny_config(*GOLDEN_CFG, "train.device=cuda", *EVAL), tmp_path / "eval", progress=False)
+    assert without_eval(rows(tmp_path / "eval")) == rows(tmp_path / "plain")
+
+
+def test_find_model_resolves_model_and_run_directories(tiny_config, warm_model_dir: Path, tmp_path: Path) -> None:
+    assert find_model(warm_model_dir) == (warm_model_dir, None)
+    run = tmp_path / "run"
+    train(tiny_config("train.steps=2", "train.save_every=1"), run, progress=False)
+    assert find_model(run) == (latest_checkpoint(run) / "model", run)
+    assert latest_checkpoint(run).name == "step_000002"
+    sft_only = tmp_path / "sft_only"  # a run killed before its first checkpoint: the SFT warm start
+    shutil.copytree(warm_model_dir, sft_only / "sft" / "model")
+    (sft_only / "sft" / "COMPLETE").write_text("ok")
+    assert find_model(sft_only) == (sft_only / "sft" / "model", sft_only)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no model"):
+        find_model(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        find_model(tmp_path / "missing")
+
+
+def test_cli_eval_of_a_run_dir_uses_its_final_model_and_task(tiny_config, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    cfg = tiny_config("train.steps=2", "rollout.max_new_tokens=5")
+    train(cfg, run, progress=False)
+    assert main(["eval", str(run), "--problems", "6", "--samples", "2", "--seed", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    model, tok = load_pretrained(latest_checkpoint(run) / "model")
+    task = make_task(cfg.task.name, **cfg.task.params)  # arithmetic, not the countdown default
+    expected = evaluate(model, tok, task, task.prompts("eval", 6, seed=3), 2, rollout_sampling(cfg), seed=3)
+    assert out == expected
+    (tmp_path / "notes").mkdir()
+    assert main(["eval", str(tmp_path / "notes")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no model" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
