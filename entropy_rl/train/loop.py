@@ -37,6 +37,7 @@ from entropy_rl.metrics.dynamics import (
 from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl, truncate_jsonl
 from entropy_rl.models.build import TinyModelSpec, build_tiny_model, load_pretrained, save_pretrained
 from entropy_rl.models.char_tokenizer import build_char_tokenizer
+from entropy_rl.presets import flatten
 from entropy_rl.rollout.hf import RolloutBatch, SamplingParams, generate
 from entropy_rl.tasks import make_task
 from entropy_rl.train import checkpoint as ckpt
@@ -82,9 +83,10 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, k
         if resume and cfg_path.exists():
             import yaml
 
-            saved = yaml.safe_load(cfg_path.read_text())
-            if saved != to_dict(cfg):
-                keys = ", ".join(differing_keys(saved, to_dict(cfg))[:5])
+            saved, new = yaml.safe_load(cfg_path.read_text()), to_dict(cfg)
+            if saved != new:
+                a, b = flatten(saved if isinstance(saved, dict) else {}), flatten(new)
+                keys = ", ".join(sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))[:5])
                 raise ConfigError(f"--resume: the config differs from the one saved in '{cfg_path}' ({keys})" if kind == "train"
                                   else f"the config differs from the one saved in '{cfg_path}' ({keys}); pass --overwrite "
                                        "to replace that output")
@@ -93,14 +95,6 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, k
         lock.release()
         raise
     return lock
-
-
-def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts (a key missing on one side counts)."""
-    if not isinstance(a, dict) or not isinstance(b, dict):
-        return [] if a == b else [prefix or "(top level)"]
-    return [k for key in sorted(set(a) | set(b), key=str)
-            for k in differing_keys(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))]
 
 
 class TqdmStream:
