@@ -1,14 +1,22 @@
-"""The `entropy-rl` command: demo | train | sft | eval | compare | report | methods | validate."""
+"""The `entropy-rl` command: demo | train | sft | eval | compare | report | methods | validate.
+
+Errors print one line `entropy-rl CMD: error: ...` and exit 2 for bad input (config, task or dataset,
+paths) or 1 when a run fails (disk full, a run that stopped itself); set ENTROPY_RL_DEBUG=1 to get the
+traceback instead. Any other exception is a bug and prints its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 DEMO_RUN_DIR = "runs/demo"
+DEBUG_ENV = "ENTROPY_RL_DEBUG"  # set to 1 to re-raise caught errors with their traceback
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -136,6 +144,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from entropy_rl.train.config import apply_overrides, load_config
     from entropy_rl.train.evaluate import evaluate, find_model
 
+    if args.task is not None:  # an explicit task's params are checked before any model is looked at
+        from entropy_rl.tasks import TASKS
+
+        TASKS.get(args.task).parse_params(apply_overrides({}, args.task_params), "--task-params")
     model_dir, run_dir = find_model(args.model)
     defaults = dict(EVAL_DEFAULTS)
     if run_dir is not None and (run_dir / "config.yaml").is_file():
@@ -216,6 +228,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def int_at_least(lo: int, hi: int = 2**63 - 1) -> Callable[[str], int]:
+    """An argparse `type` accepting integers in [lo, hi] (so `--jobs 0` is a usage error, not a traceback)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text) if len(text) <= 40 else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text[:40]}'")
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}" if value < lo else f"must be <= {hi}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="entropy-rl", description=__doc__)
@@ -224,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="SFT warm start + GRPO on Countdown-3 with a tiny model, on CPU")
     p.add_argument("--run-dir", default=DEMO_RUN_DIR,
                    help=f"output directory (default {DEMO_RUN_DIR}; an earlier demo run there is replaced)")
-    p.add_argument("--steps", type=int, default=None, help="RL steps (default 300)")
+    p.add_argument("--steps", type=int_at_least(0), default=None, help="RL steps (default 300)")
     p.add_argument("--resume", action="store_true", help="continue the demo run in --run-dir")
     p.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
     p.add_argument("overrides", nargs="*", help="config overrides a.b=c")
@@ -256,12 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "else its SFT warm start; task and sampling then default to the run's config")
     p.add_argument("--task", default=None, help="task name (default: the run's, else countdown)")
     p.add_argument("--task-params", nargs="*", default=[], help="task parameters key=value (over the run's, same task)")
-    p.add_argument("--problems", type=int, default=256)
-    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--problems", type=int_at_least(1), default=256)
+    p.add_argument("--samples", type=int_at_least(1), default=8)
     p.add_argument("--temperature", type=float, default=None, help="default: the run's rollout.temperature, else 1.0")
     p.add_argument("--top-p", type=float, default=None, help="default: the run's rollout.top_p, else 1.0")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's rollout.max_new_tokens, else 16")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=None, help="default: the run's rollout.max_new_tokens, else 16")
+    p.add_argument("--seed", type=int_at_least(0), default=0)
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("compare", help="run methods x seeds on one config and summarise side by side")
@@ -269,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides a.b=c applied to every run")
     p.add_argument("--methods", required=True,
                    help="comma-separated method variants (`entropy-rl methods` lists them) or policy-loss registry keys")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per method (base seed, +1, ...)")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1: sequential)")
+    p.add_argument("--seeds", type=int_at_least(1), default=1, help="seeds per method (base seed, +1, ...)")
+    p.add_argument("--jobs", type=int_at_least(1), default=1, help="runs in parallel (default 1: sequential)")
     p.add_argument("--out", default=None,
                    help="output directory (default runs/compare_<config name>_<hash of the config with overrides>)")
     p.add_argument("--methods-dir", default=None,
@@ -300,9 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; configuration and input errors print one clear line and exit 2."""
-    from entropy_rl.core.registry import RegistryError
-    from entropy_rl.train.config import ConfigError
+    """Entry point: bad input prints one clear line and exits 2; a failed run exits 1 (see the module docstring)."""
+    from entropy_rl.core.registry import ParamsError, RegistryError
+    from entropy_rl.train.config import ConfigError, clip
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -311,13 +340,24 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    hint = f" (set {DEBUG_ENV}=1 for the traceback)"
     try:
         return args.fn(args)
-    except (ConfigError, RegistryError, FileExistsError, FileNotFoundError) as e:
-        print(f"entropy-rl {args.command}: error: {e}", file=sys.stderr)
+    except (ConfigError, RegistryError, ParamsError) as e:  # config and registry names: the message is complete
+        if debug:
+            raise
+        print(f"entropy-rl {args.command}: error: {clip(str(e))}", file=sys.stderr)
         return 2
-    except RuntimeError as e:  # a run stopped itself (non-finite updates) or compare runs failed: say why, once
-        print(f"entropy-rl {args.command}: {e}", file=sys.stderr)
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError) as e:
+        if debug:  # bad paths, task and dataset errors (ValueError: a bad row, a bad task parameter)
+            raise
+        print(f"entropy-rl {args.command}: error: {clip(str(e))}{hint}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as e:  # the run failed: disk full, I/O error, a run that stopped itself
+        if debug:
+            raise
+        print(f"entropy-rl {args.command}: {clip(str(e))}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)

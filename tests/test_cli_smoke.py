@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from entropy_rl.cli import DEBUG_ENV, main
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -81,3 +86,83 @@ def test_overrides_may_follow_flags(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "did you mean 'rollout.temperature'" in proc.stderr
     proc = run("demo", "--no-such-flag", cwd=tmp_path)
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
+
+
+# ---- bad input through `main` in-process: one line on stderr, exit 2 (input) or 1 (a failed run), no traceback
+
+
+def raise_from_validate(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    import entropy_rl.cli as cli
+
+    def fail(args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_validate", fail)
+
+
+@pytest.mark.parametrize(
+    "error, code, text",
+    [
+        (OSError(errno.ENOSPC, "could not write checkpoint (disk full)", "/runs/x/checkpoints"), 1, "/runs/x/checkpoints"),
+        (OSError(errno.EIO, "Input/output error", "/runs/x/metrics.jsonl"), 1, "/runs/x/metrics.jsonl"),
+        (PermissionError(errno.EACCES, "Permission denied", "/runs/ro"), 2, "/runs/ro"),
+        (NotADirectoryError(errno.ENOTDIR, "Not a directory", "/tmp/afile/sub"), 2, "/tmp/afile/sub"),
+        (ValueError("jsonl: /data/d.jsonl:7: bad line: empty prompt"), 2, "/data/d.jsonl:7"),
+        (RuntimeError("stopped at step 5: 3 consecutive steps had non-finite losses"), 1, "stopped at step 5"),
+    ],
+    ids=["disk-full", "io-error", "permission", "not-a-directory", "task-value-error", "run-stopped"],
+)
+def test_runtime_and_input_errors_print_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                 error: BaseException, code: int, text: str) -> None:
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    raise_from_validate(monkeypatch, error)
+    assert main(["validate", "c.yaml"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("entropy-rl validate: ") and text in err and err.count("\n") == 1, err
+    assert f"{DEBUG_ENV}=1" in err  # says how to get the traceback
+
+
+def test_debug_env_keeps_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    raise_from_validate(monkeypatch, OSError(errno.ENOSPC, "No space left on device", "/runs/x"))
+    with pytest.raises(OSError, match="No space left"):
+        main(["validate", "c.yaml"])
+
+
+def test_a_bug_still_shows_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    raise_from_validate(monkeypatch, KeyError("a real bug"))
+    with pytest.raises(KeyError):
+        main(["validate", "c.yaml"])
+
+
+def test_bad_task_params_of_eval_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(tmp_path), "--task", "arithmetic", "--task-params", "max_digits=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "max_digits: expected an integer, got 'abc'" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv, text",
+    [
+        (["compare", "--methods", "ppo_clip", "--jobs", "0"], "argument --jobs: must be >= 1, got 0"),
+        (["compare", "--methods", "ppo_clip", "--seeds", "-1"], "argument --seeds: must be >= 1, got -1"),
+        (["demo", "--steps", "-1"], "argument --steps: must be >= 0, got -1"),
+        (["eval", "m", "--samples", "0"], "argument --samples: must be >= 1, got 0"),
+        (["eval", "m", "--problems", "x"], "argument --problems: expected an integer, got 'x'"),
+        (["eval", "m", "--seed", "1" + "0" * 29], "argument --seed: must be <= 9223372036854775807"),
+    ],
+    ids=["jobs-0", "seeds-negative", "steps-negative", "samples-0", "problems-not-int", "seed-too-large"],
+)
+def test_bad_numeric_flags_are_usage_errors(argv: list[str], text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and text in capsys.readouterr().err
+
+
+def test_a_bad_config_file_through_the_real_cli_has_no_traceback(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(b"optim:\n  lr: 0.001 # caf\xe9\n")
+    proc = run("train", str(cfg), "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert proc.returncode == 2 and "not UTF-8 text" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()

@@ -26,7 +26,7 @@ settings (eps_high 0.28, dual clip 10).
 
 Params:
     h_ratio_low (0.95): lower bound of the entropy ratio (strict); 0 disables it.
-    h_ratio_high (1.05): upper bound of the entropy ratio (strict); inf disables it.
+    h_ratio_high (1.05): upper bound of the entropy ratio (strict); a huge value (e.g. 1e30) disables it (config values must be finite).
     eps_low (0.2): ratio floor 1 - eps_low.
     eps_high (0.2): ratio ceiling 1 + eps_high (the paper's DAPO runs use 0.28).
     clip_ratio_c (3.0): dual-clip constant c > 1 for A < 0, or None (the recipes use 10).
@@ -61,7 +61,7 @@ class Params:
 
 @register_policy_loss(
     "erc", Params, paper="arXiv:2512.05591", inputs={"entropy", "old_entropy"},
-    neutral={"h_ratio_low": 0.0, "h_ratio_high": float("inf")},
+    neutral={"h_ratio_low": 0.0, "h_ratio_high": 1e30},
 )
 def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
     """PPO loss, detached where the entropy ratio is out of bounds. In: [B, T] each. Out: loss [B, T], metrics."""

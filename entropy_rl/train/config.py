@@ -1,16 +1,25 @@
 """Run configuration: dataclasses are the schema; YAML and `a.b=c` overrides are validated strictly.
 
 Unknown keys fail with the nearest valid key; wrong types and out-of-range values fail with the key path.
-Method, advantage and task parameters are validated against their registered `Params` dataclasses before
-any model is built. The defaults of `Config()` are the CPU demo (configs/demo_cpu.yaml lists them).
+Every numeric field has a range (`RANGES`); method, advantage and task parameters are type-checked
+against their registered `Params` dataclasses; the task is built (dataset rows checked), its splits are
+checked, and prompts are checked against the model's context, all before any run directory or model is
+created. The defaults of `Config()` are the CPU demo (configs/demo_cpu.yaml lists them).
+
+Input limits: a config file (or one override value) is at most MAX_CONFIG_BYTES of UTF-8 YAML; YAML
+anchors/aliases may be used, but the document after alias expansion must stay under the same budget
+(`yaml_size`: nodes plus scalar characters), so an alias bomb is refused before anything walks it, and
+nesting is limited to MAX_YAML_DEPTH. Error messages show values in brief and are cut at
+MAX_ERROR_CHARS.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
-import types
+import importlib.util
+import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +29,29 @@ import yaml
 
 from entropy_rl.core.aggregate import AGG_MODES
 from entropy_rl.core.kl import KL_ESTIMATORS
+from entropy_rl.core.registry import ParamsError, brief, coerce
+
+MAX_CONFIG_BYTES = 256 * 1024  # a config file or override value; real configs are a few KB
+MAX_YAML_DEPTH = 32  # nesting levels of a YAML document (the schema uses 4)
+MAX_ERROR_CHARS = 1000  # longest error message (values in it are already shown in brief)
+MAX_ROLLOUT_SEQS = 65_536  # prompts_per_step x group_size: sequences generated and scored per step
+MAX_EVAL_SEQS = 2**20  # eval_problems x eval_samples: sequences one evaluation generates (and keeps)
+MAX_SEED = 10**8  # the trainer derives per-step RNG seeds of about seed x 1e11, which must fit in 64 bits
+MAX_SCRATCH_PARAMS = 10**9  # a from-scratch model is for small experiments; load larger ones with model.path
+CONTEXT_SAMPLE = 256  # prompts per split checked against the context for a generated (not dataset) task
+SINK_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}  # optional sink -> package it imports
 
 
-FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how much was cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit:,} more characters)"
 
 
 class ConfigError(ValueError):
-    """A config problem, with the dotted key path in the message."""
+    """A config problem, with the dotted key path in the message (cut to MAX_ERROR_CHARS)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(clip(message))
 
 
 @dataclass
@@ -123,13 +148,185 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# ---------------------------------------------------------------- ranges
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An allowed interval for a numeric field (floats are also required to be finite).
+
+    Attributes:
+        lo: lower end.
+        hi: upper end (math.inf: any finite value).
+        lo_open: exclude the lower end.
+        hi_open: exclude the upper end.
+        why: a reason shown with the error when the limit is not obvious.
+    """
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+    why: str = ""
+
+    def contains(self, v: float) -> bool:
+        """Whether `v` lies in the interval."""
+        return (v > self.lo if self.lo_open else v >= self.lo) and (v < self.hi if self.hi_open else v <= self.hi)
+
+    def __str__(self) -> str:
+        def fmt(x: float) -> str:
+            return "inf" if x == math.inf else f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+        return f"{'(' if self.lo_open else '['}{fmt(self.lo)}, {fmt(self.hi)}{')' if self.hi_open else ']'}"
+
+
+BIG = 10**9  # step counts and intervals: a billion steps is beyond any run
+RANGES: dict[str, Bound] = {
+    "model.hidden_size": Bound(1, 16_384),
+    "model.num_layers": Bound(1, 512),
+    "model.num_heads": Bound(1, 512),
+    "model.num_kv_heads": Bound(1, 512),
+    "model.intermediate_size": Bound(1, 131_072),
+    "model.max_position_embeddings": Bound(2, 2**20),
+    "sft.max_steps": Bound(0, BIG),
+    "sft.batch_size": Bound(1, MAX_ROLLOUT_SEQS),
+    "sft.lr": Bound(0, 1, lo_open=True, why="AdamW moves each weight by about lr per step"),
+    "sft.eval_every": Bound(1, BIG),
+    "sft.eval_problems": Bound(1, MAX_ROLLOUT_SEQS),
+    "sft.target_accuracy": Bound(0, 1),
+    "rollout.prompts_per_step": Bound(1, MAX_ROLLOUT_SEQS),
+    "rollout.group_size": Bound(1, MAX_ROLLOUT_SEQS),
+    "rollout.temperature": Bound(1e-3, 100, why="logits / temperature overflow below 1e-3; above 100 sampling is uniform"),
+    "rollout.top_p": Bound(0, 1, lo_open=True),
+    "rollout.top_k": Bound(0, 2**31 - 1),
+    "rollout.max_new_tokens": Bound(1, 2**20),
+    "algorithm.kl_coef": Bound(0, math.inf),
+    "optim.lr": Bound(0, 1, lo_open=True, why="AdamW moves each weight by about lr per step"),
+    "optim.weight_decay": Bound(0, math.inf),
+    "optim.betas": Bound(0, 1, hi_open=True, why="AdamW's moving-average factors"),
+    "optim.grad_clip": Bound(0, math.inf),
+    "optim.warmup_steps": Bound(0, BIG),
+    "optim.mini_batches": Bound(1, MAX_ROLLOUT_SEQS),
+    "optim.epochs": Bound(1, 1000),
+    "optim.micro_batch_size": Bound(0, MAX_ROLLOUT_SEQS),
+    "optim.max_skipped_steps": Bound(1, BIG),
+    "train.steps": Bound(0, BIG),
+    "train.seed": Bound(0, MAX_SEED, why="per-step seeds derived from it must fit in 64 bits"),
+    "train.threads": Bound(0, 4096),
+    "train.eval_every": Bound(0, BIG),
+    "train.eval_problems": Bound(0, MAX_ROLLOUT_SEQS),
+    "train.eval_samples": Bound(1, 4096),
+    "train.save_every": Bound(0, BIG),
+    "train.keep_checkpoints": Bound(1, 10_000),
+    "train.min_free_gb": Bound(0, 10**6),
+    "train.high_entropy_threshold": Bound(0, math.inf),
+    "train.dynamics_every": Bound(0, BIG),
+    "train.log_completions_every": Bound(0, BIG),
+    "train.log_completions_n": Bound(1, MAX_ROLLOUT_SEQS),
+}
+
+
+def numeric_fields(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Dotted paths of every int / float (or tuple of them) field of the schema, `Config` by default."""
+    cls = Config if cls is None else cls
+    out = []
+    for name, tp in typing.get_type_hints(cls).items():
+        path = f"{prefix}{name}"
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out += numeric_fields(tp, path + ".")
+        elif tp in (int, float) or set(typing.get_args(tp)) <= {int, float} and typing.get_origin(tp) is tuple:
+            out.append(path)
+    return out
+
+
 # ---------------------------------------------------------------- parsing
+
+
+def yaml_size(root: yaml.Node, limit: int, source: str) -> int:
+    """Size of a composed YAML document after alias expansion: nodes plus scalar characters.
+
+    An alias is the same node object as its anchor, so sizes are memoised per node: the walk costs the
+    number of distinct nodes however large the expansion.
+
+    Args:
+        root: the composed document (`yaml.SafeLoader.get_single_node()`), not yet constructed.
+        limit: sizes are capped at limit + 1, so huge expansions never make huge integers.
+        source: names the input in messages.
+
+    Returns:
+        min(expanded size, limit + 1).
+
+    Raises:
+        ConfigError: a recursive alias (a node containing itself) or nesting deeper than MAX_YAML_DEPTH.
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 0, False)]
+    on_path: set[int] = set()
+    while stack:
+        node, depth, children_done = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = 1 + len(node.value)
+            continue
+        kids = [x for pair in node.value for x in pair] if isinstance(node, yaml.MappingNode) else node.value
+        if children_done:
+            on_path.discard(id(node))
+            sizes[id(node)] = min(limit + 1, 1 + sum(sizes[id(k)] for k in kids))
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in on_path:
+            raise ConfigError(f"{source}: a YAML alias refers to a node that contains it (line {node.start_mark.line + 1})")
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{source}: YAML nested deeper than {MAX_YAML_DEPTH} levels (line {node.start_mark.line + 1})")
+        on_path.add(id(node))
+        stack.append((node, depth, True))
+        stack.extend((k, depth + 1, False) for k in kids if id(k) not in sizes)
+    return sizes[id(root)]
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse one YAML document of plain data, refusing alias bombs and deep nesting.
+
+    Args:
+        text: the YAML text (at most MAX_CONFIG_BYTES characters).
+        source: names the input in messages (a file path or "override 'a.b=c'").
+
+    Returns:
+        The plain data (dict, list, str, int, float, bool, None); None for an empty document.
+
+    Raises:
+        ConfigError: invalid YAML (with line and column), too large, or too large after alias expansion.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES:,} characters; a config is a few KB")
+    loader = yaml.SafeLoader(text)  # plain data only, never Python objects
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if yaml_size(node, MAX_CONFIG_BYTES, source) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{source}: YAML aliases expand to more than {MAX_CONFIG_BYTES:,} nodes and characters; "
+                              "write the values out instead of repeating anchors")
+        return loader.construct_document(node)
+    except ConfigError:
+        raise
+    except yaml.MarkedYAMLError as e:
+        where = f" (line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1})" if e.problem_mark else ""
+        raise ConfigError(f"{source}: invalid YAML: {e.problem or e.context}{where}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: invalid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply (limit {MAX_YAML_DEPTH} levels)") from None
+    except ValueError as e:  # e.g. an integer literal longer than Python's 4,300-digit limit
+        raise ConfigError(f"{source}: invalid YAML value: {e}") from None
+    finally:
+        loader.dispose()
 
 
 def from_dict(cls: type, data: Any, path: str = "") -> Any:
     """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types with the key path."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {brief(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -138,64 +335,15 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         if key not in names:
             hint = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             suffix = f"; did you mean '{(path + '.' if path else '') + hint[0]}'?" if hint else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"unknown config key '{where}'{suffix}")
-        kwargs[key] = coerce(hints[key], value, where)
+            raise ConfigError(f"unknown config key {brief(where)}{suffix}")
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = from_dict(hints[key], value, where)
+            continue
+        try:
+            kwargs[key] = coerce(hints[key], value, where)
+        except ParamsError as e:
+            raise ConfigError(str(e)) from None
     return cls(**kwargs)
-
-
-def coerce(tp: Any, value: Any, where: str) -> Any:
-    """Check / convert `value` to type `tp` (dataclass, Optional, list, tuple, dict, int, float, bool, str)."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(arg, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        (item,) = typing.get_args(tp)
-        return [coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str) and FLOAT_RE.fullmatch(value.strip()):
-            return float(value)  # PyYAML (YAML 1.1) reads `3e-4` as a string; accept what is clearly a number
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    if tp is Any:
-        return value
-    raise ConfigError(f"{where}: unsupported schema type {tp}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -214,114 +362,233 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b=c` overrides to a nested dict; values are parsed as YAML scalars (`x=0.1`, `x=[1,2]`)."""
+    """Apply `a.b=c` overrides to a nested dict; values are parsed as YAML (`x=0.1`, `x=[1,2]`, `x={a: 1}`)."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key.path=value")
+            raise ConfigError(f"override {brief(item)} is not of the form key.path=value")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):
-            raise ConfigError(f"override '{item}': empty key segment")
+            raise ConfigError(f"override {brief(item)}: empty key segment")
         node = data
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{part}' is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+                raise ConfigError(f"override {brief(item)}: '{part}' is not a section")
+        node[parts[-1]] = load_yaml(raw, f"override {brief(item)}") if raw.strip() else ""
     return data
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML config file (empty file -> {}). Raises ConfigError for anything unreadable."""
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' {'is not a file' if path.exists() else 'does not exist'}")
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file '{path}': {e.strerror or e}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes; a config is a few KB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    loaded = load_yaml(text, str(path))
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {brief(loaded)}")
+    return loaded or {}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML file (or start from the defaults), apply overrides, validate everything. Raises ConfigError."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        data = loaded or {}
+    data = read_config_file(Path(path)) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     cfg = from_dict(Config, data)
     validate(cfg)
     return cfg
 
 
+# ---------------------------------------------------------------- validation
+
+
+def need(cond: bool, where: str, msg: str) -> None:
+    """Raise ConfigError(`where: msg`) unless `cond`."""
+    if not cond:
+        raise ConfigError(f"{where}: {msg}")
+
+
+def check_ranges(cfg: Config) -> None:
+    """Every numeric field against its `RANGES` bound (tuples element by element)."""
+    for path, bound in RANGES.items():
+        section, name = path.split(".")
+        value = getattr(getattr(cfg, section), name)
+        for i, v in enumerate(value) if isinstance(value, tuple) else [(None, value)]:
+            where = path if i is None else f"{path}[{i}]"
+            need(bound.contains(v), where, f"must be in {bound}, got {brief(v)}" + (f" ({bound.why})" if bound.why else ""))
+
+
+def scratch_model_params(m: ModelConfig, vocab: int) -> int:
+    """Parameter count of the from-scratch Qwen2 model (tied embeddings) for a vocabulary of `vocab` tokens."""
+    head_dim = m.hidden_size // m.num_heads
+    attention = m.hidden_size * head_dim * (2 * m.num_heads + 2 * m.num_kv_heads) + head_dim * (m.num_heads + 2 * m.num_kv_heads)
+    mlp = 3 * m.hidden_size * m.intermediate_size
+    return vocab * m.hidden_size + m.num_layers * (attention + mlp + 2 * m.hidden_size) + m.hidden_size
+
+
+def check_model(m: ModelConfig, vocab: int) -> int | None:
+    """The model section; returns the model's max_position_embeddings (None if its config.json has none)."""
+    if m.path is not None:
+        path = Path(m.path)
+        need(path.is_dir(), "model.path", f"'{path}' is not a local directory (hub downloads are not used)")
+        cfg_file = path / "config.json"
+        need(cfg_file.is_file(), "model.path", f"'{path}' has no config.json: not a Hugging Face checkpoint directory")
+        try:
+            model_cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as e:
+            raise ConfigError(f"model.path: cannot read '{cfg_file}': {e}") from None
+        need(isinstance(model_cfg, dict), "model.path", f"'{cfg_file}' is not a JSON object")
+        positions = model_cfg.get("max_position_embeddings")
+        return positions if isinstance(positions, int) and not isinstance(positions, bool) else None
+    need(m.hidden_size % m.num_heads == 0 and (m.hidden_size // m.num_heads) % 2 == 0, "model.hidden_size",
+         f"must be an even multiple of model.num_heads (rotary embeddings need an even head size), "
+         f"got {m.hidden_size} / {m.num_heads}")
+    need(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads",
+         f"must divide model.num_heads ({m.num_heads}), got {m.num_kv_heads}")
+    n = scratch_model_params(m, vocab)
+    need(n <= MAX_SCRATCH_PARAMS, "model", f"a from-scratch model of {n:,} parameters is larger than "
+         f"{MAX_SCRATCH_PARAMS:,}; make it smaller or load a checkpoint with model.path")
+    return m.max_position_embeddings
+
+
+def check_sinks(sinks: list[str]) -> None:
+    """Known sink names, no duplicates, and the packages of optional sinks importable."""
+    for sink in sinks:
+        need(sink in ("jsonl", "stdout", *SINK_PACKAGES), "train.sinks",
+             f"unknown sink {brief(sink)}; valid: jsonl, stdout, {', '.join(SINK_PACKAGES)}")
+        need(sinks.count(sink) == 1, "train.sinks", f"'{sink}' is listed twice (every row would be written twice)")
+        package = SINK_PACKAGES.get(sink)
+        need(package is None or importlib.util.find_spec(package) is not None, "train.sinks",
+             f"the {sink} sink needs the {package} package: pip install entropy-rl[{sink}]")
+
+
+def check_context(cfg: Config, task: Any, tokenizer: Any, max_positions: int | None) -> None:
+    """Check that every prompt plus `rollout.max_new_tokens` fits the model's context (and, with SFT on,
+    every prompt + answer + EOS). Called by `validate` and once by the trainer after the tokenizer exists.
+
+    A dataset task (one with `pools` of every row, like jsonl) is checked row by row and the error names
+    the first offending row's `file:line`; a generated task is checked on CONTEXT_SAMPLE prompts per split.
+
+    Args:
+        cfg: the run config.
+        task: the built task.
+        tokenizer: the policy's tokenizer.
+        max_positions: the model's max_position_embeddings; None skips the check.
+
+    Raises:
+        ConfigError: naming the row, its token count, the limit and how to fix it.
+    """
+    if max_positions is None:
+        return
+    T = cfg.rollout.max_new_tokens
+    need(T < max_positions, "rollout.max_new_tokens",
+         f"{T} leaves no room for a prompt in the model's context of {max_positions} positions")
+    pools = getattr(task, "pools", None)
+    if pools is not None:
+        problems = [p for pool in pools.values() for p in pool]
+    else:
+        problems = [p for split in ("train", "eval") for p in task.prompts(split, CONTEXT_SAMPLE, seed=cfg.train.seed)]
+    if not problems:
+        return
+    prompt_lens = [len(ids) for ids in tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]]
+    need_lens = [n + T for n in prompt_lens]
+    what = "prompt + rollout.max_new_tokens"
+    if cfg.sft.enabled:
+        answer_lens = [len(ids) for ids in tokenizer([p.answer for p in problems], add_special_tokens=False)["input_ids"]]
+        need_lens = [max(n + T, n + a + 1) for n, a in zip(prompt_lens, answer_lens)]
+        what = "prompt + max(rollout.max_new_tokens, SFT answer + EOS)"
+    too_long = [i for i, n in enumerate(need_lens) if n > max_positions]
+    if too_long:
+        i = too_long[0]
+        source = problems[i].data.get("source") if isinstance(problems[i].data, dict) else None
+        raise ConfigError(
+            f"{source or 'task.params'}: {what} is {need_lens[i]:,} tokens (prompt {prompt_lens[i]:,}), more than the "
+            f"model's context of {max_positions} positions ({len(too_long):,} of {len(problems):,} checked prompts are "
+            f"too long); shorten or drop those rows, lower rollout.max_new_tokens, or use a model with a longer "
+            f"context (model.max_position_embeddings for a from-scratch model)")
+
+
 def validate(cfg: Config) -> None:
-    """Range checks and registry-parameter checks; raises ConfigError naming the key path."""
+    """Ranges, cross-field rules, registry parameters, the task and its splits, optional sink packages and
+    the model's context: everything a run would otherwise fail on later. Raises ConfigError naming the key."""
+    import torch
+
     from entropy_rl.core.advantage import get_advantage
     from entropy_rl.core.policy_loss import get_policy_loss
     from entropy_rl.core.registry import RegistryError
-    from entropy_rl.tasks import TASKS
+    from entropy_rl.tasks import TASKS, make_task
 
-    def need(cond: bool, where: str, msg: str) -> None:
-        if not cond:
-            raise ConfigError(f"{where}: {msg}")
-
+    check_ranges(cfg)
     r, o, t, a, s = cfg.rollout, cfg.optim, cfg.train, cfg.algorithm, cfg.sft
-    need(r.temperature > 0, "rollout.temperature", f"must be > 0 when sampling, got {r.temperature}")
-    need(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
-    need(r.top_k >= 0, "rollout.top_k", f"must be >= 0, got {r.top_k}")
-    need(r.max_new_tokens >= 1, "rollout.max_new_tokens", f"must be >= 1, got {r.max_new_tokens}")
-    need(r.prompts_per_step >= 1, "rollout.prompts_per_step", f"must be >= 1, got {r.prompts_per_step}")
-    need(r.group_size >= 1, "rollout.group_size", f"must be >= 1, got {r.group_size}")
-    need(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
-    need(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0, got {o.grad_clip}")
-    need(o.epochs >= 1, "optim.epochs", f"must be >= 1, got {o.epochs}")
-    need(o.mini_batches >= 1, "optim.mini_batches", f"must be >= 1, got {o.mini_batches}")
     n_seqs = r.prompts_per_step * r.group_size
+    need(n_seqs <= MAX_ROLLOUT_SEQS, "rollout.prompts_per_step",
+         f"prompts_per_step x group_size = {n_seqs:,} sequences per step, more than {MAX_ROLLOUT_SEQS:,}")
     need(n_seqs % o.mini_batches == 0, "optim.mini_batches",
          f"must divide the rollout batch of {n_seqs} sequences (prompts_per_step x group_size)")
-    need(o.micro_batch_size >= 0, "optim.micro_batch_size", f"must be >= 0, got {o.micro_batch_size}")
-    need(o.max_skipped_steps >= 1, "optim.max_skipped_steps", f"must be >= 1, got {o.max_skipped_steps}")
-    need(t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}")
-    need(t.device in ("cpu", "cuda", "auto"), "train.device", f"must be cpu, cuda or auto, got '{t.device}'")
-    need(t.eval_samples >= 1, "train.eval_samples", f"must be >= 1, got {t.eval_samples}")
-    need(t.eval_every >= 0 and t.save_every >= 0, "train.eval_every/save_every", "must be >= 0")
-    need(t.dynamics_every >= 0, "train.dynamics_every", f"must be >= 0, got {t.dynamics_every}")
-    need(t.log_completions_every >= 0 and t.log_completions_n >= 1, "train.log_completions_every/log_completions_n",
-         f"must be >= 0 and >= 1, got {t.log_completions_every} and {t.log_completions_n}")
-    need(t.min_free_gb >= 0, "train.min_free_gb", f"must be >= 0, got {t.min_free_gb}")
-    need(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
-    for sink in t.sinks:
-        need(sink in ("jsonl", "stdout", "tensorboard", "wandb"), "train.sinks", f"unknown sink '{sink}'")
-    need(a.loss_agg_mode in AGG_MODES, "algorithm.loss_agg_mode", f"must be one of {', '.join(AGG_MODES)}, got '{a.loss_agg_mode}'")
+    need(o.lr * o.weight_decay < 1, "optim.weight_decay",
+         f"lr x weight_decay must be < 1 (AdamW multiplies every weight by 1 - lr x weight_decay), got {o.lr * o.weight_decay:g}")
+    need(t.eval_every == 0 or t.eval_problems >= 1, "train.eval_problems", "must be >= 1 when train.eval_every > 0")
+    need(t.eval_problems * t.eval_samples <= MAX_EVAL_SEQS, "train.eval_samples",
+         f"eval_problems x eval_samples = {t.eval_problems * t.eval_samples:,} sequences per evaluation, "
+         f"more than {MAX_EVAL_SEQS:,}")
+    need(t.device in ("cpu", "cuda", "auto"), "train.device", f"must be cpu, cuda or auto, got {brief(t.device)}")
+    need(t.device != "cuda" or torch.cuda.is_available(), "train.device", "cuda requested but no CUDA device is available")
+    check_sinks(t.sinks)
+    need(a.loss_agg_mode in AGG_MODES, "algorithm.loss_agg_mode", f"must be one of {', '.join(AGG_MODES)}, got {brief(a.loss_agg_mode)}")
     need(a.selection_scope in ("minibatch", "microbatch"), "algorithm.selection_scope",
-         f"must be minibatch or microbatch, got '{a.selection_scope}'")
-    need(a.kl_coef >= 0, "algorithm.kl_coef", f"must be >= 0, got {a.kl_coef}")
+         f"must be minibatch or microbatch, got {brief(a.selection_scope)}")
     need(a.kl_estimator in KL_ESTIMATORS, "algorithm.kl_estimator", f"must be one of {', '.join(KL_ESTIMATORS)}")
-    need(s.batch_size >= 1 and s.max_steps >= 0 and s.lr > 0, "sft", "batch_size >= 1, max_steps >= 0, lr > 0 required")
-    need(0 <= s.target_accuracy <= 1, "sft.target_accuracy", f"must be in [0, 1], got {s.target_accuracy}")
-    need(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown dtype '{cfg.model.dtype}'")
+    need(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown dtype {brief(cfg.model.dtype)}")
 
-    for where, params_where, getter, name, params in (
-        ("algorithm.method", "algorithm.method_params", get_policy_loss, a.method, a.method_params),
-        ("algorithm.advantage", "algorithm.advantage_params", get_advantage, a.advantage, a.advantage_params),
-        ("task.name", "task.params", TASKS.get, cfg.task.name, cfg.task.params),
-    ):
+    entries = {}
+    for where, getter, name in (("algorithm.method", get_policy_loss, a.method),
+                                ("algorithm.advantage", get_advantage, a.advantage), ("task.name", TASKS.get, cfg.task.name)):
         try:
-            entry = getter(name)
+            entries[where] = getter(name)
         except RegistryError as e:
             raise ConfigError(f"{where}: {e}") from None
-        try:
-            p = entry.make_params(**params)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{params_where}: {e}") from None
-        if where == "task.name":  # build it: dataset files are read and checked (bad rows named) before any model
-            from entropy_rl.tasks import make_task
+    try:
+        entries["algorithm.method"].parse_params(a.method_params, "algorithm.method_params")
+        adv_params = entries["algorithm.advantage"].parse_params(a.advantage_params, "algorithm.advantage_params")
+        entries["task.name"].parse_params(cfg.task.params, "task.params")
+    except ParamsError as e:
+        raise ConfigError(str(e)) from None
+    if getattr(adv_params, "scale_by_std", False):
+        need(r.group_size >= 2, "rollout.group_size", "GRPO std scaling needs groups of >= 2 responses (a group of 1 has no std)")
 
-            try:
-                make_task(name, **params)
-            except (ValueError, OSError, ImportError) as e:
-                raise ConfigError(f"task.params: {e}") from None
-        if where == "algorithm.advantage" and getattr(p, "scale_by_std", False):
-            need(r.group_size >= 2, "rollout.group_size",
-                 "GRPO std scaling needs groups of >= 2 responses (a group of 1 has no std)")
+    try:  # build it: dataset files are read and checked (bad rows named) before any model
+        task = make_task(cfg.task.name, **cfg.task.params)
+        task.prompts("train", 1, seed=t.seed)
+        if t.eval_every > 0 or s.enabled:  # evaluation and the SFT accuracy check draw eval problems
+            task.prompts("eval", 1, seed=t.seed)
+    except (ValueError, RuntimeError, OSError, ImportError) as e:
+        raise ConfigError(f"task.params: {e}") from None
+    positions = check_model(cfg.model, vocab=len(task.alphabet) + 3)
+    check_context(cfg, task, policy_tokenizer(cfg, task), positions)
     validate_method_requirements(cfg)
+
+
+def policy_tokenizer(cfg: Config, task: Any) -> Any:
+    """The tokenizer the run will use: the checkpoint's (model.path) or the char tokenizer of the task."""
+    from entropy_rl.models.build import load_tokenizer
+    from entropy_rl.models.char_tokenizer import build_char_tokenizer
+
+    if cfg.model.path is None:
+        return build_char_tokenizer(task.alphabet)
+    try:
+        return load_tokenizer(Path(cfg.model.path))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.path: cannot load the tokenizer of '{cfg.model.path}': {e}") from None
 
 
 def _every_step_probe(cfg: Config) -> str | None:

@@ -41,7 +41,7 @@ from entropy_rl.presets import flatten
 from entropy_rl.rollout.hf import RolloutBatch, SamplingParams, generate
 from entropy_rl.tasks import make_task
 from entropy_rl.train import checkpoint as ckpt
-from entropy_rl.train.config import Config, ConfigError, save_config, to_dict
+from entropy_rl.train.config import Config, ConfigError, check_context, save_config, to_dict
 from entropy_rl.train.entropy_probe import measure_after_update, probe_before_update
 from entropy_rl.train.evaluate import eval_at_step
 from entropy_rl.train.forward import entropy_for_update, score_in_chunks, score_responses
@@ -208,6 +208,7 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
     else:
         model, tokenizer = build_policy(cfg, task, run_dir, device, log)
     model.to(device).train()
+    check_context(cfg, task, tokenizer, getattr(model.config, "max_position_embeddings", None))
     ref_model = None
     if cfg.algorithm.kl_coef > 0:  # the reference is the policy RL starts from (after SFT)
         ref_src = run_dir / "sft" / "model" if (run_dir / "sft" / ckpt.COMPLETE).is_file() else cfg.model.path

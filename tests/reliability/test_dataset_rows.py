@@ -103,3 +103,76 @@ def test_missing_file_and_parquet(tmp_path: Path) -> None:
         make_task("jsonl", path=str(tmp_path / "d.parquet"))
     with pytest.warns(UserWarning):
         assert make_task("jsonl", path=str(tmp_path / "d.parquet"), skip_bad_rows=True).bad_rows == 1
+
+
+@pytest.mark.parametrize("depth", [40, 100_000], ids=["deeper-than-MAX_DEPTH", "RecursionError-deep"])
+def test_a_deeply_nested_row_is_a_bad_row_and_skippable(tmp_path: Path, depth: int) -> None:
+    deep = '{"prompt": "1+1=", "answer": "2", "x": ' + "[" * depth + "]" * depth + "}"
+    path = write(tmp_path / "d.jsonl", GOOD[:3] + [deep] + GOOD[3:])
+    with pytest.raises(ValueError, match=r"d.jsonl:4: bad line: nested deeper than 32 levels \(set skip_bad_rows"):
+        make_task("jsonl", path=str(path))
+    with pytest.warns(UserWarning, match=r"skipped 1 malformed line\(s\).*lines 4\)"):
+        assert make_task("jsonl", path=str(path), skip_bad_rows=True).bad_lines == [4]
+
+
+QA = [json.dumps({"question": f"{a}*{b}=", "solution": str(a * b), "id": a}) for a in range(10) for b in range(10)]
+
+
+def test_field_mapping_and_a_hint_that_names_it(tmp_path: Path) -> None:
+    path = write(tmp_path / "qa.jsonl", QA)
+    with pytest.raises(ValueError, match=r"qa.jsonl:1: bad line: missing key 'prompt' \(the row has 'question': "
+                                         r"set task.params.prompt_field: question\)"):
+        make_task("jsonl", path=str(path))
+    with pytest.raises(ValueError, match=r"missing key 'answer' \(the row has 'solution': set task.params.answer_field"):
+        make_task("jsonl", path=str(path), prompt_field="question")
+    # skip_bad_rows skips every row: the error still says what to set
+    with pytest.raises(ValueError, match="no valid rows; the first: .*qa.jsonl:1: .*prompt_field: question"), \
+            pytest.warns(UserWarning):
+        make_task("jsonl", path=str(path), skip_bad_rows=True)
+    task = make_task("jsonl", path=str(path), prompt_field="question", answer_field="solution", eval_fraction=0.0)
+    p = task.prompts("train", 1, seed=0)[0]
+    assert p.prompt.endswith("=") and p.data["extra"].keys() == {"id"} and p.data["source"].startswith(f"{path}:")
+    assert task.reward(p, p.answer).score == 1.0
+    odd = write(tmp_path / "odd.jsonl", [json.dumps({"q": "1+1=", "a": "2"})])
+    with pytest.raises(ValueError, match=r"missing key 'prompt' \(row keys: 'q', 'a'\) \(map another key with "
+                                         r"task.params.prompt_field, or set skip_bad_rows"):
+        make_task("jsonl", path=str(odd))
+    with pytest.raises(ValueError, match="two different non-empty keys"):
+        make_task("jsonl", path=str(path), prompt_field="question", answer_field="question")
+
+
+def jsonl_config(path: Path, *extra: str) -> list[str]:
+    return ["task.name=jsonl", f"task.params={{path: '{path}'}}", *extra]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["task.params.eval_fraction=1.0"], r"task.params: jsonl: the 'train' split .* is empty \(eval_fraction=1.0"),
+        (["task.params.eval_fraction=0.0"], r"task.params: jsonl: the 'eval' split .* is empty \(eval_fraction=0.0"),
+        (["task.params.eval_fraction=0.0", "train.eval_every=10", "sft.enabled=false"], "'eval' split .* is empty"),
+    ],
+    ids=["all-eval", "no-eval-with-eval-on", "no-eval-with-sft-off"],
+)
+def test_an_empty_split_that_the_run_needs_fails_validation(tmp_path: Path, overrides: list[str], message: str) -> None:
+    from entropy_rl.train.config import ConfigError, load_config
+
+    path = write(tmp_path / "d.jsonl", GOOD)
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, jsonl_config(path, *overrides))
+    # without evaluation and SFT an empty eval split is fine
+    load_config(None, jsonl_config(path, "task.params.eval_fraction=0.0", "train.eval_every=0", "sft.enabled=false"))
+
+
+def test_prompts_longer_than_the_context_are_named_before_training(tmp_path: Path) -> None:
+    """20,000-character prompts used to reach generation (and try to allocate 25.6 GB)."""
+    from entropy_rl.train.config import ConfigError, load_config
+
+    long_row = json.dumps({"prompt": "1+" * 10_000 + "1=", "answer": "10001"})
+    path = write(tmp_path / "d.jsonl", GOOD[:7] + [long_row] + GOOD[7:])
+    with pytest.raises(ConfigError, match=r"d.jsonl:8: prompt \+ max\(rollout.max_new_tokens, SFT answer \+ EOS\) is "
+                                          r"20,018 tokens \(prompt 20,002\), more than the model's context of 64 positions "
+                                          r"\(1 of 101 checked prompts"):
+        load_config(None, jsonl_config(path, "task.params.eval_fraction=0.3"))
+    fits = load_config(None, jsonl_config(path, "task.params.eval_fraction=0.3", "model.max_position_embeddings=20100"))
+    assert fits.model.max_position_embeddings == 20100

@@ -130,8 +130,6 @@ def test_unsafe_or_repeated_method_names_are_refused(tmp_path: Path, monkeypatch
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--jobs", "0"], "--jobs must be >= 1, got 0"),
-    (["--seeds", "-1"], "--seeds must be >= 1, got -1"),
     (["--out", "afile"], "--out 'afile': 'afile' is a file, not a directory"),
     (["--out", "afile/sub"], "--out 'afile/sub': 'afile' is a file, not a directory"),
     (["--methods-dir", "nowhere"], "--methods-dir 'nowhere' is not a directory"),

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
         (["rollout.temperature=hot"], "rollout.temperature: expected a number"),
         (["train.steps=1.5"], "train.steps: expected an integer"),
         (["sft.enabled=1"], "sft.enabled: expected true/false"),
-        (["rollout.temperature=0"], "rollout.temperature: must be > 0"),
+        (["rollout.temperature=0"], r"rollout.temperature: must be in \[0.001, 100\]"),
         (["rollout.group_size=1"], "GRPO std scaling needs groups of >= 2"),
         (["algorithm.method_params={eps_high: -0.1}"], "algorithm.method_params: .*eps_low and eps_high must be >= 0"),
         (["algorithm.method_params={eps_hihg: 0.3}"], "algorithm.method_params: .*did you mean 'eps_high'"),
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
         (["train.sinks=[csv]"], "train.sinks: unknown sink 'csv'"),
         (["nokey"], "not of the form key.path=value"),
         (["algorithm.method=siren", "algorithm.method_params={loss_agg_mode: seq-mean-token-mean}"],
-         "algorithm.method_params: siren: unknown parameter 'loss_agg_mode'"),  # the trainer's, in the step context
+         "algorithm.method_params: unknown parameter 'loss_agg_mode' of siren"),  # the trainer's, in the step context
         (["algorithm.method=entropy_controller", "train.dynamics_every=0"],
          "algorithm.method: 'entropy_controller' needs trainer metric 'dynamics/dH_pred' at every step; set train.dynamics_every=1"),
     ],

@@ -47,6 +47,9 @@ STATEFUL = {
     "entropy_controller": ["algorithm.method=entropy_controller", "algorithm.method_params={target: 2.0}"],
     "siren": ["algorithm.method=siren"],
     "clip_cov": ["algorithm.method=clip_cov", "algorithm.method_params={clip_ratio: 0.05, cov_lb: 0.0}"],
+    "aent": ["algorithm.method=aent", "algorithm.method_params={warmup_steps: 0, coef: 0.01, coef_lr: 0.01, coef_max: 1.0, "
+             "entropy_low: 5.0, entropy_high: 6.0}"],
+    "entropic": ["algorithm.method=entropic", "algorithm.method_params={target_entropy: 0.5, kp: 0.1, ki: 0.05}"],
     "bfloat16": ["model.dtype=bfloat16"],  # the resumed model keeps its dtype (the old code reloaded it as float32)
 }
 
@@ -68,7 +71,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_config, tmp_path: Path, va
     rows = metrics(full)
     assert [r["policy/lr"] for r in rows] == pytest.approx([0.002, 0.003, 0.003, 0.003])  # warm-up crosses the cut
     state_keys = {"entropy_bonus_adaptive": "method/entropy_bonus/coef", "entropy_controller": "method/entropy_controller/coef",
-                  "siren": "method/siren/anchor"}
+                  "siren": "method/siren/anchor", "aent": "method/aent/coef", "entropic": "method/entropic/alpha"}
     if variant in state_keys:  # the state (or random selection) is live across the cut, not a constant
         values = [r[state_keys[variant]] for r in rows]
         assert len(set(values[1:])) > 1 or variant == "siren", (variant, values)
