@@ -34,10 +34,11 @@ from entropy_rl.metrics.dynamics import (
     fit_entropy_performance_law,
     steer_omega_signal,
 )
-from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl
+from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl, truncate_jsonl
 from entropy_rl.models.build import (TinyModelSpec, build_tiny_model, enable_gradient_checkpointing, load_pretrained,
                                      save_pretrained)
 from entropy_rl.models.char_tokenizer import build_char_tokenizer
+from entropy_rl.presets import flatten
 from entropy_rl.rollout.hf import RolloutBatch, SamplingParams, generate
 from entropy_rl.tasks import make_task
 from entropy_rl.tasks.base import DEFAULT_SCORE_RANGE, Problem, RewardResult, validate_result
@@ -46,9 +47,10 @@ from entropy_rl.train.config import Config, ConfigError, check_context, save_con
 from entropy_rl.train.entropy_probe import measure_after_update, probe_before_update
 from entropy_rl.train.evaluate import eval_at_step
 from entropy_rl.train.forward import entropy_for_update, score_in_chunks, score_responses
+from entropy_rl.train.rundir import RunLock, open_run_dir
 from entropy_rl.train.samples import CompletionLog
 from entropy_rl.train.guard import UpdateGuard
-from entropy_rl.train.sft import run_sft
+from entropy_rl.train.sft import warm_start
 
 
 @dataclass(frozen=True)
@@ -72,22 +74,30 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Create the run directory; refuse to mix a different config into an existing run."""
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.exists() and not resume:
-        if not overwrite:
-            raise FileExistsError(
-                f"run directory '{run_dir}' already holds a run; pass --resume to continue it or --overwrite to replace it"
-            )
-        shutil.rmtree(run_dir)
-    if resume and cfg_path.exists():
-        import yaml
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, kind: str = "train",
+                    log: Callable[[str], None] = print) -> RunLock:
+    """Check, lock and mark the run directory (train/rundir.py), refuse a different config on resume, save it.
 
-        if yaml.safe_load(cfg_path.read_text()) != to_dict(cfg):
-            raise ConfigError(f"--resume: the config differs from the one saved in '{cfg_path}'")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, cfg_path)
+    Returns the run directory's lock, held until the caller releases it (use it as a context manager).
+    """
+    lock = open_run_dir(run_dir, kind, resume, overwrite, log)
+    try:
+        cfg_path = run_dir / "config.yaml"
+        if resume and cfg_path.exists():
+            import yaml
+
+            saved, new = yaml.safe_load(cfg_path.read_text()), to_dict(cfg)
+            if saved != new:
+                a, b = flatten(saved if isinstance(saved, dict) else {}), flatten(new)
+                keys = ", ".join(sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))[:5])
+                raise ConfigError(f"--resume: the config differs from the one saved in '{cfg_path}' ({keys})" if kind == "train"
+                                  else f"the config differs from the one saved in '{cfg_path}' ({keys}); pass --overwrite "
+                                       "to replace that output")
+        save_config(cfg, cfg_path)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 class TqdmStream:
@@ -122,16 +132,6 @@ def make_sinks(cfg: Config, run_dir: Path, progress: bool) -> MetricSink:
     return MultiSink(sinks)
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep only metrics rows with step <= last_step (resume rewinds to its checkpoint)."""
-    if not path.exists():
-        return
-    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    tmp.replace(path)
-
-
 def initial_model(cfg: Config, task: Any):
     """(model, tokenizer) before any training: a local checkpoint (`model.path`) or a fresh tiny Qwen2 model."""
     if cfg.model.path:
@@ -142,28 +142,24 @@ def initial_model(cfg: Config, task: Any):
 
 
 def build_policy(cfg: Config, task: Any, run_dir: Path, device: torch.device, log: Callable[[str], None]):
-    """The initial policy: a local checkpoint, a cached SFT result, or a fresh tiny model warm-started by SFT."""
+    """The initial policy: a local checkpoint, a cached SFT result, or a fresh tiny model warm-started by SFT.
+
+    The SFT warm start checkpoints into RUN_DIR/sft/checkpoints and continues from there after an interruption
+    (sft_metrics.jsonl is rewound to that checkpoint); those checkpoints are removed once sft/model is complete.
+    """
     sft_dir = run_dir / "sft"
-    sampling = rollout_sampling(cfg)
     if (sft_dir / ckpt.COMPLETE).is_file():
         log(f"reusing the SFT warm start in {sft_dir}")
+        shutil.rmtree(ckpt.checkpoint_dir(sft_dir), ignore_errors=True)  # left by a kill after COMPLETE
         return load_pretrained(sft_dir / "model", "saved")
-    model, tokenizer = initial_model(cfg, task)
-    model.to(device)
-    if cfg.sft.enabled:
-        n_params = sum(p.numel() for p in model.parameters())
-        log(f"SFT warm start of a {n_params / 1e6:.2f}M-parameter model to sampled accuracy >= {cfg.sft.target_accuracy}")
-        sink = JsonlSink(run_dir / "sft_metrics.jsonl")
-        t0 = time.perf_counter()
-
-        def log_sft(step: int, m: dict[str, float]) -> None:
-            sink.log(step, m)
-            log(f"sft step {step} | loss {m['sft/loss']:.3f} | sampled accuracy {m['sft/accuracy']:.3f} | {time.perf_counter() - t0:.0f} s")
-
-        run_sft(model, tokenizer, task, cfg.sft, sampling, cfg.train.seed, log_sft)
-        sink.close()
-        save_pretrained(model, tokenizer, sft_dir / "model")
-        (sft_dir / ckpt.COMPLETE).write_text("ok")
+    if not cfg.sft.enabled:
+        model, tokenizer = initial_model(cfg, task)
+        return model.to(device), tokenizer
+    model, tokenizer = warm_start(cfg, task, rollout_sampling(cfg), lambda: initial_model(cfg, task), sft_dir,
+                                  run_dir / "sft_metrics.jsonl", device, log)
+    save_pretrained(model, tokenizer, sft_dir / "model")
+    (sft_dir / ckpt.COMPLETE).write_text("ok")
+    shutil.rmtree(ckpt.checkpoint_dir(sft_dir), ignore_errors=True)
     return model, tokenizer
 
 
@@ -182,9 +178,18 @@ def weighted_update(acc: dict[str, list[float]], metrics: dict[str, torch.Tensor
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunResult:
-    """Run SFT warm start (if enabled) and `cfg.train.steps` RL steps, writing everything under `run_dir`."""
+    """Run SFT warm start (if enabled) and `cfg.train.steps` RL steps, writing everything under `run_dir`.
+
+    The run directory is checked, marked and locked first (train/rundir.py): a second process on it fails at
+    once, `overwrite` removes only what entropy-rl wrote there, and a non-run directory is never written into.
+    """
     run_dir = Path(run_dir)
-    prepare_run_dir(cfg, run_dir, resume, overwrite)
+    with prepare_run_dir(cfg, run_dir, resume, overwrite, log=tqdm.write if progress else print):
+        return train_locked(cfg, run_dir, resume, progress)
+
+
+def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> RunResult:
+    """The body of `train`, run while this process holds the run directory's lock."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
@@ -198,9 +203,11 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     state = method.obj.make_state(params) if method.obj.make_state is not None else None
     all_features = method.obj.old_features + method.obj.cur_features
     sampling = rollout_sampling(cfg)
-    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    # newest checkpoint whose checksums verify (older ones are fallbacks, each skip is logged) + its trainer state
+    found = ckpt.load_latest(run_dir, warn=log) if resume else None
+    latest, saved = found if found is not None else (None, None)
     if latest is not None:
-        model, tokenizer = load_pretrained(latest / "model", "saved")  # a bf16 run resumes in bf16
+        model, tokenizer = load_pretrained(latest / "model", saved["model_dtype"])
     else:
         model, tokenizer = build_policy(cfg, task, run_dir, device, log)
     model.to(device).train()
@@ -217,17 +224,16 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, o.warmup_steps)))
     start_step, skipped_in_a_row, skipped_total = 0, 0, 0
     if latest is not None:
-        saved = ckpt.load_trainer_state(latest)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         ckpt.set_rng_state(saved["rng"])
         start_step, skipped_total = saved["step"], saved.get("skipped_total", 0)
         if state is not None:
             state.load_state_dict(saved["method_state"])
-        truncate_metrics(run_dir / "metrics.jsonl", start_step)
+        truncate_jsonl(run_dir / "metrics.jsonl", start_step)
         log(f"resumed from {latest} at step {start_step}")
     elif resume:
-        truncate_metrics(run_dir / "metrics.jsonl", 0)
+        truncate_jsonl(run_dir / "metrics.jsonl", 0)
 
     sinks = make_sinks(cfg, run_dir, progress)
     eval_set = task.prompts("eval", cfg.train.eval_problems, seed=cfg.train.seed) if cfg.train.eval_every else []
@@ -250,6 +256,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     def save(step: int) -> None:
         trainer_state = {
             "step": step,
+            "model_dtype": ckpt.dtype_name(model),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": ckpt.rng_state(),
