@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import shutil
 import sys
 import time
@@ -34,18 +33,23 @@ from entropy_rl.metrics.dynamics import (
     fit_entropy_performance_law,
     steer_omega_signal,
 )
-from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl
-from entropy_rl.models.build import TinyModelSpec, build_tiny_model, load_pretrained, save_pretrained
+from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl, truncate_jsonl
+from entropy_rl.models.build import (TinyModelSpec, build_tiny_model, enable_gradient_checkpointing, load_pretrained,
+                                     save_pretrained)
 from entropy_rl.models.char_tokenizer import build_char_tokenizer
+from entropy_rl.presets import flatten
 from entropy_rl.rollout.base import RolloutBatch, RolloutEngine, SamplingParams, make_engine
 from entropy_rl.tasks import make_task
+from entropy_rl.tasks.base import DEFAULT_SCORE_RANGE, Problem, RewardResult, validate_result
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, ConfigError, check_context, save_config, to_dict
 from entropy_rl.train.entropy_probe import measure_after_update, probe_before_update
 from entropy_rl.train.batch import ScoredBatch, per_token_advantages, score_batch, scoring_temperature, seed_for
 from entropy_rl.train.evaluate import eval_at_step
+from entropy_rl.train.guard import UpdateGuard
+from entropy_rl.train.rundir import RunLock, open_run_dir
 from entropy_rl.train.samples import CompletionLog
-from entropy_rl.train.sft import run_sft
+from entropy_rl.train.sft import warm_start
 from entropy_rl.train.update import update_policy
 
 
@@ -70,22 +74,30 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Create the run directory; refuse to mix a different config into an existing run."""
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.exists() and not resume:
-        if not overwrite:
-            raise FileExistsError(
-                f"run directory '{run_dir}' already holds a run; pass --resume to continue it or --overwrite to replace it"
-            )
-        shutil.rmtree(run_dir)
-    if resume and cfg_path.exists():
-        import yaml
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, kind: str = "train",
+                    log: Callable[[str], None] = print) -> RunLock:
+    """Check, lock and mark the run directory (train/rundir.py), refuse a different config on resume, save it.
 
-        if yaml.safe_load(cfg_path.read_text()) != to_dict(cfg):
-            raise ConfigError(f"--resume: the config differs from the one saved in '{cfg_path}'")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, cfg_path)
+    Returns the run directory's lock, held until the caller releases it (use it as a context manager).
+    """
+    lock = open_run_dir(run_dir, kind, resume, overwrite, log)
+    try:
+        cfg_path = run_dir / "config.yaml"
+        if resume and cfg_path.exists():
+            import yaml
+
+            saved, new = yaml.safe_load(cfg_path.read_text()), to_dict(cfg)
+            if saved != new:
+                a, b = flatten(saved if isinstance(saved, dict) else {}), flatten(new)
+                keys = ", ".join(sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))[:5])
+                raise ConfigError(f"--resume: the config differs from the one saved in '{cfg_path}' ({keys})" if kind == "train"
+                                  else f"the config differs from the one saved in '{cfg_path}' ({keys}); pass --overwrite "
+                                       "to replace that output")
+        save_config(cfg, cfg_path)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 class TqdmStream:
@@ -120,16 +132,6 @@ def make_sinks(cfg: Config, run_dir: Path, progress: bool) -> MetricSink:
     return MultiSink(sinks)
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep only metrics rows with step <= last_step (resume rewinds to its checkpoint)."""
-    if not path.exists():
-        return
-    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    tmp.replace(path)
-
-
 def initial_model(cfg: Config, task: Any):
     """(model, tokenizer) before any training: a local checkpoint (`model.path`) or a fresh tiny Qwen2 model."""
     if cfg.model.path:
@@ -140,28 +142,24 @@ def initial_model(cfg: Config, task: Any):
 
 
 def build_policy(cfg: Config, task: Any, run_dir: Path, device: torch.device, log: Callable[[str], None]):
-    """The initial policy: a local checkpoint, a cached SFT result, or a fresh tiny model warm-started by SFT."""
+    """The initial policy: a local checkpoint, a cached SFT result, or a fresh tiny model warm-started by SFT.
+
+    The SFT warm start checkpoints into RUN_DIR/sft/checkpoints and continues from there after an interruption
+    (sft_metrics.jsonl is rewound to that checkpoint); those checkpoints are removed once sft/model is complete.
+    """
     sft_dir = run_dir / "sft"
-    sampling = rollout_sampling(cfg)
     if (sft_dir / ckpt.COMPLETE).is_file():
         log(f"reusing the SFT warm start in {sft_dir}")
-        return load_pretrained(sft_dir / "model")
-    model, tokenizer = initial_model(cfg, task)
-    model.to(device)
-    if cfg.sft.enabled:
-        n_params = sum(p.numel() for p in model.parameters())
-        log(f"SFT warm start of a {n_params / 1e6:.2f}M-parameter model to sampled accuracy >= {cfg.sft.target_accuracy}")
-        sink = JsonlSink(run_dir / "sft_metrics.jsonl")
-        t0 = time.perf_counter()
-
-        def log_sft(step: int, m: dict[str, float]) -> None:
-            sink.log(step, m)
-            log(f"sft step {step} | loss {m['sft/loss']:.3f} | sampled accuracy {m['sft/accuracy']:.3f} | {time.perf_counter() - t0:.0f} s")
-
-        run_sft(model, tokenizer, task, cfg.sft, sampling, cfg.train.seed, log_sft)
-        sink.close()
-        save_pretrained(model, tokenizer, sft_dir / "model")
-        (sft_dir / ckpt.COMPLETE).write_text("ok")
+        shutil.rmtree(ckpt.checkpoint_dir(sft_dir), ignore_errors=True)  # left by a kill after COMPLETE
+        return load_pretrained(sft_dir / "model", "saved")
+    if not cfg.sft.enabled:
+        model, tokenizer = initial_model(cfg, task)
+        return model.to(device), tokenizer
+    model, tokenizer = warm_start(cfg, task, rollout_sampling(cfg), lambda: initial_model(cfg, task), sft_dir,
+                                  run_dir / "sft_metrics.jsonl", device, log)
+    save_pretrained(model, tokenizer, sft_dir / "model")
+    (sft_dir / ckpt.COMPLETE).write_text("ok")
+    shutil.rmtree(ckpt.checkpoint_dir(sft_dir), ignore_errors=True)
     return model, tokenizer
 
 
@@ -169,6 +167,17 @@ def rollout_sampling(cfg: Config) -> SamplingParams:
     """SamplingParams from the rollout section."""
     r = cfg.rollout
     return SamplingParams(r.temperature, r.top_p, r.top_k, r.max_new_tokens)
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunResult:
+    """Run SFT warm start (if enabled) and `cfg.train.steps` RL steps, writing everything under `run_dir`.
+
+    The run directory is checked, marked and locked first (train/rundir.py): a second process on it fails at
+    once, `overwrite` removes only what entropy-rl wrote there, and a non-run directory is never written into.
+    """
+    run_dir = Path(run_dir)
+    with prepare_run_dir(cfg, run_dir, resume, overwrite, log=tqdm.write if progress else print):
+        return train_locked(cfg, run_dir, resume, progress)
 
 
 @contextmanager
@@ -198,16 +207,19 @@ class Run:
     engine: RolloutEngine
     sinks: MetricSink
     eval_set: list
+    guard: UpdateGuard
     start_step: int = 0
     skipped_total: int = 0
     skipped_in_a_row: int = 0
     law_points: list[tuple[float, float]] = field(default_factory=list)
     last: dict[str, float] = field(default_factory=dict)  # the newest logged metrics (the step-0 eval before step 1)
+    guard_reason: str = ""  # why the last update was skipped or rolled back (for the stop message)
 
     def save(self, step: int) -> None:
         """Checkpoint the model, optimizer, scheduler, RNG and method state at `step`."""
         trainer_state = {
             "step": step,
+            "model_dtype": ckpt.dtype_name(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": ckpt.rng_state(),
@@ -218,9 +230,8 @@ class Run:
                              keep=self.cfg.train.keep_checkpoints, min_free_bytes=int(self.cfg.train.min_free_gb * 2**30))
 
 
-def start_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, progress: bool) -> Run:
-    """Prepare the run directory, build (or restore) task, method, policy, reference, optimizer and engine."""
-    prepare_run_dir(cfg, run_dir, resume, overwrite)
+def start_run(cfg: Config, run_dir: Path, progress: bool, resume: bool) -> Run:
+    """Build (or restore from the newest verified checkpoint) task, method, policy, reference, optimizer, engine."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
@@ -230,10 +241,15 @@ def start_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, progres
     method = get_policy_loss(cfg.algorithm.method)
     params = method.make_params(**cfg.algorithm.method_params)
     state = method.obj.make_state(params) if method.obj.make_state is not None else None
-    latest = ckpt.latest_checkpoint(run_dir) if resume else None
-    model, tokenizer = load_pretrained(latest / "model") if latest is not None else build_policy(cfg, task, run_dir, device, log)
+    # newest checkpoint whose checksums verify (older ones are fallbacks, each skip is logged) + its trainer state
+    found = ckpt.load_latest(run_dir, warn=log) if resume else None
+    latest, saved = found if found is not None else (None, None)
+    model, tokenizer = load_pretrained(latest / "model", saved["model_dtype"]) if latest is not None \
+        else build_policy(cfg, task, run_dir, device, log)
     model.to(device).train()
     check_context(cfg, task, tokenizer, getattr(model.config, "max_position_embeddings", None))
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     ref_model = None
     if cfg.algorithm.kl_coef > 0:  # the reference is the policy RL starts from (after SFT)
         ref_src = run_dir / "sft" / "model" if (run_dir / "sft" / ckpt.COMPLETE).is_file() else cfg.model.path
@@ -244,19 +260,19 @@ def start_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, progres
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, o.warmup_steps)))
     run = Run(cfg, run_dir, log, task, method, params, state, model, tokenizer, ref_model, optimizer, scheduler,
               make_engine(cfg.rollout.engine, model, tokenizer), MultiSink([]),
-              task.prompts("eval", cfg.train.eval_problems, seed=cfg.train.seed) if cfg.train.eval_every else [])
+              task.prompts("eval", cfg.train.eval_problems, seed=cfg.train.seed) if cfg.train.eval_every else [],
+              UpdateGuard(model, optimizer))  # the guard rolls back an optimizer step that leaves anything non-finite
     if latest is not None:
-        saved = ckpt.load_trainer_state(latest)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         ckpt.set_rng_state(saved["rng"])
         run.start_step, run.skipped_total = saved["step"], saved.get("skipped_total", 0)
         if state is not None:
             state.load_state_dict(saved["method_state"])
-        truncate_metrics(run_dir / "metrics.jsonl", run.start_step)
+        truncate_jsonl(run_dir / "metrics.jsonl", run.start_step)
         log(f"resumed from {latest} at step {run.start_step}")
     elif resume:
-        truncate_metrics(run_dir / "metrics.jsonl", 0)
+        truncate_jsonl(run_dir / "metrics.jsonl", 0)
     run.sinks = make_sinks(cfg, run_dir, progress)
     logged = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     # (entropy, reward) pairs of every step so far, for the running R = -a exp(H) + b fit (rebuilt on resume)
@@ -269,9 +285,9 @@ def start_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, progres
     return run
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunResult:
-    """Run SFT warm start (if enabled) and `cfg.train.steps` RL steps, writing everything under `run_dir`."""
-    run = start_run(cfg, Path(run_dir), resume, overwrite, progress)
+def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> RunResult:
+    """The body of `train`, run while this process holds the run directory's lock: the step loop."""
+    run = start_run(cfg, run_dir, progress, resume)
     model, method, params, state, o, t = run.model, run.method, run.params, run.state, cfg.optim, cfg.train
     P, G, T = cfg.rollout.prompts_per_step, cfg.rollout.group_size, cfg.rollout.max_new_tokens
     micro, sampling = o.micro_batch_size or P * G // o.mini_batches, rollout_sampling(cfg)
@@ -287,7 +303,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
             with timed(m, "timing/generate_s"):
                 batch = run.engine.generate([p.prompt for p in problems], sampling, group_size=G)
             with timed(m, "timing/reward_s"):
-                results = [run.task.reward(problems[int(g)], text) for g, text in zip(batch.group_index.tolist(), batch.texts)]
+                results = checked_rewards(run.task, [problems[g] for g in batch.group_index.tolist()], batch.texts,
+                                          getattr(run.task, "score_range", DEFAULT_SCORE_RANGE), run.log)
                 rewards = torch.tensor([r.score for r in results], dtype=torch.float32, device=batch.response_mask.device)
 
             # ---- pre-update pass (entropy metrics are measured here), advantages ----
@@ -314,7 +331,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                 probe = probe_before_update(model, run.optimizer, scored.input_ids, scored.attention_mask, scored.prompt_len,
                                             scored.temperature, mask, micro) if t.dynamics_every and step % t.dynamics_every == 0 else None
             with timed(m, "timing/update_s"):
-                update = update_policy(model, run.optimizer, method, params, ctx, scored, cfg, step)
+                update = update_policy(model, run.optimizer, method, params, ctx, scored, cfg, step, run.guard)
                 run.scheduler.step()
             run.engine.sync_weights(model)
             if probe is not None:  # re-score the same batch after the step: measured vs predicted entropy change
@@ -325,7 +342,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
             m["policy/lr"] = run.optimizer.param_groups[0]["lr"]
             run.skipped_total += update.skipped
             run.skipped_in_a_row = run.skipped_in_a_row + 1 if update.skipped else 0
-            m["guard/skipped_updates"] = float(update.skipped)
+            run.guard_reason = update.reason or run.guard_reason
+            m["guard/skipped_updates"], m["guard/rolled_back"] = float(update.skipped), float(update.rolled_back)
             if state is not None:
                 m.update(state.metrics())  # the values used in this step
                 state.after_update(m)
@@ -360,8 +378,8 @@ def stop_run(run: Run, bar: Any, step: int) -> None:
     run.sinks.close()
     bar.close()
     raise TrainingStopped(
-        f"stopped at step {step}: {run.skipped_in_a_row} consecutive steps had non-finite losses or gradients; "
-        f"weights were never updated with them; checkpoint saved in {ckpt.latest_checkpoint(run.run_dir)}"
+        f"stopped at step {step}: {run.skipped_in_a_row} consecutive steps had non-finite updates (last: "
+        f"{run.guard_reason}); weights were never updated with them; checkpoint saved in {ckpt.latest_checkpoint(run.run_dir)}"
     )
 
 
@@ -391,6 +409,33 @@ def save_token_entropies(run_dir: Path, step: int, entropy: torch.Tensor, mask: 
     out.mkdir(exist_ok=True)
     values = entropy[mask.bool()].float().cpu().tolist()
     (out / f"step_{step:06d}.json").write_text(json.dumps({"step": step, "entropy": [round(v, 6) for v in values]}))
+
+
+def checked_rewards(task: Any, problems: list[Problem], texts: list[str], score_range: tuple[float, float],
+                    log: Callable[[str], None]) -> list[RewardResult]:
+    """`task.reward` of each response, each result checked: a malformed one (score NaN/inf, outside the task's
+    `score_range`, not a number, ...) becomes score 0 with reason "error" (counted in reward/errors) and a
+    warning line, never a crash.
+
+    Args:
+        task: the task; problems[i] is the problem that texts[i] answers.
+        problems: one per response.
+        texts: the responses (EOS removed).
+        score_range: (low, high) inclusive range of valid scores.
+        log: where the warning goes (one line per batch that had malformed results).
+    """
+    results, bad = [], []
+    for problem, text in zip(problems, texts):
+        result = task.reward(problem, text)
+        try:
+            results.append(validate_result(result, score_range))
+        except (TypeError, ValueError) as e:
+            results.append(RewardResult(0.0, "error", None))
+            bad.append(str(e))
+    if bad:
+        log(f"warning: {len(bad)} of {len(texts)} rewards from task '{getattr(task, 'name', '?')}' were invalid "
+            f"and scored 0 as reason 'error' (first: {bad[0]})")
+    return results
 
 
 def rollout_metrics(batch: RolloutBatch, results: list, rewards: torch.Tensor, correct: torch.Tensor,
