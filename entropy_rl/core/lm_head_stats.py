@@ -28,7 +28,13 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 DEFAULT_CHUNK_TOKENS = 1024  # [1024, V] fp32 is 0.6 GiB at V = 152k (the whole-row path of token_stats)
-DEFAULT_CHUNK_VOCAB = 8192  # a [1024, 8192] fp32 tile is 32 MiB
+CPU_CHUNK_VOCAB = 2048  # [1024, 2048] fp32 tiles (8 MiB): 10-30% less CPU time than 8192 here (docs/LOG.md)
+ACCELERATOR_CHUNK_VOCAB = 8192  # 32 MiB tiles, so each elementwise kernel outlasts its launch (not measured yet)
+
+
+def default_chunk_vocab(device: torch.device) -> int:
+    """Vocabulary entries per tile when the caller gives none: small tiles on CPU, larger ones on accelerators."""
+    return CPU_CHUNK_VOCAB if device.type == "cpu" else ACCELERATOR_CHUNK_VOCAB
 
 
 def lm_head_stats(
@@ -40,7 +46,7 @@ def lm_head_stats(
     bias: Tensor | None = None,
     entropy: bool = True,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-    chunk_vocab: int = DEFAULT_CHUNK_VOCAB,
+    chunk_vocab: int | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Tempered log-prob of each sampled token and tempered full-vocabulary entropy, without [N, V] tensors.
 
@@ -55,10 +61,13 @@ def lm_head_stats(
         bias: [V] LM-head bias or None.
         entropy: compute the entropy (False returns None and skips its arithmetic).
         chunk_tokens: tokens per tile.
-        chunk_vocab: vocabulary entries per tile.
+        chunk_vocab: vocabulary entries per tile; None: `default_chunk_vocab(hidden.device)`.
 
     Returns:
         logp [N] and entropy [N] (or None), nats, fp32 (fp64 for fp64 inputs).
+
+    Raises:
+        ValueError: inconsistent shapes or dtypes, a temperature <= 0, chunk sizes < 1, or a token id outside [0, V).
     """
     N, V = tokens.shape[0], weight.shape[0]
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1] or tokens.shape != (N,):
@@ -74,6 +83,9 @@ def lm_head_stats(
         raise ValueError(f"bias must be [V] = [{V}], got {tuple(bias.shape)}")
     if isinstance(temperature, Tensor) and temperature.shape != (N,):
         raise ValueError(f"a tensor temperature must be [N] = [{N}], got {tuple(temperature.shape)}")
+    if not bool((torch.as_tensor(temperature) > 0).all()):
+        raise ValueError("temperature must be > 0 on every token")
+    chunk_vocab = default_chunk_vocab(hidden.device) if chunk_vocab is None else chunk_vocab
     if chunk_tokens < 1 or chunk_vocab < 1:
         raise ValueError(f"chunk_tokens and chunk_vocab must be >= 1, got {chunk_tokens} and {chunk_vocab}")
     if N and bool((tokens < 0).any() | (tokens >= V).any()):
@@ -152,7 +164,7 @@ def forward_tiles(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """logp [N], lse [N] and entropy [N] (or None), fp32, by an online logsumexp over vocabulary chunks."""
     N, V = tokens.shape[0], weight.shape[0]
-    acc = dict(dtype=accum_dtype(hidden.dtype), device=hidden.device)
+    acc = {"dtype": accum_dtype(hidden.dtype), "device": hidden.device}
     logp, lse = torch.empty(N, **acc), torch.empty(N, **acc)
     ent = torch.empty(N, **acc) if entropy else None
     for i0 in range(0, N, chunk_tokens):

@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from entropy_rl.core.entropy import entropy_from_logp
-from entropy_rl.core.lm_head_stats import DEFAULT_CHUNK_TOKENS, DEFAULT_CHUNK_VOCAB, lm_head_stats
+from entropy_rl.core.lm_head_stats import DEFAULT_CHUNK_TOKENS, lm_head_stats
 
 ChunkFeature = Callable[[Tensor, Tensor, float | Tensor], Tensor]
 """A per-chunk feature: (logits [n, V] raw, tokens [n] int64, temperature float or [n, 1] fp32) -> [n] fp32."""
@@ -65,7 +65,7 @@ def token_stats(
     features: Mapping[str, ChunkFeature] | None = None,
     mask: Tensor | None = None,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-    chunk_vocab: int = DEFAULT_CHUNK_VOCAB,
+    chunk_vocab: int | None = None,
 ) -> TokenStats:
     """Tempered log-probs, entropies and features of `tokens`, `chunk_tokens` tokens at a time.
 
@@ -89,7 +89,7 @@ def token_stats(
         mask: [B, T], nonzero on the tokens to compute; None computes all.
         chunk_tokens: the most tokens whose logits are processed at once.
         chunk_vocab: vocabulary entries per kernel tile (the `lm_head_stats` path only; the other path takes
-            whole rows of V).
+            whole rows of V); None: the kernel's per-device default.
 
     Returns:
         TokenStats with logp [B, T] fp32, entropy [B, T] fp32 or None, features {name: [B, T]}.
@@ -180,7 +180,7 @@ def kernel_stats(
     want_entropy: WantEntropy,
     mask: Tensor | None,
     chunk_tokens: int,
-    chunk_vocab: int,
+    chunk_vocab: int | None,
 ) -> TokenStats:
     """`token_stats` of hidden [B, T, d] + weight [V, d] by `lm_head_stats` on the kept tokens, no features."""
     B, T, d = hidden.shape

@@ -39,6 +39,12 @@ class LMHead:
 def plain_lm_head(model: PreTrainedModel) -> LMHead:
     """The model's LM head, if its logits are exactly `lm_head(last_hidden_state)` as far as the config says.
 
+    Args:
+        model: a Hugging Face causal LM.
+
+    Returns:
+        LMHead with the head's own parameters (no copies).
+
     Raises:
         ValueError: the config sets a logit soft-cap or scale, or the head is not a plain linear layer.
     """
@@ -51,8 +57,8 @@ def plain_lm_head(model: PreTrainedModel) -> LMHead:
                 "give its distribution; score from the model's logits instead"
             )
     head = model.get_output_embeddings()
-    if not isinstance(head, torch.nn.Linear):
-        raise ValueError(f"{type(model).__name__} has no linear LM head (got {type(head).__name__})")
+    if not isinstance(head, torch.nn.Linear):  # a refusal like the others: one exception type for the caller
+        raise ValueError(f"{type(model).__name__} has no linear LM head (got {type(head).__name__})")  # noqa: TRY004
     if model.base_model is model:
         raise ValueError(f"{type(model).__name__} is not a causal LM wrapping a base model")
     return LMHead(head.weight, head.bias)
@@ -64,6 +70,9 @@ def final_hidden_states(model: PreTrainedModel, **inputs: Tensor) -> Tensor:
     Args:
         model: causal LM (its `base_model` is run, not the head).
         **inputs: forwarded to the base model (input_ids, attention_mask, position_ids, ...).
+
+    Returns:
+        [B, L, d] hidden states in the model's dtype, with the model's gradient mode.
     """
     return model.base_model(**inputs, use_cache=False).last_hidden_state
 
@@ -74,6 +83,12 @@ def check_lm_head(model: PreTrainedModel, head: LMHead, n_tokens: int = 8, rtol:
 
     Catches a logit transform that `plain_lm_head` does not know by name (a near-identity one, such as a soft-cap far
     above the logits of a fresh model, can still pass: the config list is the first line).
+
+    Args:
+        model: causal LM; its train/eval mode is restored afterwards.
+        head: what `plain_lm_head` returned for it.
+        n_tokens: length of the probe sequence (ids 0, 1, ... modulo V).
+        rtol: allowed gap relative to the largest logit.
 
     Raises:
         ValueError: the largest difference exceeds rtol times the largest logit.

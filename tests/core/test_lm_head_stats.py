@@ -40,9 +40,9 @@ def test_gradcheck_in_float64() -> None:
     b = torch.randn(7, dtype=torch.float64, generator=g, requires_grad=True)
     tokens = torch.tensor([0, 6, 3, 3, 1, 5])
     for tau in (1.0, 0.7, 0.5 + torch.rand(6, dtype=torch.float64, generator=g)):
-        def fn(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return lm_head_stats(h, w, tokens, tau, bias=b, chunk_tokens=4, chunk_vocab=3)
-        assert torch.autograd.gradcheck(fn, (h, w, b))
+        assert torch.autograd.gradcheck(
+            lambda h, w, b, tau=tau: lm_head_stats(h, w, tokens, tau, bias=b, chunk_tokens=4, chunk_vocab=3), (h, w, b)
+        )
 
 
 @pytest.mark.parametrize("tau", [1.0, 0.7, "per-token"])
@@ -114,6 +114,8 @@ def test_bad_arguments_raise_one_line_errors() -> None:
         lm_head_stats(h, w, tokens, 1.0, bias=b[:-1])
     with pytest.raises(ValueError, match="temperature"):
         lm_head_stats(h, w, tokens, tau[:-1])
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        lm_head_stats(h, w, tokens, torch.where(tokens == tokens[0], 0.0, 1.0))
     with pytest.raises(ValueError, match="chunk"):
         lm_head_stats(h, w, tokens, 1.0, chunk_vocab=0)
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 101\)"):

@@ -275,7 +275,8 @@ def test_hidden_states_without_features_run_the_kernel(want: bool | str) -> None
     assert "LMHeadStatsBackward" in graph_nodes(stats.logp)  # the kernel, not the checkpointed path
     assert (stats.entropy is None) == (want is False)
     assert stats.entropy is None or stats.entropy.requires_grad == (want is True)
-    ref_logp, ref_h = naive(torch.nn.functional.linear(hidden, weight, bias), tokens, torch.where(mask.bool(), tau, 1.0))
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    ref_logp, ref_h = naive(logits, tokens, torch.where(mask.bool(), tau, 1.0))
     on = mask.bool()
     torch.testing.assert_close(stats.logp[on], ref_logp[on], rtol=1e-5, atol=1e-5)
     assert (stats.logp[~on] == 0).all()
@@ -284,7 +285,8 @@ def test_hidden_states_without_features_run_the_kernel(want: bool | str) -> None
         assert (stats.entropy[~on] == 0).all()
     loss = (stats.logp + (stats.entropy if want is True else 0)).sum()
     ref_loss = ((ref_logp + (ref_h if want is True else 0)) * mask).sum()
-    got, expected = torch.autograd.grad(loss, (hidden, weight, bias)), torch.autograd.grad(ref_loss, (hidden, weight, bias))
+    got = torch.autograd.grad(loss, (hidden, weight, bias))
+    expected = torch.autograd.grad(ref_loss, (hidden, weight, bias))
     assert (got[0][~on] == 0).all()
     for a, e in zip(got, expected):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)

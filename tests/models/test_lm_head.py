@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM, CohereConfig, Gemma2Config, Grani
 from entropy_rl.core.token_stats import token_stats
 from entropy_rl.models.lm_head import LMHead, check_lm_head, final_hidden_states, plain_lm_head
 
-SMALL = dict(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-             intermediate_size=32, max_position_embeddings=32)
+SMALL = {"vocab_size": 40, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+         "num_key_value_heads": 1, "intermediate_size": 32, "max_position_embeddings": 32}
 
 
 def build(config_cls: type, **extra: object) -> torch.nn.Module:
