@@ -70,7 +70,8 @@ def token_stats(
     """Tempered log-probs, entropies and features of `tokens`, `chunk_tokens` tokens at a time.
 
     Per token the distribution is softmax(z / tau) with z the raw logits and tau its temperature; values equal
-    `token_logprobs` / `token_entropy` on the full logits (same formula, same fp32 arithmetic per token).
+    `token_logprobs` / `token_entropy` on the full logits (same formula, same fp32 arithmetic per token; the
+    hidden-state kernel path to fp32 rounding, as it sums over vocabulary chunks in another order).
     Tokens where `mask` is 0 are skipped: they read 0 and get no gradient.
 
     Args:
