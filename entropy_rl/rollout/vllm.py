@@ -30,12 +30,13 @@ adapters (peft) are not synced (a clear error). Stops at the tokenizer's `eos_to
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -96,6 +97,7 @@ def import_vllm() -> Any:
         raise ValueError(f"rollout.engine=vllm runs vLLM in the trainer's process (weight sync is an in-memory "
                          f"copy): unset {MP_ENV} or set it to 0, got {os.environ[MP_ENV]!r}")
     os.environ[MP_ENV] = "0"
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's INFO lines (start-up, every reload) are noise here
     try:
         import vllm
     except ImportError as e:
@@ -116,6 +118,36 @@ def preserved_process_state() -> Iterator[None]:
         random.setstate(py_state)
         np.random.set_state(np_state)
         torch.set_num_threads = set_threads
+
+
+class DropMessages(logging.Filter):
+    """Drops the log records whose message `drop(message)` is true."""
+
+    def __init__(self, drop: Callable[[str], bool]) -> None:
+        super().__init__()
+        self.drop = drop
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.drop(record.getMessage())
+
+
+@contextmanager
+def quiet(logger: str, drop: Callable[[str], bool]) -> Iterator[None]:
+    """Drop `logger`'s records whose message `drop` matches, inside the block."""
+    dropper, log = DropMessages(drop), logging.getLogger(logger)
+    log.addFilter(dropper)
+    try:
+        yield
+    finally:
+        log.removeFilter(dropper)
+
+
+# vLLM warnings that are expected here, each with a traceback or once per step: the engine has no tokenizer, so
+# no chat template to warm up; and the in-place reload finds no checkpoint tensor for the rotary cache (computed,
+# not loaded) and puts the engine's own back
+QUIET_START = ("vllm.renderers.base", lambda message: message == "Chat template warmup failed")
+QUIET_RELOAD = ("vllm.model_executor.model_loader.reload.layerwise",
+                lambda message: message.endswith("RotaryEmbedding: Failed to load weights"))
 
 
 def token_ids(tokenizer: PreTrainedTokenizerBase, prompts: Prompts) -> list[list[int]]:
@@ -148,7 +180,7 @@ class VllmEngine:
         kv_gib = self.params.kv_cache_gib or (CPU_KV_CACHE_GIB if current_platform.is_cpu() else 0.0)
         self.config_dir = tempfile.TemporaryDirectory(prefix="entropy_rl_vllm_")  # removed with the engine
         model.config.save_pretrained(self.config_dir.name)
-        with preserved_process_state():
+        with quiet(*QUIET_START), preserved_process_state():
             self.llm = vllm.LLM(
                 model=self.config_dir.name,
                 skip_tokenizer_init=True,
@@ -227,7 +259,8 @@ class VllmEngine:
         """Copy `model`'s current weights into the engine (vLLM's in-place reload) and drop the prefix cache."""
         self.wake()
         weights = ((name, tensor.detach()) for name, tensor in model.state_dict().items())
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        with quiet(*QUIET_RELOAD):
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
 
     def wake(self) -> None:

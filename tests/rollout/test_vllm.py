@@ -8,18 +8,28 @@ checks that need no vLLM (missing package, in-process setting, parameter ranges)
 from __future__ import annotations
 
 import copy
+import math
 import random
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import entropy_rl.rollout.vllm as vllm_engine
+from entropy_rl.metrics.sinks import read_jsonl
 from entropy_rl.models import TinyModelSpec, build_char_tokenizer, build_tiny_model, load_pretrained, save_pretrained
 from entropy_rl.rollout import ENGINES, SamplingParams
 from entropy_rl.rollout.base import RolloutBatch
 from entropy_rl.rollout.vllm import MP_ENV, VllmEngine, VllmParams
+from entropy_rl.train.checkpoint import latest_checkpoint, list_checkpoints
+from entropy_rl.train.config import ConfigError, load_config
 from entropy_rl.train.forward import score_in_chunks, score_responses
+from entropy_rl.train.loop import train
+
+from tiny_setup import TINY  # noqa: E402  (tests/ is on sys.path via conftest)
 
 # head_dim 32: the smallest head size vLLM's CPU attention supports; 256 positions hold prompts longer than
 # the CPU backend's KV block of 128 tokens, so the prefix cache really caches them
@@ -127,6 +137,52 @@ def test_starting_the_engine_leaves_rngs_and_set_num_threads_alone(engine) -> No
     assert engine.state_after_start == expected
 
 
+def train_with_vllm(run_dir: Path, *overrides: str) -> list[dict]:
+    """Train the tiny from-scratch policy (head_dim 32) with rollout.engine=vllm; metrics.jsonl without timings.
+
+    Its rewards are all 0 (an untrained model), so an entropy bonus is what moves the weights every step."""
+    model = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
+             "model.intermediate_size=128"]
+    cfg = load_config(None, [*TINY, *model, "rollout.engine=vllm", "train.save_every=1",
+                             "algorithm.method=entropy_bonus", "algorithm.method_params={coef: 0.01}", *overrides])
+    train(cfg, run_dir, resume=(run_dir / "config.yaml").exists(), progress=False)
+    return [{k: v for k, v in r.items() if not k.startswith("timing/")} for r in read_jsonl(run_dir / "metrics.jsonl")]
+
+
+@pytest.fixture
+def small_kv_cache(engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engines the trainer builds take a 64 MiB KV cache on CPU (default 1 GiB); needs vLLM, like `engine`."""
+    monkeypatch.setattr(vllm_engine, "CPU_KV_CACHE_GIB", 0.0625)
+
+
+def test_training_with_vllm_matches_the_trainer_every_step_checkpoints_and_resumes(small_kv_cache, tmp_path: Path) -> None:
+    full = train_with_vllm(tmp_path / "full")
+    assert [r["step"] for r in full] == [1, 2, 3]
+    assert all(math.isfinite(v) for r in full for v in r.values())
+    assert all(r["rollout/logp_mismatch"] < FP32_TOL for r in full)  # the engine samples the weights being trained
+    assert [c.name for c in list_checkpoints(tmp_path / "full")] == ["step_000002", "step_000003"]  # keep 2
+    cut = tmp_path / "cut"
+    train_with_vllm(cut)
+    shutil.rmtree(latest_checkpoint(cut))  # interrupted after step 2
+    assert train_with_vllm(cut) == full  # resumed: the engine starts from the checkpoint, the torch RNG seeds it
+
+
+def test_training_without_weight_sync_is_caught_by_the_mismatch(small_kv_cache, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: an engine that keeps its first weights drifts from the trainer after step 1."""
+    real, calls = VllmEngine.sync_weights, []
+
+    def first_sync_only(self: VllmEngine, model) -> None:
+        calls.append(model)
+        if len(calls) == 1:  # the engine's own start
+            real(self, model)
+
+    monkeypatch.setattr(VllmEngine, "sync_weights", first_sync_only)
+    rows = train_with_vllm(tmp_path / "run")
+    assert len(calls) == 4 and rows[0]["rollout/logp_mismatch"] < FP32_TOL
+    assert all(r["rollout/logp_mismatch"] > 100 * FP32_TOL for r in rows[1:])
+
+
 def test_a_policy_vllm_cannot_run_fails_when_the_engine_is_built(engine) -> None:
     from vllm.platforms import current_platform
 
@@ -148,6 +204,12 @@ def test_missing_vllm_says_which_extra_to_install(policy, monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
     with pytest.raises(ImportError, match=r"install entropy-rl\[vllm\]"):
         VllmEngine(*policy)
+
+
+def test_the_config_refuses_the_vllm_engine_without_vllm_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # find_spec("vllm") is None: not installed
+    with pytest.raises(ConfigError, match=r"^rollout.engine: the vllm engine needs vLLM: pip install entropy-rl\[vllm\]$"):
+        load_config(None, [*TINY, "rollout.engine=vllm"])
 
 
 def test_multiprocessing_vllm_is_refused(policy, monkeypatch: pytest.MonkeyPatch) -> None:
