@@ -55,7 +55,14 @@ from torch import Tensor
 from verl.workers.config import PolicyLossConfig as _VerlPolicyLossConfig
 
 from entropy_rl.core.aggregate import AGG_MODES, Aggregation
-from entropy_rl.core.policy_loss import POLICY_LOSSES, TOKEN_INPUTS, check_inputs, get_policy_loss, run_select, step_context
+from entropy_rl.core.policy_loss import (
+    POLICY_LOSSES,
+    TOKEN_INPUTS,
+    check_inputs,
+    get_policy_loss,
+    run_select,
+    step_context,
+)
 from entropy_rl.core.types import PolicyInputs
 from entropy_rl.metrics.dynamics import cov_logp_adv, entropy_stats
 
@@ -81,7 +88,8 @@ SUPPLY: dict[str, str] = {
     "entropy": "set actor_rollout_ref.actor.calculate_entropy=True (verl then computes the update pass's entropy)",
     "old_entropy": "run verl's v1 trainer (trainer.use_v1=True, the default), which keeps the pre-update pass's "
                    "entropy in the batch as 'entropy'; the legacy trainer drops it",
-    "ref_logp": "enable a reference policy (actor_rollout_ref.actor.use_kl_loss=True) so the batch holds 'ref_log_prob'",
+    "ref_logp": "enable a reference policy (actor_rollout_ref.actor.use_kl_loss=True) so the batch holds "
+                "'ref_log_prob'",
 }
 
 
@@ -153,7 +161,8 @@ def method_params(name: str, settings: Mapping[str, Any] | None) -> Any:
     """The Params of method `name` from the verl config's `entropy_rl` mapping; clear error if refused or invalid."""
     if name not in POLICY_LOSSES.names():
         raise VerlIntegrationError(
-            f"unknown entropy-rl method '{name}' in loss_mode '{PREFIX}{name}'; known: {', '.join(POLICY_LOSSES.names())}")
+            f"unknown entropy-rl method '{name}' in loss_mode '{PREFIX}{name}'; "
+            f"known: {', '.join(POLICY_LOSSES.names())}")
     tier = method_tier(name)
     if tier.level == "refused":
         raise VerlIntegrationError(f"{PREFIX}{name} cannot run inside verl {VERL_VERSION}: {tier.reason}")
@@ -346,7 +355,8 @@ def fetch_entropy_metrics(kv_batch_get: Callable[..., Any], batch: Any) -> dict[
     data = kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=list(ENTROPY_FIELDS))
     keep = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags], dtype=torch.bool)
     data = data.to_padded_tensor()
-    return rollout_entropy_metrics(data["entropy"], data["old_log_probs"], data["advantages"], data["response_mask"], keep)
+    return rollout_entropy_metrics(data["entropy"], data["old_log_probs"], data["advantages"], data["response_mask"],
+                                   keep)
 
 
 def register_trainer_class(trainer_sync: ModuleType) -> type:

@@ -71,7 +71,7 @@ def _finite(v: Any) -> bool:
 def load_run(run_dir: Path, label: str) -> RunData:
     """Read metrics.jsonl, config.yaml and token_entropy/*.json of one run; missing parts are noted, not raised."""
     run_dir = Path(run_dir)
-    if run_dir.suffix == ".jsonl" and run_dir.is_file():  # a verl run's file-logger log (report.external_verl)
+    if run_dir.suffix == ".jsonl" and run_dir.is_file():  # a verl run's file-logger JSONL (external_verl)
         return load_verl_run(run_dir, label)
     run = RunData(run_dir, label, [], {})
     metrics = run_dir / "metrics.jsonl"

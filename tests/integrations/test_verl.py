@@ -22,7 +22,6 @@ pytest.importorskip("verl")
 from tensordict import TensorDict  # noqa: E402  (verl's dependency)
 from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla, get_policy_loss_fn  # noqa: E402
 from verl.utils import tensordict_utils as tu  # noqa: E402
-from verl.workers import utils as _verl_worker_utils  # noqa: E402,F401
 from verl.workers.config import ActorConfig  # noqa: E402
 from verl.workers.utils import losses  # noqa: E402
 
@@ -116,7 +115,8 @@ def ours(name: str, mb: MicroBatch, mode: str, num_tokens: float, num_seqs: floa
     torch.manual_seed(7)  # clip_cov draws at random (verl's call uses the global generator too)
     out = policy_loss(name, mb.logp, mb.old_logp, mb.adv, mb.mask, loss_agg_mode=mode,
                       **{k: inputs[k] for k in tier.needs}, **PARAMS.get(name, {}))
-    return aggregate(out.per_token, mb.mask, mode, num_tokens=num_tokens, num_seqs=num_seqs, norm_length=norm_length) * dp
+    agg = aggregate(out.per_token, mb.mask, mode, num_tokens=num_tokens, num_seqs=num_seqs, norm_length=norm_length)
+    return agg * dp
 
 
 def grads(loss: torch.Tensor, mb: MicroBatch) -> list[torch.Tensor]:
@@ -185,7 +185,8 @@ def test_ppo_clip_equals_verls_own_vanilla_loss() -> None:
         cfg2 = actor_config("ppo_clip", mode)
         cfg2.policy_loss.entropy_rl.update({"eps_high": 0.28})
         cfg2.global_batch_info.update(info)
-        mine, _ = get_policy_loss_fn("entropy_rl.ppo_clip")(mb2.old_logp, mb2.logp, mb2.adv, mb2.mask.bool(), mode, cfg2)
+        fn = get_policy_loss_fn("entropy_rl.ppo_clip")
+        mine, _ = fn(mb2.old_logp, mb2.logp, mb2.adv, mb2.mask.bool(), mode, cfg2)
         assert_same(mine, theirs, mb2, mb)
 
 
