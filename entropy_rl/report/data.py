@@ -22,6 +22,7 @@ import yaml
 
 from entropy_rl.metrics.dynamics import fit_entropy_performance_law, pearson
 from entropy_rl.metrics.sinks import read_jsonl
+from entropy_rl.report.external_verl import load_verl_run
 
 __all__ = ["RunData", "load_run", "series", "paired", "pass_keys", "headline", "HEADLINE_COLUMNS",
            "CORR_KEYS", "window", "load_completions", "pass_story"]
@@ -70,6 +71,8 @@ def _finite(v: Any) -> bool:
 def load_run(run_dir: Path, label: str) -> RunData:
     """Read metrics.jsonl, config.yaml and token_entropy/*.json of one run; missing parts are noted, not raised."""
     run_dir = Path(run_dir)
+    if run_dir.suffix == ".jsonl" and run_dir.is_file():  # a verl run's file-logger JSONL (external_verl)
+        return load_verl_run(run_dir, label)
     run = RunData(run_dir, label, [], {})
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
