@@ -167,7 +167,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    """List method variants, registered policy-loss methods, advantage estimators and tasks with their defaults."""
+    """List method variants, registered policy-loss methods, advantage estimators, rollout strategies and tasks with
+    their defaults."""
     from entropy_rl.catalogue import describe_params, method_needs, render_markdown
     from entropy_rl.presets import packaged_variants, settings
 
@@ -195,6 +196,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
         e = ADVANTAGES.get(name)
         print(f"  {name:<16} {e.doc}")
         print(f"  {'':<16} params: {describe_params(e.params_cls)}")
+    from entropy_rl.rollout.strategies import STRATEGIES
+
+    print("Rollout strategies (rollout.strategy):")
+    for name in STRATEGIES.names():
+        e = STRATEGIES.get(name)
+        print(f"  {name:<20} {e.doc}")
+        print(f"  {'':<20} params: {describe_params(e.params_cls) or '-'}")
     print("Tasks (task.name):")
     for name in TASKS.names():
         e = TASKS.get(name)
@@ -300,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", default=None, help="markdown table file to include, e.g. a compare summary.md")
     p.set_defaults(fn=cmd_report)
 
-    p = sub.add_parser("methods", help="list method variants, methods, advantage estimators and tasks with defaults")
+    p = sub.add_parser("methods", help="list method variants, methods, advantage estimators, rollout strategies and tasks with defaults")
     p.add_argument("--markdown", action="store_true", help="print docs/methods.md (generated from the registries)")
     p.set_defaults(fn=cmd_methods)
 
