@@ -131,6 +131,17 @@ def segment_entropy(entropy: Tensor, mask: Tensor, n_tokens: int, vocab: int) ->
     return (entropy * mask)[:, :n_tokens].sum(-1) / math.log(vocab)
 
 
+def branch_score(u: float, weight: float, delta_h: float, penalty: float, consecutive: int) -> float:
+    """p = clamp((u + weight delta_h) max(0, 1 - penalty consecutive), 0, 1): branch when p >= the threshold."""
+    p = (u + weight * delta_h) * max(0.0, 1.0 - penalty * consecutive)
+    return min(1.0, max(0.0, p))
+
+
+def initial_count(k: int, h_root: float, h_seg: float) -> int:
+    """Pre-monitoring's global sample count m = clamp(floor(k sigmoid(0.5 (h_root - h_seg))) + 1, 1, k)."""
+    return max(1, min(int(k / (1 + math.exp(-0.5 * (h_root - h_seg)))) + 1, k))
+
+
 @register_strategy("aepo_branching", Params)
 class AepoBranching(Stateless):
     """Agentic AEPO's entropy-balanced rollout (arXiv:2510.14545), single-turn: branching at segment ends."""
@@ -176,7 +187,7 @@ class AepoBranching(Stateless):
                                     self.p.entropy_tokens, vocab).item() for s in range(0, L, seg_len)]
             h_root = segs[0] if segs else 0.0
             h_seg = sum(segs[1:]) / len(segs[1:]) if len(segs) > 1 else h_root
-            counts.append(max(1, min(int(k / (1 + math.exp(-0.5 * (h_root - h_seg)))) + 1, k)))
+            counts.append(initial_count(k, h_root, h_seg))
         return counts, sampled_tokens(pre), float(pre.response_mask.sum())
 
     def generate(
@@ -224,9 +235,9 @@ class AepoBranching(Stateless):
                     continue
                 for t in mine:
                     for _ in range(min(self.p.beam_size - 1, k - per_prompt[i])):
-                        p = float(torch.rand(())) + self.p.entropy_weight * (t.h_now - t.h_init)
-                        p *= max(0.0, 1.0 - self.p.consecutive_penalty * consecutive[i])
-                        if min(1.0, max(0.0, p)) >= self.p.branch_probability:
+                        p = branch_score(float(torch.rand(())), self.p.entropy_weight, t.h_now - t.h_init,
+                                         self.p.consecutive_penalty, consecutive[i])
+                        if p >= self.p.branch_probability:
                             new.append(t.branch())
                             per_prompt[i] += 1
                             branches += 1
