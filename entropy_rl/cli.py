@@ -151,7 +151,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, tokenizer = load_pretrained(model_dir)
     sampling = SamplingParams(pick["temperature"], pick["top_p"], pick["top_k"], pick["max_new_tokens"])
     problems = task.prompts("eval", args.problems, seed=args.seed)
-    print(json.dumps(evaluate(model, tokenizer, task, problems, args.samples, sampling, seed=args.seed), indent=2))
+    sample_fn = None
+    if args.top_h is not None:
+        from functools import partial
+
+        from entropy_rl.rollout.strategies.top_h import Params as TopHParams
+        from entropy_rl.rollout.strategies.top_h import top_h_generate
+
+        sample_fn = partial(top_h_generate, p=TopHParams(alpha=args.top_h))
+    print(json.dumps(evaluate(model, tokenizer, task, problems, args.samples, sampling, seed=args.seed,
+                              sample_fn=sample_fn), indent=2))
     return 0
 
 
@@ -223,6 +232,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def float_in_unit(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text[:40]}'") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
 def int_at_least(lo: int, hi: int = 2**63 - 1) -> Callable[[str], int]:
     """An argparse `type` accepting integers in [lo, hi] (so `--jobs 0` is a usage error, not a traceback)."""
 
@@ -282,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None, help="default: the run's rollout.top_p, else 1.0")
     p.add_argument("--max-new-tokens", type=int_at_least(1), default=None, help="default: the run's rollout.max_new_tokens, else 16")
     p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--top-h", type=float_in_unit, default=None, metavar="ALPHA",
+                   help="sample with Top-H decoding (arXiv:2509.02510) at entropy scale ALPHA in (0, 1] instead of plain sampling")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("compare", help="run methods x seeds on one config and summarise side by side")

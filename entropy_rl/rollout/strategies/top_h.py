@@ -27,8 +27,8 @@ Departures:
     - The official processor handles one sequence at a time (asserts batch size 1); this one is batched.
     - Samples with the token-by-token sampler (entropy_rl/rollout/stepwise.py) on the policy model itself, whatever
       `rollout.engine` is: the truncation needs a hook at every token that the engines do not expose.
-    - Used here for RL rollouts; the paper evaluates it as a decoding method only (use it at eval time through
-      `top_h_generate`).
+    - Used here for RL rollouts; the paper evaluates it as a decoding method only (at eval time:
+      `entropy-rl eval --top-h ALPHA`, which samples with `top_h_generate`).
 
 Params:
     alpha (0.4): entropy scale in (0, 1]; the README's usual range is 0.3-0.5.
@@ -44,6 +44,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from entropy_rl.rollout.base import Prompts, RolloutBatch, RolloutEngine, SamplingParams, contiguous_groups
+from entropy_rl.rollout.hf import concat_rollouts
 from entropy_rl.rollout.stepwise import StepChoice, StepRule, sample_stepwise
 from entropy_rl.rollout.strategies.base import Metrics, RewardFn, Stateless, cost_metrics, register_strategy, sampled_tokens
 
@@ -89,10 +90,19 @@ def top_h_rule(temperature: float, alpha: float, top_n: int) -> StepRule:
 
 
 def top_h_generate(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Prompts, sampling: SamplingParams, p: Params
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Prompts,
+    sampling: SamplingParams,
+    p: Params,
+    batch_size: int = 512,
 ) -> RolloutBatch:
-    """One Top-H sample per prompt (each row its own group): the drop-in for `generate` at eval time."""
-    return sample_stepwise(model, tokenizer, prompts, sampling, top_h_rule(sampling.temperature, p.alpha, p.top_n))
+    """One Top-H sample per prompt (each row its own group), `batch_size` prompts at a time: the drop-in for
+    `generate` at eval time (`entropy-rl eval --top-h ALPHA`)."""
+    rule = top_h_rule(sampling.temperature, p.alpha, p.top_n)
+    parts = [sample_stepwise(model, tokenizer, prompts[i : i + batch_size], sampling, rule)
+             for i in range(0, len(prompts), batch_size)]
+    return parts[0] if len(parts) == 1 else concat_rollouts(parts, tokenizer.pad_token_id)
 
 
 @register_strategy("top_h", Params)
