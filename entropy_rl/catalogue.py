@@ -98,8 +98,8 @@ def render_markdown() -> str:
         e = ADVANTAGES.get(name)
         out.append(f"| `{name}` | {e.doc} | {paper_links(module_doc(e.obj))} | {describe_params(e.params_cls)} |")
     out += ["", "## Rollout strategies (`rollout.strategy`)", "",
-            "How a step's rollouts are sampled; each reports `rollout/tokens_generated` and `rollout/branches`. "
-            "Parameters go in `rollout.strategy_params`.", "",
+            ("How a step's rollouts are sampled; each reports `rollout/tokens_generated` and `rollout/branches`. "
+             "Parameters go in `rollout.strategy_params`."), "",
             "| strategy | summary | papers | parameters (defaults) |", "|---|---|---|---|"]
     for name in STRATEGIES.names():
         e = STRATEGIES.get(name)

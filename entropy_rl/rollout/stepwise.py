@@ -67,6 +67,9 @@ def step_distribution(logits: Tensor, choice: StepChoice, sampling: SamplingPara
         logits: [n, V] raw next-token logits.
         choice: the rule's temperature [n] and keep mask [n, V] or None.
         sampling: top_k / top_p applied after the keep mask (0 / 1 disable).
+
+    Returns:
+        [n, V] fp32 log-probs.
     """
     scores = logits.float() / choice.temperature.float().unsqueeze(-1)  # [n, V]
     if choice.keep is not None:
@@ -89,6 +92,9 @@ def cached_forward(
         attention_mask: [B, P + t] 1 on real tokens, cached ones included.
         position_ids: [B, L] positions of the new tokens.
         cache: the cache the previous call returned, or None on the first call.
+
+    Returns:
+        (logits [B, V] fp32 of the last position, the cache to pass next).
     """
     # transformers 5 renamed `past_key_values` to `cache` (the old name is deprecated); accept both
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -117,7 +123,7 @@ def sample_stepwise(
         rule: per-step temperature and keep mask; None samples like `generate` at `sampling.temperature`.
 
     Returns:
-        RolloutBatch of width T = max_new_tokens with the exact per-token `sampling_logp` and `temperature`
+        RolloutBatch: width T = max_new_tokens with the exact per-token `sampling_logp` and `temperature`
         (0 and `sampling.temperature` off the mask, respectively).
     """
     rule = rule or uniform_rule(sampling.temperature)

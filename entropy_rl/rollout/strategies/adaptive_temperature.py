@@ -95,6 +95,9 @@ def entropy_stats(entropy: Tensor, mask: Tensor, pivot: float, signed: bool) -> 
         mask: [B, T] response mask.
         pivot: quantile of log-entropy used as the pivot (nearest rank, index round(pivot (n - 1))).
         signed: scale_neg = 1 / |min h| instead of the released 1 / min h.
+
+    Returns:
+        EntropyStats, or None without masked tokens.
     """
     keep = mask > 0
     e = torch.log(entropy.double().clamp_min(STATS_EPS))[keep]  # [n]

@@ -127,6 +127,9 @@ def segment_entropy(entropy: Tensor, mask: Tensor, n_tokens: int, vocab: int) ->
         mask: [B, S] 1 on its sampled tokens.
         n_tokens: leading tokens summed (the official 20).
         vocab: vocabulary size |V|.
+
+    Returns:
+        [B] normalised segment entropies.
     """
     return (entropy * mask)[:, :n_tokens].sum(-1) / math.log(vocab)
 

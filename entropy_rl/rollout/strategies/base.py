@@ -73,6 +73,9 @@ class RolloutStrategy(Protocol):
             step: the training step (1-based), for schedules.
             reward_fn: the verifier, for strategies that read rewards while sampling (None: they refuse to run).
             score_chunk: sequences per scoring forward pass (0 = all at once), for strategies that score.
+
+        Returns:
+            The step's RolloutBatch and its metrics (`rollout/tokens_generated`, `rollout/branches`, ...).
         """
         ...
 
@@ -96,6 +99,13 @@ def register_strategy(name: str, params_cls: type, doc: str | None = None) -> Ca
 
 def make_strategy(name: str, params: Mapping[str, Any] | None = None) -> RolloutStrategy:
     """The strategy registered as `name`, built from `params` (checked against its Params; errors name the key).
+
+    Args:
+        name: registry key (`rollout.strategy`).
+        params: its Params fields (`rollout.strategy_params`); None = the defaults.
+
+    Returns:
+        The strategy, ready for `generate` once per step.
 
     Raises:
         RegistryError: unknown name (the message lists the valid ones).
@@ -217,7 +227,7 @@ def graft_branches(
         tokenizer: pad / eos ids and decoding.
 
     Returns:
-        n rows with the parents' prompts and groups.
+        RolloutBatch: n rows with the parents' prompts and groups.
     """
     T = parent.response_ids.shape[1]
     n = rows.numel()

@@ -93,7 +93,7 @@ class Params:
 def candidate_mask(batch: RolloutBatch, tokenizer: PreTrainedTokenizerBase, min_chars: int) -> Tensor:
     """[B, T] bool: positions that may be a critical token (response tokens after position 0, not special, whose
     decoded text, stripped, has at least `min_chars` characters)."""
-    special = set(int(i) for i in tokenizer.all_special_ids)
+    special = {int(i) for i in tokenizer.all_special_ids}
     present = batch.response_ids[batch.response_mask.bool()].unique().tolist()
     ok = [t for t in present if t not in special and len(tokenizer.decode([t]).strip()) >= min_chars]
     mask = batch.response_mask.bool() & torch.isin(batch.response_ids, torch.tensor(ok, dtype=torch.long,
@@ -111,6 +111,9 @@ def critical_positions(entropy: Tensor, candidates: Tensor, top_k: int, mode: st
         candidates: [B, T] bool, `candidate_mask`.
         top_k: candidates drawn from, highest entropy first.
         mode: "entropy" or "random".
+
+    Returns:
+        [B] int64 critical positions.
     """
     B = entropy.shape[0]
     out = torch.zeros(B, dtype=torch.long)

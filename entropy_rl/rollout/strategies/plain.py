@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from entropy_rl.rollout.base import Prompts, RolloutBatch, RolloutEngine, SamplingParams
-from entropy_rl.rollout.strategies.base import Metrics, RewardFn, Stateless, cost_metrics, register_strategy, sampled_tokens
+from entropy_rl.rollout.strategies.base import (
+    Metrics,
+    RewardFn,
+    Stateless,
+    cost_metrics,
+    register_strategy,
+    sampled_tokens,
+)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from entropy_rl.rollout.base import Prompts, RolloutBatch, RolloutEngine, SamplingParams, contiguous_groups
 from entropy_rl.rollout.hf import concat_rollouts
 from entropy_rl.rollout.stepwise import StepChoice, StepRule, sample_stepwise
-from entropy_rl.rollout.strategies.base import Metrics, RewardFn, Stateless, cost_metrics, register_strategy, sampled_tokens
+from entropy_rl.rollout.strategies.base import (
+    Metrics,
+    RewardFn,
+    Stateless,
+    cost_metrics,
+    register_strategy,
+    sampled_tokens,
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,9 @@ def top_h_keep(logits: Tensor, temperature: float | Tensor, alpha: float, top_n:
         temperature: tau, a float or [n].
         alpha: entropy scale in (0, 1].
         top_n: candidates considered.
+
+    Returns:
+        [n, V] bool, True on the kept tokens (at least the most likely one).
     """
     tau = temperature.float().unsqueeze(-1) if isinstance(temperature, Tensor) else temperature
     probs = torch.softmax(logits.float() / tau, dim=-1)  # [n, V]

@@ -4,7 +4,6 @@ sampling log-prob matches the trainer's; stage 2 is plain sampling of the same b
 
 from dataclasses import replace
 
-import pytest
 import torch
 
 from entropy_rl.rollout import SamplingParams
@@ -16,7 +15,7 @@ from entropy_rl.rollout.strategies.cure import candidate_mask, critical_position
 class TwoCharTokenizer:
     """Stand-in decoding for the filter: ids 3 and 4 decode to two characters, id 5 to a space, 1 is special."""
 
-    all_special_ids = [0, 1, 2]
+    all_special_ids = (0, 1, 2)
 
     def decode(self, ids: list[int]) -> str:
         return {3: "ab", 4: " cd ", 5: " "}.get(ids[0], "x")
