@@ -270,26 +270,30 @@ def fit_entropy_performance_law(H: Sequence[float], R: Sequence[float]) -> dict[
     """Least-squares fit of R = -a * exp(H) + b (Cui et al. 2025, arXiv:2505.22617, eq. 3).
 
     Linear regression of R on x = exp(H). The predicted ceiling is the performance at H = 0 (entropy fully
-    spent): ceiling = b - a. Fit in fp64 with plain Python (inputs are a handful of logged points).
+    spent): ceiling = b - a. Fit in fp64 with plain Python (inputs are a handful of logged points). Points whose H
+    or R is not finite (a step with a NaN entropy, say), or whose exp(H) overflows, are skipped: a running fit must
+    not stop a run.
 
     Args:
         H: entropies in nats (e.g. `entropy/token_mean` per step).
         R: matching performance values (e.g. `eval/accuracy` or `reward/mean`).
 
     Returns:
-        `{"a", "b", "r2", "ceiling", "n"}` as floats, or None when the fit is undetermined: fewer than 3
-        points or exp(H) constant. r2 = 1 - SS_res / SS_tot, defined as 1.0 when R is constant (then the fit
-        is exact).
+        `{"a", "b", "r2", "ceiling", "n"}` as floats (n = points used), or None when the fit is undetermined:
+        fewer than 3 usable points or exp(H) constant. r2 = 1 - SS_res / SS_tot, defined as 1.0 when R is
+        constant (then the fit is exact).
 
     Raises:
-        ValueError: if H and R differ in length or contain non-finite values.
+        ValueError: if H and R differ in length.
     """
     if len(H) != len(R):
         raise ValueError(f"H ({len(H)}) and R ({len(R)}) differ in length")
-    xs = [math.exp(float(h)) for h in H]
-    ys = [float(r) for r in R]
-    if not all(math.isfinite(v) for v in xs + ys):
-        raise ValueError("fit_entropy_performance_law needs finite H and R")
+    xs, ys = [], []
+    for h, r in zip(H, R):
+        h, r = float(h), float(r)
+        if math.isfinite(h) and math.isfinite(r) and h < 709.0:  # exp(709.8) is the largest finite double
+            xs.append(math.exp(h))
+            ys.append(r)
     n = len(xs)
     if n < 3:
         return None

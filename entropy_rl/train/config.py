@@ -58,6 +58,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     path: str | None = None  # local Hugging Face checkpoint dir; None builds the tiny model below
     dtype: str = "float32"  # parameter dtype for a loaded checkpoint
+    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, ~30% more compute
     hidden_size: int = 128  # tiny model width
     num_layers: int = 4  # tiny model depth
     num_heads: int = 4  # attention heads
@@ -502,7 +503,13 @@ def check_context(cfg: Config, task: Any, tokenizer: Any, max_positions: int | N
         problems = [p for split in ("train", "eval") for p in task.prompts(split, CONTEXT_SAMPLE, seed=cfg.train.seed)]
     if not problems:
         return
-    prompt_lens = [len(ids) for ids in tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]]
+    from entropy_rl.tasks.chat import format_prompt
+
+    try:  # the text the model sees: chat prompts through the chat template (role markers count)
+        texts = [format_prompt(tokenizer, p.prompt) for p in problems]
+    except ValueError as e:
+        raise ConfigError(f"task.params: {e}") from None
+    prompt_lens = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     need_lens = [n + T for n in prompt_lens]
     what = "prompt + rollout.max_new_tokens"
     if cfg.sft.enabled:

@@ -34,18 +34,23 @@ from entropy_rl.metrics.dynamics import (
     fit_entropy_performance_law,
     steer_omega_signal,
 )
-from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl
-from entropy_rl.models.build import TinyModelSpec, build_tiny_model, load_pretrained, save_pretrained
+from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl, truncate_jsonl
+from entropy_rl.models.build import (TinyModelSpec, build_tiny_model, enable_gradient_checkpointing, load_pretrained,
+                                     save_pretrained)
 from entropy_rl.models.char_tokenizer import build_char_tokenizer
+from entropy_rl.presets import flatten
 from entropy_rl.rollout.hf import RolloutBatch, SamplingParams, generate
 from entropy_rl.tasks import make_task
+from entropy_rl.tasks.base import DEFAULT_SCORE_RANGE, Problem, RewardResult, validate_result
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, ConfigError, check_context, save_config, to_dict
 from entropy_rl.train.entropy_probe import measure_after_update, probe_before_update
 from entropy_rl.train.evaluate import eval_at_step
 from entropy_rl.train.forward import entropy_for_update, score_in_chunks, score_responses
+from entropy_rl.train.rundir import RunLock, open_run_dir
 from entropy_rl.train.samples import CompletionLog
-from entropy_rl.train.sft import run_sft
+from entropy_rl.train.guard import UpdateGuard
+from entropy_rl.train.sft import warm_start
 
 
 @dataclass(frozen=True)
@@ -69,22 +74,30 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Create the run directory; refuse to mix a different config into an existing run."""
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.exists() and not resume:
-        if not overwrite:
-            raise FileExistsError(
-                f"run directory '{run_dir}' already holds a run; pass --resume to continue it or --overwrite to replace it"
-            )
-        shutil.rmtree(run_dir)
-    if resume and cfg_path.exists():
-        import yaml
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, kind: str = "train",
+                    log: Callable[[str], None] = print) -> RunLock:
+    """Check, lock and mark the run directory (train/rundir.py), refuse a different config on resume, save it.
 
-        if yaml.safe_load(cfg_path.read_text()) != to_dict(cfg):
-            raise ConfigError(f"--resume: the config differs from the one saved in '{cfg_path}'")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, cfg_path)
+    Returns the run directory's lock, held until the caller releases it (use it as a context manager).
+    """
+    lock = open_run_dir(run_dir, kind, resume, overwrite, log)
+    try:
+        cfg_path = run_dir / "config.yaml"
+        if resume and cfg_path.exists():
+            import yaml
+
+            saved, new = yaml.safe_load(cfg_path.read_text()), to_dict(cfg)
+            if saved != new:
+                a, b = flatten(saved if isinstance(saved, dict) else {}), flatten(new)
+                keys = ", ".join(sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))[:5])
+                raise ConfigError(f"--resume: the config differs from the one saved in '{cfg_path}' ({keys})" if kind == "train"
+                                  else f"the config differs from the one saved in '{cfg_path}' ({keys}); pass --overwrite "
+                                       "to replace that output")
+        save_config(cfg, cfg_path)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 class TqdmStream:
@@ -119,16 +132,6 @@ def make_sinks(cfg: Config, run_dir: Path, progress: bool) -> MetricSink:
     return MultiSink(sinks)
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep only metrics rows with step <= last_step (resume rewinds to its checkpoint)."""
-    if not path.exists():
-        return
-    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    tmp.replace(path)
-
-
 def initial_model(cfg: Config, task: Any):
     """(model, tokenizer) before any training: a local checkpoint (`model.path`) or a fresh tiny Qwen2 model."""
     if cfg.model.path:
@@ -139,28 +142,24 @@ def initial_model(cfg: Config, task: Any):
 
 
 def build_policy(cfg: Config, task: Any, run_dir: Path, device: torch.device, log: Callable[[str], None]):
-    """The initial policy: a local checkpoint, a cached SFT result, or a fresh tiny model warm-started by SFT."""
+    """The initial policy: a local checkpoint, a cached SFT result, or a fresh tiny model warm-started by SFT.
+
+    The SFT warm start checkpoints into RUN_DIR/sft/checkpoints and continues from there after an interruption
+    (sft_metrics.jsonl is rewound to that checkpoint); those checkpoints are removed once sft/model is complete.
+    """
     sft_dir = run_dir / "sft"
-    sampling = rollout_sampling(cfg)
     if (sft_dir / ckpt.COMPLETE).is_file():
         log(f"reusing the SFT warm start in {sft_dir}")
-        return load_pretrained(sft_dir / "model")
-    model, tokenizer = initial_model(cfg, task)
-    model.to(device)
-    if cfg.sft.enabled:
-        n_params = sum(p.numel() for p in model.parameters())
-        log(f"SFT warm start of a {n_params / 1e6:.2f}M-parameter model to sampled accuracy >= {cfg.sft.target_accuracy}")
-        sink = JsonlSink(run_dir / "sft_metrics.jsonl")
-        t0 = time.perf_counter()
-
-        def log_sft(step: int, m: dict[str, float]) -> None:
-            sink.log(step, m)
-            log(f"sft step {step} | loss {m['sft/loss']:.3f} | sampled accuracy {m['sft/accuracy']:.3f} | {time.perf_counter() - t0:.0f} s")
-
-        run_sft(model, tokenizer, task, cfg.sft, sampling, cfg.train.seed, log_sft)
-        sink.close()
-        save_pretrained(model, tokenizer, sft_dir / "model")
-        (sft_dir / ckpt.COMPLETE).write_text("ok")
+        shutil.rmtree(ckpt.checkpoint_dir(sft_dir), ignore_errors=True)  # left by a kill after COMPLETE
+        return load_pretrained(sft_dir / "model", "saved")
+    if not cfg.sft.enabled:
+        model, tokenizer = initial_model(cfg, task)
+        return model.to(device), tokenizer
+    model, tokenizer = warm_start(cfg, task, rollout_sampling(cfg), lambda: initial_model(cfg, task), sft_dir,
+                                  run_dir / "sft_metrics.jsonl", device, log)
+    save_pretrained(model, tokenizer, sft_dir / "model")
+    (sft_dir / ckpt.COMPLETE).write_text("ok")
+    shutil.rmtree(ckpt.checkpoint_dir(sft_dir), ignore_errors=True)
     return model, tokenizer
 
 
@@ -179,9 +178,18 @@ def weighted_update(acc: dict[str, list[float]], metrics: dict[str, torch.Tensor
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunResult:
-    """Run SFT warm start (if enabled) and `cfg.train.steps` RL steps, writing everything under `run_dir`."""
+    """Run SFT warm start (if enabled) and `cfg.train.steps` RL steps, writing everything under `run_dir`.
+
+    The run directory is checked, marked and locked first (train/rundir.py): a second process on it fails at
+    once, `overwrite` removes only what entropy-rl wrote there, and a non-run directory is never written into.
+    """
     run_dir = Path(run_dir)
-    prepare_run_dir(cfg, run_dir, resume, overwrite)
+    with prepare_run_dir(cfg, run_dir, resume, overwrite, log=tqdm.write if progress else print):
+        return train_locked(cfg, run_dir, resume, progress)
+
+
+def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> RunResult:
+    """The body of `train`, run while this process holds the run directory's lock."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
@@ -195,13 +203,17 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     state = method.obj.make_state(params) if method.obj.make_state is not None else None
     all_features = method.obj.old_features + method.obj.cur_features
     sampling = rollout_sampling(cfg)
-    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    # newest checkpoint whose checksums verify (older ones are fallbacks, each skip is logged) + its trainer state
+    found = ckpt.load_latest(run_dir, warn=log) if resume else None
+    latest, saved = found if found is not None else (None, None)
     if latest is not None:
-        model, tokenizer = load_pretrained(latest / "model")
+        model, tokenizer = load_pretrained(latest / "model", saved["model_dtype"])
     else:
         model, tokenizer = build_policy(cfg, task, run_dir, device, log)
     model.to(device).train()
     check_context(cfg, task, tokenizer, getattr(model.config, "max_position_embeddings", None))
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     ref_model = None
     if cfg.algorithm.kl_coef > 0:  # the reference is the policy RL starts from (after SFT)
         ref_src = run_dir / "sft" / "model" if (run_dir / "sft" / ckpt.COMPLETE).is_file() else cfg.model.path
@@ -212,17 +224,16 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, o.warmup_steps)))
     start_step, skipped_in_a_row, skipped_total = 0, 0, 0
     if latest is not None:
-        saved = ckpt.load_trainer_state(latest)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         ckpt.set_rng_state(saved["rng"])
         start_step, skipped_total = saved["step"], saved.get("skipped_total", 0)
         if state is not None:
             state.load_state_dict(saved["method_state"])
-        truncate_metrics(run_dir / "metrics.jsonl", start_step)
+        truncate_jsonl(run_dir / "metrics.jsonl", start_step)
         log(f"resumed from {latest} at step {start_step}")
     elif resume:
-        truncate_metrics(run_dir / "metrics.jsonl", 0)
+        truncate_jsonl(run_dir / "metrics.jsonl", 0)
 
     sinks = make_sinks(cfg, run_dir, progress)
     eval_set = task.prompts("eval", cfg.train.eval_problems, seed=cfg.train.seed) if cfg.train.eval_every else []
@@ -245,6 +256,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     def save(step: int) -> None:
         trainer_state = {
             "step": step,
+            "model_dtype": ckpt.dtype_name(model),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": ckpt.rng_state(),
@@ -254,6 +266,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         ckpt.save_checkpoint(run_dir, step, model, tokenizer, trainer_state, keep=cfg.train.keep_checkpoints,
                              min_free_bytes=int(cfg.train.min_free_gb * 2**30))
 
+    guard = UpdateGuard(model, optimizer)  # rolls back an optimizer step that leaves anything non-finite
+    score_range = getattr(task, "score_range", DEFAULT_SCORE_RANGE)
+    guard_reason = ""  # why the last update was skipped or rolled back (for the stop message)
     bar = tqdm(total=cfg.train.steps, initial=start_step, desc="rl", unit="step", disable=not progress, dynamic_ncols=True)
     for step in range(start_step + 1, cfg.train.steps + 1):
         t_step = time.perf_counter()
@@ -267,7 +282,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
 
         # ---- reward ----
         t0 = time.perf_counter()
-        results = [task.reward(problems[i // G], text) for i, text in enumerate(batch.texts)]
+        results = checked_rewards(task, [problems[i // G] for i in range(n_seqs)], batch.texts, score_range, log)
         rewards = torch.tensor([r.score for r in results], dtype=torch.float32)
         correct = rewards > 0.5
         m["timing/reward_s"] = time.perf_counter() - t0
@@ -316,7 +331,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         # ---- update: epochs x mini-batches; selection once per mini-batch; micro-batches accumulate ----
         t0 = time.perf_counter()
         acc: dict[str, list[float]] = {}
-        skipped_this_step = 0
+        skipped_this_step = rolled_back_this_step = 0
         for epoch in range(o.epochs):
             order = torch.randperm(n_seqs, generator=torch.Generator().manual_seed(cfg.train.seed * 7_919 + step * 31 + epoch)) \
                 if o.mini_batches > 1 else torch.arange(n_seqs)
@@ -368,8 +383,18 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                 if not finite or not torch.isfinite(grad_norm):
                     optimizer.zero_grad(set_to_none=True)  # never let a non-finite update touch the weights
                     skipped_this_step += 1
+                    guard_reason = "non-finite loss" if not finite else "non-finite gradient norm"
                     continue
+                guard.snapshot()
                 optimizer.step()
+                bad = guard.check(input_ids[rows[:1]], attn[rows[:1]], Lp)
+                if bad is not None:  # finite gradients can still give non-finite weights (huge lr, corrupted state)
+                    state_ok = guard.rollback()
+                    skipped_this_step += 1
+                    rolled_back_this_step += 1
+                    guard_reason = f"{bad}; rolled back" + ("" if state_ok else
+                                   "; the optimizer state was already non-finite before the step (corrupted?)")
+                    continue
                 weighted_update(acc, {"policy/grad_norm": grad_norm, "policy/loss": mb_loss}, 1.0)
         scheduler.step()
         m["timing/update_s"] = time.perf_counter() - t0
@@ -382,6 +407,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         skipped_total += skipped_this_step
         skipped_in_a_row = skipped_in_a_row + 1 if skipped_this_step else 0
         m["guard/skipped_updates"] = float(skipped_this_step)
+        m["guard/rolled_back"] = float(rolled_back_this_step)
         if state is not None:
             m.update(state.metrics())  # the values used in this step
             state.after_update(m)
@@ -401,8 +427,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
             sinks.close()
             bar.close()
             raise TrainingStopped(
-                f"stopped at step {step}: {skipped_in_a_row} consecutive steps had non-finite losses or gradients; "
-                f"weights were never updated with them; checkpoint saved in {ckpt.latest_checkpoint(run_dir)}"
+                f"stopped at step {step}: {skipped_in_a_row} consecutive steps had non-finite updates (last: "
+                f"{guard_reason}); weights were never updated with them; checkpoint saved in {ckpt.latest_checkpoint(run_dir)}"
             )
     bar.close()
     sinks.close()
@@ -417,6 +443,33 @@ def save_token_entropies(run_dir: Path, step: int, entropy: torch.Tensor, mask: 
     out.mkdir(exist_ok=True)
     values = entropy[mask.bool()].float().cpu().tolist()
     (out / f"step_{step:06d}.json").write_text(json.dumps({"step": step, "entropy": [round(v, 6) for v in values]}))
+
+
+def checked_rewards(task: Any, problems: list[Problem], texts: list[str], score_range: tuple[float, float],
+                    log: Callable[[str], None]) -> list[RewardResult]:
+    """`task.reward` of each response, each result checked: a malformed one (score NaN/inf, outside the task's
+    `score_range`, not a number, ...) becomes score 0 with reason "error" (counted in reward/errors) and a
+    warning line, never a crash.
+
+    Args:
+        task: the task; problems[i] is the problem that texts[i] answers.
+        problems: one per response.
+        texts: the responses (EOS removed).
+        score_range: (low, high) inclusive range of valid scores.
+        log: where the warning goes (one line per batch that had malformed results).
+    """
+    results, bad = [], []
+    for problem, text in zip(problems, texts):
+        result = task.reward(problem, text)
+        try:
+            results.append(validate_result(result, score_range))
+        except (TypeError, ValueError) as e:
+            results.append(RewardResult(0.0, "error", None))
+            bad.append(str(e))
+    if bad:
+        log(f"warning: {len(bad)} of {len(texts)} rewards from task '{getattr(task, 'name', '?')}' were invalid "
+            f"and scored 0 as reason 'error' (first: {bad[0]})")
+    return results
 
 
 def rollout_metrics(batch: RolloutBatch, results: list, rewards: torch.Tensor, correct: torch.Tensor, G: int,

@@ -50,6 +50,7 @@ STATEFUL = {
     "aent": ["algorithm.method=aent", "algorithm.method_params={warmup_steps: 0, coef: 0.01, coef_lr: 0.01, coef_max: 1.0, "
              "entropy_low: 5.0, entropy_high: 6.0}"],
     "entropic": ["algorithm.method=entropic", "algorithm.method_params={target_entropy: 0.5, kp: 0.1, ki: 0.05}"],
+    "bfloat16": ["model.dtype=bfloat16"],  # the resumed model keeps its dtype (the old code reloaded it as float32)
 }
 
 

@@ -65,7 +65,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from entropy_rl.rollout.base import Prompts, RolloutBatch, RolloutEngine, SamplingParams
-from entropy_rl.rollout.hf import response_mask_from_ids
+from entropy_rl.rollout.hf import encode_prompts, response_mask_from_ids
 from entropy_rl.rollout.strategies.base import (
     Metrics,
     RewardFn,
@@ -210,7 +210,7 @@ class AepoBranching(Stateless):
         k, T = group_size, sampling.max_new_tokens
         seg_len = math.ceil(T / self.p.rounds)
         counts, generated, scored = self.initial_counts(engine, model, tokenizer, prompts, sampling, k, seg_len, score_chunk)
-        prompt_ids = self.encoded(engine, tokenizer, prompts)
+        prompt_ids = self.encoded(tokenizer, prompts)
         trajs = [Trajectory(i) for i, m in enumerate(counts) for _ in range(m)]
         consecutive = [0] * len(prompts)
         vocab = len(tokenizer.get_vocab())
@@ -256,11 +256,10 @@ class AepoBranching(Stateless):
         return out, metrics
 
     @staticmethod
-    def encoded(engine: RolloutEngine, tokenizer: PreTrainedTokenizerBase, prompts: Prompts) -> list[list[int]]:
-        """Prompts as token ids, tokenised as the engine does (no special tokens added)."""
-        if prompts and not isinstance(prompts[0], str):
-            return [list(p) for p in prompts]
-        return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    def encoded(tokenizer: PreTrainedTokenizerBase, prompts: Prompts) -> list[list[int]]:
+        """Prompts as token ids, encoded as the hf engine encodes them (chat templates rendered, no padding)."""
+        ids, mask = encode_prompts(tokenizer, prompts, torch.device("cpu"))
+        return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
 
     @staticmethod
     def assemble(trajs: list[Trajectory], prompt_ids: list[list[int]], tokenizer: PreTrainedTokenizerBase,

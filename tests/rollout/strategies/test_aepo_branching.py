@@ -75,3 +75,18 @@ def test_dynamic_rollouts_pre_monitor_and_count_the_pre_rollout(policy, engine, 
     assert 1 <= metrics["rollout/aepo_branching/initial_rollouts"] <= 4 and batch.response_ids.shape[0] == 16
     # the discarded pre-rollouts are part of the budget
     assert metrics["rollout/tokens_generated"] > float(batch.response_mask.sum())
+
+
+def test_chat_prompts_are_encoded_as_the_engine_encodes_them(tmp_path) -> None:
+    from entropy_rl.models import load_pretrained, save_tiny_checkpoint
+    from entropy_rl.rollout import make_engine
+    from entropy_rl.tasks.chat import ChatPrompt
+
+    model, tok = load_pretrained(save_tiny_checkpoint(tmp_path / "qwen2"))
+    engine = make_engine("hf", model, tok)
+    prompts = [ChatPrompt("What is 12 + 30?", "Think step by step."), ChatPrompt("Compute 48 / 2.")]
+    torch.manual_seed(0)
+    batch, _ = make_strategy("aepo_branching", {"branch_probability": 0.2}).generate(
+        engine, model, tok, prompts, SamplingParams(max_new_tokens=8), group_size=3, step=1)
+    plain = engine.generate(prompts, SamplingParams(max_new_tokens=8), 3)
+    assert torch.equal(batch.prompt_ids, plain.prompt_ids) and torch.equal(batch.prompt_mask, plain.prompt_mask)

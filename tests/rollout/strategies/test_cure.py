@@ -88,3 +88,29 @@ def test_stage_two_is_plain_sampling_of_the_same_size(policy, engine, prompts) -
     assert batch.response_ids.shape[0] == len(prompts) * 2 * 4 and batch.shared_prefix_mask is None
     assert metrics["rollout/cure/stage"] == 2.0 and metrics["rollout/branches"] == 0
     assert metrics["rollout/tokens_generated"] == float(batch.response_mask.sum())
+
+
+def test_bpe_checkpoint_with_chat_prompts(tmp_path) -> None:
+    """A byte-level BPE tokenizer (multi-character tokens, special tokens, a ChatML template): the official filter
+    (decoded text longer than one character) finds candidates, chat prompts are rendered once and branches keep
+    their original's prompt ids, and every sampling log-prob matches the trainer's."""
+    from entropy_rl.models import load_pretrained, save_tiny_checkpoint
+    from entropy_rl.rollout import make_engine
+    from entropy_rl.tasks.chat import ChatPrompt
+    from entropy_rl.train.forward import score_in_chunks
+
+    model, tok = load_pretrained(save_tiny_checkpoint(tmp_path / "qwen2"))
+    prompts = [ChatPrompt("What is 12 + 30?", "Think step by step."), ChatPrompt("Compute 48 / 2.")]
+    torch.manual_seed(0)
+    batch, metrics = make_strategy("cure", {"branches": 2}).generate(
+        make_engine("hf", model, tok), model, tok, prompts, SamplingParams(max_new_tokens=10), group_size=2, step=1)
+    assert metrics["rollout/cure/no_critical_frac"] < 1 and batch.shared_prefix_mask.sum() > 0
+    assert tok.decode(batch.prompt_ids[0][batch.prompt_mask[0].bool()]).startswith("<|im_start|>system")
+    per = 2 * 3
+    for g in range(2):
+        rows = batch.prompt_ids[g * per : (g + 1) * per]
+        assert (rows == rows[0]).all()  # originals and branches: one rendered prompt per group
+    logp, _, _ = score_in_chunks(model, batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1],
+                                 batch.temperature, 0, mask=batch.response_mask)
+    m = batch.response_mask.bool()
+    assert torch.allclose(batch.sampling_logp[m], logp[m], atol=1e-5)
