@@ -20,6 +20,7 @@ import difflib
 import importlib.util
 import json
 import math
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,7 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus mass
     top_k: int = 0  # 0 disables
     max_new_tokens: int = 16  # response length cap
+    engine: str = "hf"  # rollout engine (registry key): hf (Hugging Face generate on the training model)
     strategy: str = "plain"  # rollout strategy (registry key; `entropy-rl methods` lists them)
     strategy_params: dict[str, Any] = field(default_factory=dict)  # its Params fields
 
@@ -471,8 +473,18 @@ def check_sinks(sinks: list[str]) -> None:
              f"unknown sink {brief(sink)}; valid: jsonl, stdout, {', '.join(SINK_PACKAGES)}")
         need(sinks.count(sink) == 1, "train.sinks", f"'{sink}' is listed twice (every row would be written twice)")
         package = SINK_PACKAGES.get(sink)
-        need(package is None or importlib.util.find_spec(package) is not None, "train.sinks",
+        need(package is None or package_available(package), "train.sinks",
              f"the {sink} sink needs the {package} package: pip install entropy-rl[{sink}]")
+
+
+def package_available(name: str) -> bool:
+    """Whether `import name` can find the package (one already imported counts, even without a module spec)."""
+    if name in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def check_context(cfg: Config, task: Any, tokenizer: Any, max_positions: int | None) -> None:
@@ -559,6 +571,10 @@ def validate(cfg: Config) -> None:
     need(a.kl_estimator in KL_ESTIMATORS, "algorithm.kl_estimator", f"must be one of {', '.join(KL_ESTIMATORS)}")
     need(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown dtype {brief(cfg.model.dtype)}")
 
+    from entropy_rl.rollout.base import ENGINES
+    import entropy_rl.rollout.hf  # noqa: F401  (registers the built-in engine)
+
+    need(r.engine in ENGINES, "rollout.engine", f"unknown rollout engine {brief(r.engine)}; valid: {', '.join(ENGINES.names())}")
     entries = {}
     for where, getter, name in (("algorithm.method", get_policy_loss, a.method),
                                 ("algorithm.advantage", get_advantage, a.advantage), ("task.name", TASKS.get, cfg.task.name)):
