@@ -129,10 +129,11 @@ class RolloutBatch:
         return torch.isfinite(self.fixed_advantage)
 
     def uniform_temperature(self) -> float | None:
-        """The one temperature every response token was sampled at, or None when it varies per token."""
-        values = self.temperature[self.response_mask.bool()]
+        """The one temperature every response token is scored at (`score_temperature`), or None when it varies."""
+        temperature = self.score_temperature
+        values = temperature[self.response_mask.bool()]
         if values.numel() == 0:
-            return float(self.temperature.flatten()[0]) if self.temperature.numel() else None
+            return float(temperature.flatten()[0]) if temperature.numel() else None
         first = float(values[0])
         return first if bool((values == first).all()) else None
 
