@@ -68,6 +68,7 @@ from entropy_rl.core.policy_loss import (
     PolicyLossMethod,
     check_inputs,
     get_policy_loss,
+    params_dict,
     run_select,
     step_context,
 )
@@ -75,6 +76,7 @@ from entropy_rl.core.registry import Entry
 from entropy_rl.core.token_stats import token_stats
 from entropy_rl.core.types import PolicyInputs, StepContext, TokenWeights
 from entropy_rl.metrics.dynamics import cov_logp_adv, entropy_stats, steer_omega_signal
+from entropy_rl.report.trl_log import CONFIG_FILE
 from entropy_rl.train.forward import Features, bind_features, entropy_for_update
 
 TESTED_TRL = "1.16.0"
@@ -304,6 +306,18 @@ class EntropyRLGRPOTrainer(GRPOTrainer):
         self.er_rollout_metrics: dict[str, float] = {}
         self.er_acc: dict[str, list[Tensor]] = {}  # key -> [sum of weight * value, sum of weight] this optimizer step
         self.er_loss = torch.zeros(())  # this process's share of the mini-batch loss so far
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """TRL's `train`, after writing `CONFIG_FILE` into output_dir: what `entropy-rl report` shows in its header."""
+        if self.args.should_save:
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            config = {"algorithm": {"method": self.er_entry.name, "method_params": params_dict(self.er_params),
+                                    "advantage": f"trl grpo (scale_rewards={self.args.scale_rewards})",
+                                    "loss_agg_mode": self.er_agg.mode},
+                      "train": {"seed": self.args.seed, "steps": self.args.max_steps}}
+            with open(os.path.join(self.args.output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
+                json.dump(config, f, indent=1)
+        return super().train(*args, **kwargs)
 
     # ---- scoring ----
 
