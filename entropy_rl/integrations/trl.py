@@ -153,6 +153,63 @@ def tier_table_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+# Our advantage estimators that TRL's own group advantages reproduce, and the GRPOConfig setting that does it.
+ADVANTAGES_IN_TRL: dict[str, str] = {
+    "grpo": 'scale_rewards="group"',  # (r - mean) / (std + eps), Bessel std; eps 1e-4 in TRL, 1e-6 in ours
+    "dr_grpo": 'scale_rewards="none"',  # r - mean
+}
+LOSS_TYPE_FOR: dict[str, str] = {"token-mean": "dapo", "seq-mean-token-mean": "grpo",
+                                 "seq-mean-token-sum-norm": "dr_grpo", "seq-mean-token-sum": "luspo"}
+
+
+def variant_in_trl(overrides: Mapping[str, Any]) -> tuple[str, str]:
+    """How a method variant (a partial config of ours) runs in TRL: (tier, the TRL settings or why not).
+
+    Args:
+        overrides: the variant's partial config (`entropy_rl.presets.Variant.overrides`).
+
+    Returns:
+        ("full", settings): the method's tier is full and every setting has a TRL equivalent; ("approximate",
+        settings and what differs): an advantage estimator TRL lacks (TRL's group advantages replace it) or a
+        setting the adapter does not carry; ("refused", why): the method is refused.
+    """
+    from entropy_rl.presets import flatten
+
+    flat = flatten(dict(overrides))
+    method = flat.pop("algorithm.method", "ppo_clip")
+    tier, why = method_tier(method)
+    if tier == "refused":
+        return tier, why
+    params = {k.split(".", 2)[2]: flat.pop(k) for k in list(flat) if k.startswith("algorithm.method_params.")}
+    out = [f'method="{method}"'] + ([f"method_params={params}"] if params else [])
+    out.append(f'loss_type="{LOSS_TYPE_FOR[flat.pop("algorithm.loss_agg_mode", "token-mean")]}"')
+    adv = flat.pop("algorithm.advantage", "grpo")
+    adv_params = {k: flat.pop(k) for k in list(flat) if k.startswith("algorithm.advantage_params.")}
+    if adv in ADVANTAGES_IN_TRL and not adv_params:
+        out.append(ADVANTAGES_IN_TRL[adv])
+    else:
+        tier = "approximate"
+        out.append(f"advantage '{adv}' has no TRL equivalent: TRL's group advantages replace it")
+    if "optim.mini_batches" in flat:  # optimizer steps per generation batch (per pass)
+        k = flat.pop("optim.mini_batches")
+        out.append(f"steps_per_generation = {f'{k} x ' if k != 1 else ''}gradient_accumulation_steps")
+    for key, value in flat.items():
+        tier = "approximate"
+        out.append(f"{key}={value} not carried into TRL")
+    return tier, "; ".join(out)
+
+
+def variants_table_markdown() -> str:
+    """The table of packaged method variants in TRL for docs/integrations.md (generated, test-checked)."""
+    from entropy_rl.presets import packaged_variants
+
+    lines = ["| variant | tier | TRL settings |", "|---|---|---|"]
+    for v in packaged_variants():
+        tier, how = variant_in_trl(v.overrides)
+        lines.append(f"| `{v.name}` | {tier} | {how} |")
+    return "\n".join(lines) + "\n"
+
+
 def check_trl_config(args: GRPOConfig, entry: Entry[PolicyLossMethod]) -> None:
     """Refuse a GRPOConfig under which method `entry` would not run as in our trainer (one-line ValueError).
 
@@ -571,4 +628,4 @@ def save_state(state: Mapping[str, Any], path: str) -> None:
 
 
 if __name__ == "__main__":
-    print(tier_table_markdown(), end="")
+    print(tier_table_markdown() + "\n" + variants_table_markdown(), end="")

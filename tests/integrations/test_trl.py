@@ -210,6 +210,18 @@ def test_save_state_refuses_non_json_values(tmp_path: Path) -> None:
         adapter.save_state({"anchor": torch.ones(2)}, str(tmp_path / "s.json"))
 
 
-def test_docs_tier_table_is_generated() -> None:
+def test_docs_tables_are_generated() -> None:
     doc = (ROOT / "docs" / "integrations.md").read_text()
-    assert adapter.tier_table_markdown() in doc, "regenerate the TRL table: python -m entropy_rl.integrations.trl"
+    hint = "regenerate the TRL tables of docs/integrations.md: python -m entropy_rl.integrations.trl"
+    assert adapter.tier_table_markdown() in doc and adapter.variants_table_markdown() in doc, hint
+
+
+def test_variants_map_onto_trl_settings() -> None:
+    tier, how = adapter.variant_in_trl({"algorithm": {"method": "siren", "advantage": "dr_grpo",
+                                                      "loss_agg_mode": "seq-mean-token-sum-norm"}})
+    assert tier == "full" and how == 'method="siren"; loss_type="dr_grpo"; scale_rewards="none"'
+    tier, how = adapter.variant_in_trl({"algorithm": {"advantage": "rloo"}, "optim": {"mini_batches": 2},
+                                        "rollout": {"top_p": 0.9}})
+    assert tier == "approximate" and "advantage 'rloo' has no TRL equivalent" in how
+    assert "steps_per_generation = 2 x gradient_accumulation_steps" in how and "rollout.top_p=0.9 not carried" in how
+    assert adapter.variant_in_trl({"algorithm": {"method": "entropy_controller"}})[0] == "refused"
