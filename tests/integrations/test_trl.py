@@ -7,6 +7,7 @@ must be in `trainer.state.log_history`. Run: pytest tests/integrations/test_trl.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from entropy_rl.core.types import TokenWeights  # noqa: E402
 from entropy_rl.integrations import trl as adapter  # noqa: E402
 from entropy_rl.models import TinyModelSpec, build_char_tokenizer, build_tiny_model, save_pretrained  # noqa: E402
 from entropy_rl.models.build import load_pretrained  # noqa: E402
+from entropy_rl.report.data import load_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED, TAU, GA = 0, 0.7, 2  # 2 micro-batches of 4 per optimizer step; one generation batch per step
@@ -41,7 +43,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok = build_char_tokenizer("0123456789+=")
     model = build_tiny_model(TinyModelSpec(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
-                                           intermediate_size=64), tok, seed=0)
+                                           intermediate_size=64, max_position_embeddings=128), tok, seed=0)
     out = tmp_path_factory.mktemp("trl") / "model"
     save_pretrained(model, tok, out)
     return out
@@ -225,3 +227,30 @@ def test_variants_map_onto_trl_settings() -> None:
     assert tier == "approximate" and "advantage 'rloo' has no TRL equivalent" in how
     assert "steps_per_generation = 2 x gradient_accumulation_steps" in how and "rollout.top_p=0.9 not carried" in how
     assert adapter.variant_in_trl({"algorithm": {"method": "entropy_controller"}})[0] == "refused"
+
+
+def example_module():
+    spec = importlib.util.spec_from_file_location("trl_example", ROOT / "examples" / "trl" / "train_grpo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_reward_reads_the_last_boxed_answer() -> None:
+    ex = example_module()
+    assert ex.last_boxed("so \\boxed{1} then \\boxed{\\frac{1}{2}} done") == "\\frac{1}{2}"
+    assert ex.last_boxed("\\boxed{3") is None and ex.last_boxed("no box") is None
+    reward = ex.make_reward(use_math_verify=False)
+    completions = ["x \\boxed{2.50}", [{"role": "assistant", "content": "\\boxed{7}"}], "2.5"]
+    assert reward(completions, answer=["2.5", "8", "2.5"]) == [1.0, 0.0, 0.0]
+
+
+def test_example_script_trains_on_cpu_and_the_report_reads_it(model_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n" for a in range(4) for b in range(2)))
+    out = example_module().main(["--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "run"), "--cpu",
+                                 "--steps", "1", "--per-device-batch", "4", "--grad-accum", "1", "--num-generations", "4",
+                                 "--max-completion-length", "6", "--method", "steer", "--save-steps", "10"])
+    run = load_run(out, "trl")
+    assert run.config["algorithm"]["method"] == "steer" and len(run.rows) == 1
+    assert {"entropy/token_mean", "reward/mean", "policy/loss", "trl/entropy"} <= set(run.rows[0])
