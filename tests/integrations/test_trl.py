@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +258,38 @@ def test_example_script_trains_on_cpu_and_the_report_reads_it(model_dir: Path, t
     run = load_run(out, "trl")
     assert run.config["algorithm"]["method"] == "steer" and len(run.rows) == 1
     assert {"entropy/token_mean", "reward/mean", "policy/loss", "trl/entropy"} <= set(run.rows[0])
+
+
+@pytest.mark.slow
+def test_two_processes_select_and_normalise_over_the_gathered_minibatch(model_dir: Path, tmp_path: Path) -> None:
+    """torchrun, 2 CPU processes (gloo): each step's logged loss is policy_loss + aggregate over the micro-batches of
+    both processes (process 0 first, token columns zero-padded to the wider one), with the same selection seed;
+    entropy/token_mean is the token mean over both processes' generation batches."""
+    worker = Path(__file__).with_name("trl_two_process_worker.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(worker), str(model_dir), str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    rows = [r for r in json.loads((tmp_path / "log_history.json").read_text()) if "loss" in r]
+    params = {"clip_ratio": 0.3, "cov_lb": -10.0, "cov_ub": 10.0}
+    assert len(rows) == 2
+    for step, row in enumerate(rows):
+        per_rank = []
+        for records in ranks:
+            mine = [r for r in records if r["step"] == step]
+            assert len(mine) == GA
+            per_rank.append({k: torch.cat([torch.tensor(r[k]) for r in mine]) for k in mine[0] if k != "step"})
+        width = max(p["mask"].shape[1] for p in per_rank)
+        pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1])) if t.dim() == 2 else t  # noqa: E731
+        cat = {k: torch.cat([pad(p[k]) for p in per_rank]) for k in per_rank[0]}
+        assert not torch.equal(per_rank[0]["adv"], per_rank[1]["adv"])  # the processes trained on different data
+        mask = cat["mask"]
+        gen = torch.Generator().manual_seed(adapter.selection_seed(SEED, step + 1, 0, 0))
+        out = policy_loss("clip_cov", cat["logp"], cat["old_logp"], cat["adv"].unsqueeze(1) * mask, mask,
+                          generator=gen, **params)
+        assert row["loss"] == pytest.approx(float(aggregate(out.per_token, mask, "token-mean")), rel=1e-5, abs=1e-7)
+        h = (cat["old_entropy"] * mask).sum() / mask.sum()
+        assert row["entropy/token_mean"] == pytest.approx(float(h), rel=1e-5)
+        assert row["method/clip_cov/n_selected"] == math.floor(0.3 * int(mask.sum()))  # drawn over all 16 sequences
