@@ -86,33 +86,46 @@ def split_config_arg(args: argparse.Namespace) -> None:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    """Only the supervised warm start; saves the model + tokenizer to --out."""
+    """Only the supervised warm start; saves the model + tokenizer to --out.
+
+    --out is an SFT output directory (marked and locked like a run directory): rerunning the same command
+    continues an interrupted SFT from its newest checkpoint, and says so when it has already finished.
+    """
+    import functools
+    import os
+    import shutil
+
     import torch
 
-    from entropy_rl.metrics.sinks import JsonlSink
     from entropy_rl.models import save_pretrained
     from entropy_rl.tasks import make_task
+    from entropy_rl.train import checkpoint as ckpt
     from entropy_rl.train.config import load_config
-    from entropy_rl.train.loop import initial_model, pick_device, rollout_sampling
-    from entropy_rl.train.sft import run_sft
+    from entropy_rl.train.loop import initial_model, pick_device, prepare_run_dir, rollout_sampling
+    from entropy_rl.train.rundir import record_files
+    from entropy_rl.train.sft import warm_start
 
     split_config_arg(args)
     cfg = load_config(args.config, args.overrides)
-    torch.manual_seed(cfg.train.seed)
-    task = make_task(cfg.task.name, **cfg.task.params)
-    model, tokenizer = initial_model(cfg, task)
-    model.to(pick_device(cfg.train.device))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    sink = JsonlSink(out / "sft_metrics.jsonl")
-
-    def log(step: int, m: dict[str, float]) -> None:
-        sink.log(step, m)
-        print(f"sft step {step} | loss {m['sft/loss']:.3f} | sampled accuracy {m['sft/accuracy']:.3f}", flush=True)
-
-    run_sft(model, tokenizer, task, cfg.sft, rollout_sampling(cfg), cfg.train.seed, log)
-    sink.close()
-    save_pretrained(model, tokenizer, out)
+    log = functools.partial(print, flush=True)
+    with prepare_run_dir(cfg, out, resume=not args.overwrite, overwrite=args.overwrite, kind="sft", log=log):
+        if (out / ckpt.COMPLETE).is_file():
+            print(f"{out} already holds this SFT, finished; pass --overwrite to train it again")
+            return 0
+        torch.manual_seed(cfg.train.seed)
+        task = make_task(cfg.task.name, **cfg.task.params)
+        model, tokenizer = warm_start(cfg, task, rollout_sampling(cfg), lambda: initial_model(cfg, task), out,
+                                      out / "sft_metrics.jsonl", pick_device(cfg.train.device), log)
+        staging = out / "checkpoints" / ".model"  # inside a toolkit entry until its file names are recorded
+        shutil.rmtree(staging, ignore_errors=True)
+        save_pretrained(model, tokenizer, staging)
+        names = sorted(os.listdir(staging))
+        record_files(out, "sft", names)
+        for name in names:
+            os.replace(staging / name, out / name)
+        (out / ckpt.COMPLETE).write_text("ok")
+        shutil.rmtree(ckpt.checkpoint_dir(out), ignore_errors=True)
     print(f"saved to {out}")
     return 0
 
@@ -238,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="SFT warm start + GRPO on Countdown-3 with a tiny model, on CPU")
-    p.add_argument("--run-dir", default=DEMO_RUN_DIR, help=f"output directory (default {DEMO_RUN_DIR}; replaced)")
+    p.add_argument("--run-dir", default=DEMO_RUN_DIR,
+                   help=f"output directory (default {DEMO_RUN_DIR}; an earlier demo run there is replaced)")
     p.add_argument("--steps", type=int_at_least(0), default=None, help="RL steps (default 300)")
     p.add_argument("--resume", action="store_true", help="continue the demo run in --run-dir")
     p.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
@@ -250,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides a.b=c")
     p.add_argument("--run-dir", default=None, help="output directory (default runs/<config name>)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR from its newest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in the run directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in the run directory (removes only what entropy-rl wrote there)")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="dataset tasks (jsonl): skip and count malformed rows instead of failing on the first one")
     p.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
@@ -259,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sft", help="supervised warm start only")
     p.add_argument("config", nargs="?", default=None, help="YAML config (default: the demo config)")
     p.add_argument("overrides", nargs="*", help="config overrides a.b=c")
-    p.add_argument("--out", required=True, help="directory to save the model and tokenizer")
+    p.add_argument("--out", required=True,
+                   help="directory to save the model and tokenizer (rerun the same command to continue an interrupted SFT)")
+    p.add_argument("--overwrite", action="store_true", help="replace an SFT output in --out (only what entropy-rl wrote)")
     p.set_defaults(fn=cmd_sft)
 
     p = sub.add_parser("eval", help="sampled accuracy and pass@k of a model directory or of a run's final model")

@@ -38,7 +38,7 @@ def test_demo_runs_end_to_end_with_a_tiny_budget(tmp_path: Path) -> None:
     assert (run_dir / "checkpoints" / "step_000002" / "COMPLETE").is_file()
     proc = run("eval", str(run_dir / "sft" / "model"), "--problems", "4", "--samples", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert set(json.loads(proc.stdout)) == {"eval/accuracy", "eval/pass@1", "eval/pass@2"}
+    assert set(json.loads(proc.stdout)) == {"eval/accuracy", "eval/pass@1", "eval/pass@2", "eval/maj@2"}
     proc = run("eval", str(run_dir), "--problems", "4", "--samples", "2", cwd=tmp_path)  # the run's final model
     assert proc.returncode == 0 and "step_000002" in proc.stderr, proc.stderr[-2000:]
     proc = run("report", str(run_dir), cwd=tmp_path)

@@ -58,13 +58,13 @@ def hapo(x: AdvantageInputs, p: Params) -> Tensor:
     r = x.rewards.double()
     _, inv = torch.unique(x.group_index, return_inverse=True)
     k = int(inv.max().item()) + 1 if inv.numel() else 0
-    tok = torch.zeros(k, dtype=torch.float64).index_add_(0, inv, length)
-    mean = torch.zeros(k, dtype=torch.float64).index_add_(0, inv, length * r) / tok.clamp_min(1.0)
+    tok = torch.zeros(k, dtype=torch.float64, device=inv.device).index_add_(0, inv, length)
+    mean = torch.zeros(k, dtype=torch.float64, device=inv.device).index_add_(0, inv, length * r) / tok.clamp_min(1.0)
     dev = r - mean[inv]
-    var = torch.zeros(k, dtype=torch.float64).index_add_(0, inv, length * dev**2) / tok.clamp_min(1.0)
+    var = torch.zeros(k, dtype=torch.float64, device=inv.device).index_add_(0, inv, length * dev**2) / tok.clamp_min(1.0)
     normed = dev / (var.sqrt()[inv] + p.eps) if p.norm_by_std else dev
     big = ((normed.abs() >= p.fallback_threshold) & (length > 0)).double()
-    fallback = (torch.zeros(k, dtype=torch.float64).index_add_(0, inv, big) > 0)[inv]
+    fallback = (torch.zeros(k, dtype=torch.float64, device=inv.device).index_add_(0, inv, big) > 0)[inv]
     grpo = group_centered(x, scale_by_std=p.norm_by_std, eps=p.eps, singleton="zero").double()
     adv = torch.where(fallback, grpo, normed)
     return (adv.unsqueeze(-1) * mask).to(x.rewards.dtype)

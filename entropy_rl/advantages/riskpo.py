@@ -111,14 +111,14 @@ def riskpo(x: AdvantageInputs, p: Params) -> Tensor:
     adv = torch.zeros_like(r)
     bundles = papers(x.group_index, p.bundle_size)
     scores = [torch.stack([r[idx].sum() for idx in bundle]) for bundle in bundles]
-    levels = torch.tensor([p.alpha_low, p.alpha_high], dtype=torch.float64)
+    levels = torch.tensor([p.alpha_low, p.alpha_high], dtype=torch.float64, device=r.device)
     if p.quantile_scope == "batch":
         q_lo, q_hi = torch.quantile(torch.cat(scores), levels)
     # question std for credit "std": unbiased, replaced by 1 when <= 1e-3 (or undefined)
     _, inv, counts = torch.unique(x.group_index, return_inverse=True, return_counts=True)
     k = counts.numel()
-    mean_q = torch.zeros(k, dtype=torch.float64).index_add_(0, inv, r) / counts
-    sq = torch.zeros(k, dtype=torch.float64).index_add_(0, inv, (r - mean_q[inv]) ** 2)
+    mean_q = torch.zeros(k, dtype=torch.float64, device=inv.device).index_add_(0, inv, r) / counts
+    sq = torch.zeros(k, dtype=torch.float64, device=inv.device).index_add_(0, inv, (r - mean_q[inv]) ** 2)
     std_q = torch.where(counts > 1, (sq / (counts - 1).clamp_min(1)).sqrt(), torch.zeros_like(sq))
     std_q = torch.where(std_q > 1e-3, std_q, torch.ones_like(std_q))[inv]
     for bundle, s in zip(bundles, scores):
@@ -131,6 +131,6 @@ def riskpo(x: AdvantageInputs, p: Params) -> Tensor:
             bundle_std = s.std()
             a = a / (bundle_std + p.eps if bundle_std > 1e-3 else 1.0)
         for j, idx in enumerate(bundle):
-            ix = torch.tensor(idx)
+            ix = torch.tensor(idx, device=r.device)
             adv[ix] = a[j] / (std_q[ix] + p.eps) if p.credit == "std" else a[j]
     return adv.to(x.rewards.dtype)

@@ -60,10 +60,10 @@ def group_stats(values: Tensor, group_index: Tensor) -> tuple[Tensor, Tensor, Te
     _, inverse = torch.unique(group_index, return_inverse=True)
     n_groups = int(inverse.max().item()) + 1 if inverse.numel() else 0
     v = values.double()
-    count = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, inverse, torch.ones_like(v))
-    total = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, inverse, v)
+    count = torch.zeros(n_groups, dtype=torch.float64, device=v.device).index_add_(0, inverse, torch.ones_like(v))
+    total = torch.zeros(n_groups, dtype=torch.float64, device=v.device).index_add_(0, inverse, v)
     mean = total / count
-    sq = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, inverse, (v - mean[inverse]) ** 2)
+    sq = torch.zeros(n_groups, dtype=torch.float64, device=v.device).index_add_(0, inverse, (v - mean[inverse]) ** 2)
     std = torch.where(count > 1, (sq / (count - 1).clamp_min(1.0)).sqrt(), torch.zeros_like(sq))
     return mean[inverse].to(values.dtype), std[inverse].to(values.dtype), count[inverse].to(values.dtype)
 

@@ -6,13 +6,18 @@ at most `chunk_tokens` tokens at a time, so the fp32 `[B, T, V]` tensors of the 
 log-softmax, probabilities) never exist at once. The input is either logits `[B, T, V]` or hidden states
 `[B, T, d]` plus the LM-head weight `[V, d]`; the second form never builds the logits of more than one chunk.
 
-Memory: without gradient the peak is a few `[chunk, V]` fp32 tensors. With gradient each chunk runs under
-`torch.utils.checkpoint`: autograd keeps only the chunk's inputs and recomputes the chunk in the backward (one
-extra chunk forward, for the hidden-state form including its `[chunk, d] x [d, V]` matmul), so the backward's
-peak is also one chunk. What stays: a logits input gets a full `[B, T, V]` gradient (in the logits' dtype, which
-the model's own backward needs anyway), assembled from the chunks' gradients, which autograd holds until all are
-done. A custom backward writing each chunk's gradient in place (the planned kernel behind this signature)
-removes that.
+Hidden states + weight without features go through the kernel `core.lm_head_stats`: tiles of `chunk_tokens`
+tokens x `chunk_vocab` vocabulary entries, an online logsumexp across the vocabulary chunks, and a custom backward
+that recomputes each tile's logits, so the peak (forward and backward) is a few `[chunk_tokens, chunk_vocab]` fp32
+tiles plus the `[N, d]` and `[V, d]` gradients. Features need each chunk's whole logits, so with features (and
+for a logits input) the path below is used instead.
+
+Memory of that path: without gradient the peak is a few `[chunk, V]` fp32 tensors. With gradient each chunk runs
+under `torch.utils.checkpoint`: autograd keeps only the chunk's inputs and recomputes the chunk in the backward
+(one extra chunk forward, for the hidden-state form including its `[chunk, d] x [d, V]` matmul), so the
+backward's peak is also one chunk. What stays: a logits input gets a full `[B, T, V]` gradient (in the logits'
+dtype, which the model's own backward needs anyway), assembled from the chunks' gradients, which autograd holds
+until all are done.
 """
 
 from __future__ import annotations
@@ -26,13 +31,12 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from entropy_rl.core.entropy import entropy_from_logp
+from entropy_rl.core.lm_head_stats import DEFAULT_CHUNK_TOKENS, lm_head_stats
 
 ChunkFeature = Callable[[Tensor, Tensor, float | Tensor], Tensor]
 """A per-chunk feature: (logits [n, V] raw, tokens [n] int64, temperature float or [n, 1] fp32) -> [n] fp32."""
 
 WantEntropy = bool | Literal["grad", "nograd"]
-
-DEFAULT_CHUNK_TOKENS = 1024  # [1024, V] fp32 is 0.6 GiB at V = 152k
 
 
 @dataclass(frozen=True)
@@ -56,15 +60,18 @@ def token_stats(
     temperature: float | Tensor,
     *,
     lm_head_weight: Tensor | None = None,
+    lm_head_bias: Tensor | None = None,
     want_entropy: WantEntropy = True,
     features: Mapping[str, ChunkFeature] | None = None,
     mask: Tensor | None = None,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_vocab: int | None = None,
 ) -> TokenStats:
     """Tempered log-probs, entropies and features of `tokens`, `chunk_tokens` tokens at a time.
 
     Per token the distribution is softmax(z / tau) with z the raw logits and tau its temperature; values equal
-    `token_logprobs` / `token_entropy` on the full logits (same formula, same fp32 arithmetic per token).
+    `token_logprobs` / `token_entropy` on the full logits (same formula, same fp32 arithmetic per token; the
+    hidden-state kernel path to fp32 rounding, as it sums over vocabulary chunks in another order).
     Tokens where `mask` is 0 are skipped: they read 0 and get no gradient.
 
     Args:
@@ -72,24 +79,33 @@ def token_stats(
             `lm_head_weight` is given; position t scores tokens[:, t].
         tokens: [B, T] int64 token ids.
         temperature: tau > 0, a float or a [B, T] tensor (per-token sampling temperature).
-        lm_head_weight: [V, d] output-embedding weight; logits are hidden @ weight.T per chunk (no bias, no
-            logit soft-capping: pass logits for models that have them).
+        lm_head_weight: [V, d] output-embedding weight; logits are hidden @ weight.T (+ bias) per chunk (no logit
+            soft-capping or scaling: pass logits for models that have them). Without features this runs the
+            `lm_head_stats` kernel; a weight tied to the input embedding gets both gradients in its one `.grad`.
+        lm_head_bias: [V] LM-head bias, with `lm_head_weight` only; None for heads without one.
         want_entropy: False: no entropy. True: entropy under the ambient grad mode, like logp. "grad": with
             gradient (grad mode must be on). "nograd": detached, at no extra autograd memory.
         features: {name: fn} computed per chunk on the raw logits [n, V], tokens [n] and temperature (the float,
             or [n, 1] fp32 for a tensor temperature), under the ambient grad mode; each returns [n].
         mask: [B, T], nonzero on the tokens to compute; None computes all.
-        chunk_tokens: the most tokens whose [n, V] logits are processed at once.
+        chunk_tokens: the most tokens whose logits are processed at once.
+        chunk_vocab: vocabulary entries per kernel tile (the `lm_head_stats` path only; the other path takes
+            whole rows of V); None: the kernel's per-device default.
 
     Returns:
         TokenStats with logp [B, T] fp32, entropy [B, T] fp32 or None, features {name: [B, T]}.
     """
     features = dict(features or {})
     check_args(logits_or_hidden, tokens, temperature, lm_head_weight, want_entropy, mask, chunk_tokens)
+    if lm_head_bias is not None and (lm_head_weight is None or lm_head_bias.shape != lm_head_weight.shape[:1]):
+        raise ValueError(f"lm_head_bias must be [V] and come with lm_head_weight, got {tuple(lm_head_bias.shape)}")
     B, T = tokens.shape
     if B * T == 0:
         empty = torch.zeros(B, T, dtype=torch.float32, device=tokens.device)
         return TokenStats(empty, empty.clone() if want_entropy else None, {k: empty.clone() for k in features})
+    if lm_head_weight is not None and not features:
+        return kernel_stats(logits_or_hidden, tokens, temperature, lm_head_weight, lm_head_bias, want_entropy, mask,
+                            chunk_tokens, chunk_vocab)
     # tiles of whole rows (or of one row's positions when T > chunk_tokens): split views, no [B*T, V] reshape copy
     rows, cols = max(1, chunk_tokens // T), min(T, chunk_tokens)
     recompute = torch.is_grad_enabled() and any(
@@ -103,7 +119,7 @@ def token_stats(
             window = (slice(r0, r0 + nb), slice(c0, c0 + nt))
             tile_tau = temperature[window] if isinstance(temperature, Tensor) else temperature
             tile_mask = None if mask is None else mask[window]
-            args = (x, tokens[window], tile_tau, lm_head_weight, want_entropy, features, tile_mask)
+            args = (x, tokens[window], tile_tau, lm_head_weight, lm_head_bias, want_entropy, features, tile_mask)
             # with gradient, autograd keeps only the tile's inputs and recomputes the tile in the backward
             line.append(checkpoint(tile_stats, *args, use_reentrant=False) if recompute else tile_stats(*args))
         grid.append(line)
@@ -156,16 +172,51 @@ def check_args(
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
+def kernel_stats(
+    hidden: Tensor,
+    tokens: Tensor,
+    temperature: float | Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    want_entropy: WantEntropy,
+    mask: Tensor | None,
+    chunk_tokens: int,
+    chunk_vocab: int | None,
+) -> TokenStats:
+    """`token_stats` of hidden [B, T, d] + weight [V, d] by `lm_head_stats` on the kept tokens, no features."""
+    B, T, d = hidden.shape
+    flat, tok = hidden.reshape(B * T, d), tokens.reshape(-1)
+    tau = temperature.reshape(-1) if isinstance(temperature, Tensor) else temperature
+    keep = None if mask is None else mask.reshape(-1).nonzero().squeeze(1)  # [k] kept positions
+    if keep is not None and keep.numel() < tok.numel():
+        flat, tok = flat.index_select(0, keep), tok.index_select(0, keep)
+        tau = tau.index_select(0, keep) if isinstance(tau, Tensor) else tau
+    else:
+        keep = None  # all kept: no gather
+    logp, entropy = lm_head_stats(flat, weight, tok, tau, bias=bias, entropy=bool(want_entropy),
+                                  chunk_tokens=chunk_tokens, chunk_vocab=chunk_vocab)
+    if want_entropy == "nograd":
+        entropy = entropy.detach()  # its backward term is then skipped
+
+    def place(v: Tensor) -> Tensor:  # [k] -> [B, T] fp32, 0 off the mask
+        v = v.float()
+        return (v if keep is None else v.new_zeros(B * T).index_copy(0, keep, v)).reshape(B, T)
+
+    return TokenStats(place(logp), None if entropy is None else place(entropy), {})
+
+
 def tile_stats(
     x: Tensor,
     tokens: Tensor,
     temperature: float | Tensor,
     weight: Tensor | None,
+    bias: Tensor | None,
     want_entropy: WantEntropy,
     features: Mapping[str, ChunkFeature],
     mask: Tensor | None,
 ) -> TokenStats:
-    """`token_stats` of one tile: x [nb, nt, V or d], tokens [nb, nt] -> TokenStats of [nb, nt] tensors."""
+    """`token_stats` of one tile (checkpointed with gradient): x [nb, nt, V or d], tokens [nb, nt] -> TokenStats of
+    [nb, nt] tensors."""
     nb, nt = tokens.shape
     flat = x.reshape(nb * nt, x.shape[-1])  # a copy of this tile at most
     tok = tokens.reshape(-1)
@@ -178,7 +229,7 @@ def tile_stats(
         else:
             flat, tok = flat.index_select(0, keep), tok.index_select(0, keep)
             tau = tau if not isinstance(tau, Tensor) else tau.index_select(0, keep)
-    logits = flat if weight is None else torch.nn.functional.linear(flat, weight)  # [k, V]
+    logits = flat if weight is None else torch.nn.functional.linear(flat, weight, bias)  # [k, V]
     logp_all = torch.log_softmax(logits.float() / tau, dim=-1)  # [k, V] fp32
     logp = logp_all.gather(-1, tok.unsqueeze(-1)).squeeze(-1)  # [k]
     entropy = None

@@ -21,7 +21,8 @@ checkpoints) and replaces its loss with the method's, driven exactly as our own 
   old_logp, H_old and the method's features (also where TRL itself would skip old log-probs).
 - Selection. At the first micro-batch of each optimizer step the method's `select` runs once over the whole
   mini-batch, gathered across processes (every process selects on the same gathered tensors with the same
-  seeded generator and keeps its own rows), on the pre-update values for the first mini-batch of a generation
+  seeded generator, `train.batch.seed_for("select", ...)` of the rollout step, pass and mini-batch, as our
+  trainer seeds it, and keeps its own rows), on the pre-update values for the first mini-batch of a generation
   and on a no-grad re-scoring by the current policy for later ones: the rule of `entropy_rl.train.loop`.
 - Loss. Per micro-batch, the method's `loss` on its rows of the selection, aggregated with the normalisers of
   the whole mini-batch (tokens and sequences summed over micro-batches and processes), so the micro-batch losses
@@ -77,6 +78,7 @@ from entropy_rl.core.token_stats import token_stats
 from entropy_rl.core.types import PolicyInputs, StepContext, TokenWeights
 from entropy_rl.metrics.dynamics import cov_logp_adv, entropy_stats, steer_omega_signal
 from entropy_rl.report.trl_log import CONFIG_FILE
+from entropy_rl.train.batch import seed_for
 from entropy_rl.train.forward import Features, bind_features, entropy_for_update
 
 TESTED_TRL = "1.16.0"
@@ -240,21 +242,6 @@ def check_trl_config(args: GRPOConfig, entry: Entry[PolicyLossMethod]) -> None:
                          f"{args.temperature}, which scores log-probs and entropies: set one temperature")
     if "ref_logp" in entry.obj.inputs and args.beta == 0.0:
         raise ValueError(f"method '{entry.name}' needs reference log-probs: set GRPOConfig.beta > 0")
-
-
-def selection_seed(seed: int, rollout_step: int, epoch: int, mb_index: int) -> int:
-    """Seed of the selection generator of one optimizer mini-batch: the formula of `entropy_rl.train.loop`.
-
-    Args:
-        seed: the run seed (GRPOConfig.seed).
-        rollout_step: 1-based index of the generation batch.
-        epoch: 0-based pass over it (TRL num_iterations).
-        mb_index: 0-based mini-batch within the generation batch.
-
-    Returns:
-        The integer seed of a CPU `torch.Generator`.
-    """
-    return ((seed * 1_000_003 + rollout_step) * 101 + epoch) * 1_009 + mb_index
 
 
 @dataclass(frozen=True)
@@ -485,8 +472,8 @@ class EntropyRLGRPOTrainer(GRPOTrainer):
                 generate_every = spg * self.num_iterations
                 self.er_minibatch = self.er_select(
                     self._buffered_inputs[k:k + ga], first=self._step % generate_every == 0,
-                    seed=selection_seed(self.args.seed, self._step // generate_every + 1,
-                                        (self._step // spg) % self.num_iterations, k // ga))
+                    seed=seed_for("select", self.args.seed, self._step // generate_every + 1,
+                                  (self._step // spg) % self.num_iterations, k // ga))
         return batch
 
     def er_select(self, micro_batches: list[dict[str, Any]], first: bool, seed: int) -> MiniBatch:

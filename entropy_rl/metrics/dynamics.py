@@ -20,6 +20,7 @@ from entropy_rl.core.types import masked_mean
 __all__ = [
     "cov_logp_adv",
     "distinct_answers",
+    "distinct_answers_by_group",
     "entropy_stats",
     "fit_entropy_performance_law",
     "mean_pass_at_k",
@@ -247,22 +248,30 @@ def distinct_answers(answers: Sequence[str | None], correct: Sequence[bool], gro
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
-    if len(answers) != len(correct):
-        raise ValueError(f"answers ({len(answers)}) and correct ({len(correct)}) differ in length")
     if len(answers) % group_size != 0:
         raise ValueError(f"{len(answers)} responses do not split into groups of {group_size}")
-    n_groups = len(answers) // group_size
-    if n_groups == 0:
+    return distinct_answers_by_group(answers, correct, [i // group_size for i in range(len(answers))])
+
+
+def distinct_answers_by_group(answers: Sequence[str | None], correct: Sequence[bool],
+                              group_index: Sequence[int]) -> dict[str, float]:
+    """`distinct_answers` for groups given by index (rows of a group need not be contiguous or equal in number).
+
+    Raises:
+        ValueError: if the lengths differ.
+    """
+    if not len(answers) == len(correct) == len(group_index):
+        raise ValueError(f"answers ({len(answers)}), correct ({len(correct)}) and group_index ({len(group_index)}) differ in length")
+    groups: dict[int, list[tuple[str | None, bool]]] = {}
+    for a, ok, g in zip(answers, correct, group_index):
+        groups.setdefault(int(g), []).append((a, bool(ok)))
+    if not groups:
         return {}
-    n_distinct = n_distinct_correct = 0
-    for g in range(n_groups):
-        sl = slice(g * group_size, (g + 1) * group_size)
-        group = list(zip(answers[sl], correct[sl]))
-        n_distinct += len({a for a, _ in group if a is not None})
-        n_distinct_correct += len({a for a, ok in group if a is not None and ok})
+    n_distinct = sum(len({a for a, _ in rows if a is not None}) for rows in groups.values())
+    n_distinct_correct = sum(len({a for a, ok in rows if a is not None and ok}) for rows in groups.values())
     return {
-        "rollout/distinct_answers": n_distinct / n_groups,
-        "rollout/distinct_correct": n_distinct_correct / n_groups,
+        "rollout/distinct_answers": n_distinct / len(groups),
+        "rollout/distinct_correct": n_distinct_correct / len(groups),
     }
 
 
@@ -270,26 +279,30 @@ def fit_entropy_performance_law(H: Sequence[float], R: Sequence[float]) -> dict[
     """Least-squares fit of R = -a * exp(H) + b (Cui et al. 2025, arXiv:2505.22617, eq. 3).
 
     Linear regression of R on x = exp(H). The predicted ceiling is the performance at H = 0 (entropy fully
-    spent): ceiling = b - a. Fit in fp64 with plain Python (inputs are a handful of logged points).
+    spent): ceiling = b - a. Fit in fp64 with plain Python (inputs are a handful of logged points). Points whose H
+    or R is not finite (a step with a NaN entropy, say), or whose exp(H) overflows, are skipped: a running fit must
+    not stop a run.
 
     Args:
         H: entropies in nats (e.g. `entropy/token_mean` per step).
         R: matching performance values (e.g. `eval/accuracy` or `reward/mean`).
 
     Returns:
-        `{"a", "b", "r2", "ceiling", "n"}` as floats, or None when the fit is undetermined: fewer than 3
-        points or exp(H) constant. r2 = 1 - SS_res / SS_tot, defined as 1.0 when R is constant (then the fit
-        is exact).
+        `{"a", "b", "r2", "ceiling", "n"}` as floats (n = points used), or None when the fit is undetermined:
+        fewer than 3 usable points or exp(H) constant. r2 = 1 - SS_res / SS_tot, defined as 1.0 when R is
+        constant (then the fit is exact).
 
     Raises:
-        ValueError: if H and R differ in length or contain non-finite values.
+        ValueError: if H and R differ in length.
     """
     if len(H) != len(R):
         raise ValueError(f"H ({len(H)}) and R ({len(R)}) differ in length")
-    xs = [math.exp(float(h)) for h in H]
-    ys = [float(r) for r in R]
-    if not all(math.isfinite(v) for v in xs + ys):
-        raise ValueError("fit_entropy_performance_law needs finite H and R")
+    xs, ys = [], []
+    for h, r in zip(H, R):
+        h, r = float(h), float(r)
+        if math.isfinite(h) and math.isfinite(r) and h < 709.0:  # exp(709.8) is the largest finite double
+            xs.append(math.exp(h))
+            ys.append(r)
     n = len(xs)
     if n < 3:
         return None

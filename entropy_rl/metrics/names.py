@@ -71,7 +71,10 @@ METRICS: dict[str, str] = {
     "dynamics/law_ceiling": "predicted performance ceiling b - a (R at H = 0) of the running fit (reward units)",
     # ---- reward ----
     "reward/mean": "mean scalar reward over the responses of the rollout batch (reward units)",
-    "reward/errors": "fraction of responses whose user reward function raised (scored 0; not a format error) (fraction)",
+    "reward/errors": (
+        "fraction of responses whose verifier failed: a user reward function raised or crashed, or a reward was not "
+        "a finite number in the task's score range (NaN, inf, a string, ...); scored 0, not a format error (fraction)"
+    ),
     "reward/timeouts": "fraction of responses whose user reward function timed out (scored 0) (fraction)",
     "reward/std": "population std of the reward over the responses of the rollout batch (reward units)",
     "reward/format_error_rate": "fraction of responses whose answer could not be parsed (fraction)",
@@ -84,7 +87,15 @@ METRICS: dict[str, str] = {
     "rollout/distinct_answers": "mean over prompt groups of the number of distinct parsed final answers (count)",
     "rollout/distinct_correct": "mean over prompt groups of the number of distinct correct final answers (count)",
     # ---- policy update ----
-    "guard/skipped_updates": "optimizer updates skipped in this step because the loss or gradient was non-finite; weights untouched (count)",
+    "guard/skipped_updates": (
+        "optimizer updates of this step that left the weights untouched: the loss or gradient norm was non-finite "
+        "(skipped), or the step was rolled back (guard/rolled_back) (count)"
+    ),
+    "guard/rolled_back": (
+        "optimizer updates of this step undone because the parameters, the optimizer state or the logits of one "
+        "sequence were non-finite after optimizer.step(); parameters and optimizer state restored to their "
+        "pre-step values (count)"
+    ),
     "rollout/logp_mismatch": "mean |sampling log-prob - pre-update-pass log-prob| over response tokens: rollout vs trainer numerics (nats)",
     "policy/loss": "policy loss of the step, mean over optimizer mini-batches of the aggregated loss (loss units)",
     "policy/clipfrac": "fraction of response tokens whose ratio was clipped at either bound (fraction)",
@@ -123,6 +134,10 @@ PATTERNS: dict[str, str] = {
         "t the 0-based index among response tokens of response i (nats)"
     ),
     "eval/pass@*": "unbiased pass@k over eval problems, k from the key (Chen et al. 2021, arXiv:2107.03374) (probability)",
+    "eval/maj@*": (
+        "majority-vote accuracy over eval problems: the most frequent normalised answer among a problem's first k "
+        "samples (k from the key; unparseable samples do not vote) is correct (fraction)"
+    ),
     "timing/*": "wall time of a named phase of the step (seconds)",
     "method/<name>/*": "metric specific to entropy method <name>, defined in that method's module docstring (unit given there)",
 }

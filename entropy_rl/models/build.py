@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,11 @@ from transformers import (
     Qwen2Config,
 )
 
+log = logging.getLogger(__name__)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Files any of which holds a tokenizer (fast tokenizers, sentencepiece, BPE / WordPiece vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
 
 @dataclass(frozen=True)
@@ -62,25 +67,36 @@ def load_pretrained(
 
     Args:
         path: directory holding config.json, weights (safetensors) and tokenizer files.
-        dtype: parameter dtype name (float32, bfloat16, float16).
+        dtype: parameter dtype name (float32, bfloat16, float16), or "saved": the dtype the weights were saved
+            in (what resuming a run needs).
         attn_implementation: "sdpa", "eager" or "flash_attention_2".
 
     Returns:
-        (model, tokenizer). A tokenizer without a pad token gets pad = eos (left padding is set by the rollout).
+        (model, tokenizer). A tokenizer without a pad token gets pad = eos, with a log line (padding positions
+        are masked everywhere, so the choice of id does not matter; left padding is set by the rollout).
+
+    Raises:
+        FileNotFoundError: `path` is not a directory, or has no config.json or no tokenizer files (the message
+            names the directory).
+        ValueError: unknown dtype, or a tokenizer without an eos token.
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model path '{path}' is not a local directory (hub downloads are not used)")
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype '{dtype}'. Valid: {', '.join(DTYPES)}")
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, local_files_only=True
-    )
+    if dtype not in DTYPES and dtype != "saved":
+        raise ValueError(f"unknown dtype '{dtype}'. Valid: {', '.join(DTYPES)}, saved")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"checkpoint directory '{path}' has no config.json: not a Hugging Face model directory")
     tokenizer = load_tokenizer(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=DTYPES.get(dtype, "auto"), attn_implementation=attn_implementation, local_files_only=True
+    )
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer at '{path}' has no eos token; generation could never stop")
+    if tokenizer.pad_token_id is None:
+        log.warning("tokenizer at '%s' has no pad token; using its eos token %r as pad (padding is masked)",
+                    path, tokenizer.eos_token)
+        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
@@ -93,7 +109,13 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     Pitfall: for a tokenizer saved as a plain `tokenizer.json` (our char-level one), `AutoTokenizer` next to a
     config.json with model_type qwen2 returns a Qwen2Tokenizer that replaces the saved pre-tokenizer with Qwen's
     byte-level one (spaces vanish). A generic saved class is therefore loaded as `PreTrainedTokenizerFast`.
+
+    Raises:
+        FileNotFoundError: `path` holds no tokenizer files (the message names the directory).
     """
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"checkpoint directory '{path}' has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
+                                f"save the base model's tokenizer there: tokenizer.save_pretrained('{path}')")
     config_file = path / "tokenizer_config.json"
     saved_class = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
     if saved_class in GENERIC_TOKENIZER_CLASSES and (path / "tokenizer.json").is_file():
@@ -108,3 +130,22 @@ def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     hf_logging.disable_progress_bar()  # one "Writing model shards" bar per checkpoint is noise in the step log
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of storing them.
+
+    Saves activation memory (about one layer's worth is kept instead of all) for ~30% more compute per
+    update; gradients are unchanged. Uses the non-reentrant torch checkpoint, which needs no grad on its inputs:
+    the hook HF adds to make the embedding output require grad (for reentrant checkpointing of frozen, PEFT-style
+    embeddings) is removed, because it calls `requires_grad_` inside the entropy probe's `torch.func.jvp`, which
+    torch refuses. HF applies checkpointing in training mode only: the no-grad scoring passes and `generate`
+    (eval mode, KV cache on) run as before.
+    """
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # the name since transformers 5.x
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.disable_input_require_grads()

@@ -17,10 +17,12 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from entropy_rl.rollout.base import ENGINES, Prompts, RolloutBatch, SamplingParams, contiguous_groups
+from entropy_rl.tasks.chat import format_prompt
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Prompts, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Tokenise prompt strings (or take token-id prompts as they are), left-padded. Returns ids [B, P], mask [B, P]."""
+    """Tokenise prompt strings (chat prompts rendered by `format_prompt`; token-id prompts are taken as they
+    are), left-padded. Returns ids [B, P], mask [B, P]."""
     if prompts and not isinstance(prompts[0], str):
         width = max(len(ids) for ids in prompts)
         ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -31,7 +33,7 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Prompts, device:
                 mask[i, width - len(row):] = 1
         return ids.to(device), mask.to(device)
     tokenizer.padding_side = "left"
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tokenizer([format_prompt(tokenizer, p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 

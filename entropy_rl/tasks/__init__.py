@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from entropy_rl.tasks import arithmetic, countdown, jsonl, python_fn  # noqa: F401  (registration happens on import)
+from entropy_rl.tasks import arithmetic, countdown, jsonl, math, python_fn  # noqa: F401  (registration happens on import)
 from entropy_rl.tasks.arithmetic import ArithmeticTask
 from entropy_rl.tasks.arithmetic import Params as ArithmeticParams
 from entropy_rl.tasks.base import PARSED_REASONS, TASKS, VERIFIER_FAILURE_REASONS, Problem, RewardResult, Task

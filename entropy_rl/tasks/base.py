@@ -12,6 +12,7 @@ draws candidates from a seeded RNG and keeps those that hash to the requested sp
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
@@ -27,6 +28,9 @@ PARSED_REASONS = frozenset({"ok", "wrong_numbers", "wrong_value", "division_by_z
 # score 0, but not the model's fault, so not a format error. The trainer logs them as reward/errors and
 # reward/timeouts.
 VERIFIER_FAILURE_REASONS = frozenset({"error", "timeout"})
+# Scores a task may return, inclusive. A task can declare its own as a `score_range` attribute (python_fn takes it
+# as a param); a score outside it, non-finite or not a number is a verifier error (`validate_result`).
+DEFAULT_SCORE_RANGE = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,41 @@ class RewardResult:
         return self.reason not in PARSED_REASONS and self.reason not in VERIFIER_FAILURE_REASONS
 
 
+def validate_result(result: Any, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> RewardResult:
+    """Check that a verifier returned a well-formed result; the trainer and the sandbox call it on every score.
+
+    Args:
+        result: what `Task.reward` (or a user reward function) returned.
+        score_range: (low, high), the inclusive range of allowed scores (the task's `score_range`).
+
+    Returns:
+        A RewardResult with a plain `float` score in `score_range`, a plain `str` reason and a plain `str` or
+        None answer (`result` itself when it is already plain).
+
+    Raises:
+        TypeError: not a RewardResult, a score that is not a real number (bools count as 0/1), a reason that is
+            not a string, an answer that is neither a string nor None.
+        ValueError: a non-finite score (NaN, inf) or one outside `score_range`.
+    """
+    if not isinstance(result, RewardResult):
+        raise TypeError(f"reward returned {type(result).__name__}, expected a RewardResult")
+    score, reason, answer = result.score, result.reason, result.answer
+    if not isinstance(score, (int, float)):
+        raise TypeError(f"reward score is {type(score).__name__} {score!r:.80}, expected a number")
+    if not isinstance(reason, str):
+        raise TypeError(f"reward reason is {type(reason).__name__}, expected a str")
+    if answer is not None and not isinstance(answer, str):
+        raise TypeError(f"reward answer is {type(answer).__name__}, expected a str or None")
+    low, high = score_range
+    if not math.isfinite(score):
+        raise ValueError(f"reward score {score!r} is not finite")
+    if not low <= score <= high:
+        raise ValueError(f"reward score {score!r} is outside the task's score range [{low}, {high}]")
+    if type(score) is float and type(reason) is str and (answer is None or type(answer) is str):
+        return result
+    return RewardResult(float(score), str(reason), None if answer is None else str(answer))
+
+
 def ok(answer: str) -> RewardResult:
     """A correct result with normalised `answer`."""
     return RewardResult(1.0, "ok", answer)
@@ -83,6 +122,9 @@ class Task(Protocol):
     Attributes:
         name: registry key.
         alphabet: every character any prompt or answer can contain (the char tokenizer is built from it).
+        score_range: optional; the inclusive (low, high) range of `RewardResult.score`, `DEFAULT_SCORE_RANGE`
+            (0, 1) when absent. The trainer scores any result outside it (or non-finite, or malformed) as 0 with
+            reason "error".
     """
 
     name: str

@@ -20,6 +20,7 @@ import difflib
 import importlib.util
 import json
 import math
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     path: str | None = None  # local Hugging Face checkpoint dir; None builds the tiny model below
     dtype: str = "float32"  # parameter dtype for a loaded checkpoint
+    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, ~30% more compute
     hidden_size: int = 128  # tiny model width
     num_layers: int = 4  # tiny model depth
     num_heads: int = 4  # attention heads
@@ -91,6 +93,7 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus mass
     top_k: int = 0  # 0 disables
     max_new_tokens: int = 16  # response length cap
+    engine: str = "hf"  # rollout engine (registry key): hf (Hugging Face generate on the training model)
 
 
 @dataclass
@@ -468,8 +471,18 @@ def check_sinks(sinks: list[str]) -> None:
              f"unknown sink {brief(sink)}; valid: jsonl, stdout, {', '.join(SINK_PACKAGES)}")
         need(sinks.count(sink) == 1, "train.sinks", f"'{sink}' is listed twice (every row would be written twice)")
         package = SINK_PACKAGES.get(sink)
-        need(package is None or importlib.util.find_spec(package) is not None, "train.sinks",
+        need(package is None or package_available(package), "train.sinks",
              f"the {sink} sink needs the {package} package: pip install entropy-rl[{sink}]")
+
+
+def package_available(name: str) -> bool:
+    """Whether `import name` can find the package (one already imported counts, even without a module spec)."""
+    if name in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def check_context(cfg: Config, task: Any, tokenizer: Any, max_positions: int | None) -> None:
@@ -500,7 +513,13 @@ def check_context(cfg: Config, task: Any, tokenizer: Any, max_positions: int | N
         problems = [p for split in ("train", "eval") for p in task.prompts(split, CONTEXT_SAMPLE, seed=cfg.train.seed)]
     if not problems:
         return
-    prompt_lens = [len(ids) for ids in tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]]
+    from entropy_rl.tasks.chat import format_prompt
+
+    try:  # the text the model sees: chat prompts through the chat template (role markers count)
+        texts = [format_prompt(tokenizer, p.prompt) for p in problems]
+    except ValueError as e:
+        raise ConfigError(f"task.params: {e}") from None
+    prompt_lens = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     need_lens = [n + T for n in prompt_lens]
     what = "prompt + rollout.max_new_tokens"
     if cfg.sft.enabled:
@@ -550,6 +569,10 @@ def validate(cfg: Config) -> None:
     need(a.kl_estimator in KL_ESTIMATORS, "algorithm.kl_estimator", f"must be one of {', '.join(KL_ESTIMATORS)}")
     need(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown dtype {brief(cfg.model.dtype)}")
 
+    from entropy_rl.rollout.base import ENGINES
+    import entropy_rl.rollout.hf  # noqa: F401  (registers the built-in engine)
+
+    need(r.engine in ENGINES, "rollout.engine", f"unknown rollout engine {brief(r.engine)}; valid: {', '.join(ENGINES.names())}")
     entries = {}
     for where, getter, name in (("algorithm.method", get_policy_loss, a.method),
                                 ("algorithm.advantage", get_advantage, a.advantage), ("task.name", TASKS.get, cfg.task.name)):

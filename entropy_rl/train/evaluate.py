@@ -1,4 +1,5 @@
-"""Sampled evaluation on a fixed problem set: accuracy and unbiased pass@k; where a run's model is.
+"""Sampled evaluation on a fixed problem set: accuracy, unbiased pass@k and majority-vote maj@k; where a run's
+model is.
 
 The trainer evaluates at step 0 (the policy RL starts from: the SFT warm start or `model.path`, before any
 update), every `train.eval_every` steps and at the last step. Every eval draws from its own seed and restores
@@ -9,6 +10,7 @@ checks that the RL steps are bit-identical with and without evals).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -28,6 +30,24 @@ def pass_k_values(k_max: int) -> list[int]:
     return ks if ks[-1] == k_max else ks + [k_max]
 
 
+def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
+    """Whether the most frequent answer among one problem's samples is correct (maj@k for k = len(answers)).
+
+    Votes are the verifier's normalised answers (`RewardResult.answer`): equivalent forms written differently
+    ("1/2", "0.5") count as different answers. Samples without an answer (None) do not vote; a tie goes to the
+    answer seen first; no answer at all is incorrect.
+
+    Args:
+        answers: [k] normalised answer of each sample, None when unparseable.
+        correct: [k] whether each sample was scored correct.
+    """
+    votes = Counter(a for a in answers if a is not None)
+    if not votes:
+        return False
+    top = votes.most_common(1)[0][0]  # Counter keeps first-seen order among equal counts
+    return correct[answers.index(top)]
+
+
 def evaluate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -42,7 +62,8 @@ def evaluate(
     device RNG are forked and seeded, so evaluating never changes the training trajectory.
 
     Returns:
-        {prefix/accuracy: mean fraction correct, prefix/pass@k for k in 1, 2, 4, ..., samples}.
+        {prefix/accuracy: mean fraction correct, prefix/pass@k for k in 1, 2, 4, ..., samples, prefix/maj@k for
+        the same k > 1: the fraction of problems whose majority answer among their first k samples is correct}.
     """
     prompts = [p.prompt for p in problems for _ in range(samples)]
     device = next(model.parameters()).device
@@ -50,11 +71,16 @@ def evaluate(
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         batch = generate(model, tokenizer, prompts, sampling, batch_size=512)
-    correct = [task.reward(problems[i // samples], text).score > 0.5 for i, text in enumerate(batch.texts)]
+    results = [task.reward(problems[i // samples], text) for i, text in enumerate(batch.texts)]
+    correct = [r.score > 0.5 for r in results]
     counts = [sum(correct[i * samples : (i + 1) * samples]) for i in range(len(problems))]
     out = {f"{prefix}/accuracy": sum(counts) / max(1, len(correct))}
     for k in pass_k_values(samples):
         out[f"{prefix}/pass@{k}"] = sum(pass_at_k(samples, c, k) for c in counts) / max(1, len(problems))
+    groups = [range(i * samples, (i + 1) * samples) for i in range(len(problems))]
+    for k in pass_k_values(samples)[1:]:  # maj@1 is the first sample's accuracy: pass@1 estimates it better
+        wins = sum(majority_correct([results[j].answer for j in g[:k]], [correct[j] for j in g[:k]]) for g in groups)
+        out[f"{prefix}/maj@{k}"] = wins / max(1, len(problems))
     return out
 
 

@@ -82,13 +82,13 @@ def reseeding(fn: Any, seed: int) -> Any:
 
 def run_ours(out: Path, warm: Path, method: str, params: dict[str, Any], steps: int, seed: int, lr: float,
              same_samples: bool) -> list[dict]:
-    import entropy_rl.train.loop as loop
+    import entropy_rl.rollout.hf as hf
     from entropy_rl.metrics.sinks import read_jsonl
     from entropy_rl.train.config import load_config
     from entropy_rl.train.loop import train
 
     if same_samples:
-        loop.generate = reseeding(loop.generate, seed)
+        hf.generate = reseeding(hf.generate, seed)  # what the `hf` rollout engine calls once per step
 
     train(load_config(None, overrides(warm, method, params, steps, seed, lr)), out / "ours", overwrite=True,
           progress=False)
@@ -106,11 +106,12 @@ def run_trl(out: Path, warm: Path, method: str, params: dict[str, Any], steps: i
     from entropy_rl.models.build import load_pretrained
     from entropy_rl.report.data import load_run
     from entropy_rl.tasks import make_task
+    from entropy_rl.train.batch import seed_for
     from entropy_rl.train.config import load_config
 
     cfg = load_config(None, overrides(warm, method, params, steps, seed, lr))
     task = make_task(cfg.task.name, **cfg.task.params)
-    problems = [p for step in range(1, steps + 1) for p in task.prompts("train", P, seed=seed * 1_000_003 + step)]
+    problems = [p for step in range(1, steps + 1) for p in task.prompts("train", P, seed=seed_for("prompts", seed, step))]
     data = Dataset.from_list([{"prompt": p.prompt, "index": i} for i, p in enumerate(problems)])
 
     def reward(prompts: list[str], completions: list[str], index: list[int], **kwargs: Any) -> list[float]:

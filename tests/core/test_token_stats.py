@@ -240,3 +240,107 @@ def test_autograd_keeps_no_chunk_logits_between_forward_and_backward(form: str) 
     assert sum(saved) <= PEAK_B * PEAK_T, sum(saved)  # token ids at most
     (stats.logp + stats.entropy + stats.features["lse"]).sum().backward()
     assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+
+
+def hidden_inputs(seed: int = 6, d: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, d, generator=g).requires_grad_()
+    weight = torch.randn(V, d, generator=g).requires_grad_()
+    return hidden, weight, torch.randint(V, (B, T), generator=g)
+
+
+def graph_nodes(t: torch.Tensor) -> set[str]:
+    """Names of every autograd node behind `t`."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and type(node).__name__ not in seen:
+            seen.add(type(node).__name__)
+            todo += [n for n, _ in node.next_functions]
+    return seen
+
+
+@pytest.mark.parametrize("want", [True, "nograd", False])
+def test_hidden_states_without_features_run_the_kernel(want: bool | str) -> None:
+    """Hidden + weight and no features go through lm_head_stats (its backward node, bias included), equal to the
+    naive path on the full logits off a mask, with a per-token temperature that is 0 off the mask."""
+    hidden, weight, tokens = hidden_inputs()
+    bias = torch.randn(V, generator=torch.Generator().manual_seed(7)).requires_grad_()
+    mask = torch.ones(B, T)
+    mask[0, 4:] = 0
+    mask[2, :] = 0
+    tau = torch.where(mask.bool(), 0.5 + torch.rand(B, T, generator=torch.Generator().manual_seed(8)), 0.0)
+    stats = token_stats(hidden, tokens, tau, lm_head_weight=weight, lm_head_bias=bias, want_entropy=want, mask=mask,
+                        chunk_tokens=4, chunk_vocab=16)
+    assert "LMHeadStatsBackward" in graph_nodes(stats.logp)  # the kernel, not the checkpointed path
+    assert (stats.entropy is None) == (want is False)
+    assert stats.entropy is None or stats.entropy.requires_grad == (want is True)
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    ref_logp, ref_h = naive(logits, tokens, torch.where(mask.bool(), tau, 1.0))
+    on = mask.bool()
+    torch.testing.assert_close(stats.logp[on], ref_logp[on], rtol=1e-5, atol=1e-5)
+    assert (stats.logp[~on] == 0).all()
+    if want:
+        torch.testing.assert_close(stats.entropy[on], ref_h[on], rtol=1e-5, atol=1e-5)
+        assert (stats.entropy[~on] == 0).all()
+    loss = (stats.logp + (stats.entropy if want is True else 0)).sum()
+    ref_loss = ((ref_logp + (ref_h if want is True else 0)) * mask).sum()
+    got = torch.autograd.grad(loss, (hidden, weight, bias))
+    expected = torch.autograd.grad(ref_loss, (hidden, weight, bias))
+    assert (got[0][~on] == 0).all()
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_tied_embedding_gets_both_gradients() -> None:
+    """A weight that is both the input embedding and the LM head: its one .grad holds the embedding-lookup and
+    the head gradients, as with the naive path."""
+    g = torch.Generator().manual_seed(10)
+    emb = torch.nn.Parameter(torch.randn(V, 16, generator=g))
+    mix = torch.randn(16, 16, generator=g) / 4
+    ids = torch.randint(V, (B, T + 1), generator=g)
+
+    def grad_of(path: str) -> torch.Tensor:
+        emb.grad = None
+        hidden = torch.tanh(emb[ids[:, :-1]] @ mix)  # a one-layer "model" reading the same weight
+        if path == "kernel":
+            stats = token_stats(hidden, ids[:, 1:], 0.8, lm_head_weight=emb, chunk_tokens=5, chunk_vocab=16)
+            loss = (stats.logp - 0.3 * stats.entropy).sum()
+        else:
+            logp, h = naive(hidden @ emb.T, ids[:, 1:], 0.8)
+            loss = (logp - 0.3 * h).sum()
+        loss.backward()
+        return emb.grad.clone()
+
+    kernel, reference = grad_of("kernel"), grad_of("naive")
+    torch.testing.assert_close(kernel, reference, rtol=1e-5, atol=1e-5)
+    emb.grad = None
+    torch.tanh(emb[ids[:, :-1]] @ mix).sum().backward()
+    assert (emb.grad - kernel).abs().max() > 1e-2  # the head's part is really in there
+
+
+def test_kernel_largest_tensor_is_one_tile_and_autograd_keeps_no_logits() -> None:
+    """Without features, hidden + weight at V = 32k: no tensor (forward or backward) beyond one [chunk, chunk_vocab]
+    tile or the weight's gradient, and autograd saves only the inputs and [N] statistics."""
+    g = torch.Generator().manual_seed(11)
+    hidden = torch.randn(PEAK_B, PEAK_T, PEAK_D, generator=g).requires_grad_()
+    weight = (0.1 * torch.randn(PEAK_V, PEAK_D, generator=g)).requires_grad_()
+    tokens = torch.randint(PEAK_V, (PEAK_B, PEAK_T), generator=g)
+    tile = 64 * 4096
+    assert PEAK_B * PEAK_T * PEAK_V >= 16 * max(tile, PEAK_V * PEAK_D)
+    inputs = {t.untyped_storage().data_ptr() for t in (hidden, weight)}
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in inputs:
+            saved.append(t.numel())
+        return t
+
+    with LargestAllocation() as probe:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            stats = token_stats(hidden, tokens, torch.full((PEAK_B, PEAK_T), 0.9), lm_head_weight=weight,
+                                chunk_tokens=64, chunk_vocab=4096)
+        (stats.logp + stats.entropy).sum().backward()
+    assert probe.numel <= max(tile, PEAK_V * PEAK_D), (probe.numel, probe.op)
+    assert any("backward" in op or "addmm" in op for op in probe.ops)
+    assert sum(saved) <= 5 * PEAK_B * PEAK_T, sum(saved)  # tokens, temperature, lse, entropy: [N] each

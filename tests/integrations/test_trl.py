@@ -32,6 +32,7 @@ from entropy_rl.integrations import trl as adapter  # noqa: E402
 from entropy_rl.models import TinyModelSpec, build_char_tokenizer, build_tiny_model, save_pretrained  # noqa: E402
 from entropy_rl.models.build import load_pretrained  # noqa: E402
 from entropy_rl.report.data import load_run  # noqa: E402
+from entropy_rl.train.batch import seed_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED, TAU, GA = 0, 0.7, 2  # 2 micro-batches of 4 per optimizer step; one generation batch per step
@@ -106,7 +107,7 @@ def check_logged_loss(trainer: Capturing, method: str, params: dict[str, Any]) -
         assert all(r["step"] == step for r in mb)
         cat = {k: torch.cat([r[k] for r in mb]) for k in ("logp", "entropy", "mask", "adv", "old_logp", "old_entropy")}
         mask = cat["mask"]
-        gen = torch.Generator().manual_seed(adapter.selection_seed(SEED, step + 1, 0, 0))
+        gen = torch.Generator().manual_seed(seed_for("select", SEED, step + 1))
         out = policy_loss(method, cat["logp"], cat["old_logp"], cat["adv"].unsqueeze(1) * mask, mask,
                           entropy=cat["entropy"], old_entropy=cat["old_entropy"], generator=gen,
                           values=mb[0]["values"], **params)
@@ -286,7 +287,7 @@ def test_two_processes_select_and_normalise_over_the_gathered_minibatch(model_di
         cat = {k: torch.cat([pad(p[k]) for p in per_rank]) for k in per_rank[0]}
         assert not torch.equal(per_rank[0]["adv"], per_rank[1]["adv"])  # the processes trained on different data
         mask = cat["mask"]
-        gen = torch.Generator().manual_seed(adapter.selection_seed(SEED, step + 1, 0, 0))
+        gen = torch.Generator().manual_seed(seed_for("select", SEED, step + 1))
         out = policy_loss("clip_cov", cat["logp"], cat["old_logp"], cat["adv"].unsqueeze(1) * mask, mask,
                           generator=gen, **params)
         assert row["loss"] == pytest.approx(float(aggregate(out.per_token, mask, "token-mean")), rel=1e-5, abs=1e-7)

@@ -221,5 +221,14 @@ def test_law_fit_noisy_and_undetermined():
     assert fit_entropy_performance_law([0.3, 0.3, 0.3], [0.5, 0.4, 0.6]) is None  # constant exp(H)
     with pytest.raises(ValueError):
         fit_entropy_performance_law([0.1, 0.2, 0.3], [0.5, 0.4])
-    with pytest.raises(ValueError):
-        fit_entropy_performance_law([0.1, float("nan"), 0.3], [0.5, 0.4, 0.3])
+
+
+def test_law_fit_skips_non_finite_points():
+    """A NaN entropy (a broken step) or a NaN/inf reward must not stop the running fit (issue 15 item 4)."""
+    hs = [0.1, 0.4, 0.7, 1.0, 1.3]
+    rs = [0.7, 0.55, 0.5, 0.3, 0.2]
+    clean = fit_entropy_performance_law(hs, rs)
+    dirty = fit_entropy_performance_law(hs + [float("nan"), 0.5, float("inf"), 1e6],
+                                        rs + [0.4, float("nan"), 0.3, 0.5])
+    assert dirty == clean and dirty["n"] == 5
+    assert fit_entropy_performance_law([float("nan")] * 3, [0.1, 0.2, 0.3]) is None  # nothing usable

@@ -1,5 +1,6 @@
-"""Crash safety: SIGKILL checkpoint writers and a training run at random moments; every kill must leave a
-loadable latest checkpoint, and `entropy-rl train --resume` must finish the run with one metrics row per step.
+"""Crash safety: SIGKILL checkpoint writers, a training run and an SFT warm start at random moments; every kill
+must leave a loadable latest checkpoint whose checksums verify, and `entropy-rl train --resume` must finish the
+run with one metrics row per step.
 
 Numbers from these tests are quoted in docs/reliability.md (run with `-s` to see them).
 """
@@ -37,6 +38,7 @@ def hidden_entries(run_dir: Path) -> set[str]:
 def assert_loads(c: Path) -> int:
     """Fully load checkpoint `c` (model + trainer state) and check both belong to the step in its name."""
     step = int(c.name.split("_")[1])
+    ckpt.verify_checkpoint(c)  # manifest, file set and sha256 of every file
     model, _ = load_pretrained(c / "model")
     state = ckpt.load_trainer_state(c)
     assert state["step"] == step, c
@@ -176,3 +178,44 @@ def test_sigkilled_training_resumes_to_one_row_per_step(warm_model_dir: Path, tm
     assert untimed(rows) == untimed(read_jsonl(tmp_path / "full" / "metrics.jsonl"))
     print(f"\n[crash-safety] training SIGKILLed {len(cmds)}x (rows at kill: {kill_steps}, partial last lines: "
           f"{partial_lines}, step time {1e3 * max(step_times):.0f} ms); resume finished in {time.perf_counter() - t0:.1f} s with steps 1..{steps}")
+
+
+def test_sigkilled_sft_warm_start_resumes_without_repeating_steps(tmp_path: Path) -> None:
+    """A kill during SFT used to restart SFT at step 0 on --resume and log its rows twice."""
+    from tiny_setup import TINY
+
+    cfg = load_config(None, TINY + ["sft.enabled=true", "sft.max_steps=20", "sft.eval_every=2", "sft.eval_problems=8",
+                                    "sft.batch_size=16", "sft.target_accuracy=1.0", "train.steps=1"])
+    cfg_path, run_dir = tmp_path / "sft.yaml", tmp_path / "run"
+    save_config(cfg, cfg_path)
+    sft_metrics = run_dir / "sft_metrics.jsonl"
+    rng = random.Random(2)
+    kills = []
+    for args in [(str(cfg_path), "--run-dir", str(run_dir)), ("--resume", str(run_dir))]:
+        proc = subprocess.Popen([sys.executable, "-m", "entropy_rl", "train", *args, "--no-progress"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        done = max((r["step"] for r in read_jsonl(sft_metrics)), default=0) if sft_metrics.exists() else 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:  # a new SFT checkpoint, then 0-1 more evaluations
+            latest = ckpt.latest_checkpoint(run_dir / "sft")
+            if latest is not None and ckpt.step_of(latest) > done:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read()[-2000:]}"
+        time.sleep(rng.uniform(0.0, 0.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            kills.append([r["step"] for r in read_jsonl(sft_metrics)][-1])
+        assert not (run_dir / "sft" / ckpt.COMPLETE).exists(), "SFT finished before the kill"
+    final = subprocess.run([sys.executable, "-m", "entropy_rl", "train", "--resume", str(run_dir), "--no-progress"],
+                           capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "resuming the SFT warm start from" in final.stdout
+    rows = read_jsonl(sft_metrics)
+    assert [r["step"] for r in rows] == list(range(2, 21, 2))
+    train(cfg, tmp_path / "full", progress=False)
+    assert rows == read_jsonl(tmp_path / "full" / "sft_metrics.jsonl")  # no timings in SFT rows: all equal
+    print(f"\n[crash-safety] SFT SIGKILLed {len(kills)}x (last logged SFT step at the kills: {kills}); resumed to "
+          f"steps 2..20 once each, equal to an uninterrupted warm start")

@@ -37,7 +37,7 @@ def assert_only_step_1_left(run_dir: Path) -> None:
     assert ckpt.load_trainer_state(ckpt.latest_checkpoint(run_dir))["step"] == 1
 
 
-@pytest.mark.parametrize("where", ["torch.save", "save_pretrained"])
+@pytest.mark.parametrize("where", ["save_file", "save_pretrained"])
 def test_disk_full_mid_write_keeps_the_previous_checkpoint(tiny, tmp_path: Path, monkeypatch, where: str) -> None:
     model, tok = tiny
     ckpt.save_checkpoint(tmp_path, 1, model, tok, state(1))
@@ -47,8 +47,8 @@ def test_disk_full_mid_write_keeps_the_previous_checkpoint(tiny, tmp_path: Path,
         Path(path).write_bytes(b"partial")  # a write that got part-way, as a real ENOSPC does
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    if where == "torch.save":
-        monkeypatch.setattr(ckpt.torch, "save", full)
+    if where == "save_file":  # the trainer state's tensors (safetensors)
+        monkeypatch.setattr(ckpt, "save_file", full)
     else:
         monkeypatch.setattr(ckpt, "save_pretrained", lambda m, t, path: full(None, Path(path) / "model.safetensors"))
     with pytest.raises(OSError) as info:
@@ -63,7 +63,7 @@ def test_disk_full_mid_write_keeps_the_previous_checkpoint(tiny, tmp_path: Path,
 def test_non_oserror_mid_write_also_removes_the_tmp_dir(tiny, tmp_path: Path, monkeypatch) -> None:
     model, tok = tiny
     ckpt.save_checkpoint(tmp_path, 1, model, tok, state(1))
-    monkeypatch.setattr(ckpt.torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("serializer bug")))
+    monkeypatch.setattr(ckpt, "save_file", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("serializer bug")))
     with pytest.raises(RuntimeError, match="serializer bug"):
         ckpt.save_checkpoint(tmp_path, 2, model, tok, state(2))
     assert_only_step_1_left(tmp_path)

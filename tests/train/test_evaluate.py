@@ -1,5 +1,5 @@
 """Evaluation: the step-0 eval of the warm start (its own row, RL steps bit-identical with and without it,
-once across resumes), and `entropy-rl eval` on a run directory."""
+once across resumes), `entropy-rl eval` on a run directory, and maj@k next to pass@k."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from entropy_rl.cli import main
 from entropy_rl.metrics.sinks import read_jsonl
 from entropy_rl.models import load_pretrained
 from entropy_rl.tasks import make_task
+from entropy_rl.tasks.base import Problem, RewardResult
 from entropy_rl.train.checkpoint import latest_checkpoint, list_checkpoints
+from entropy_rl.train import evaluate as ev
 from entropy_rl.train.evaluate import evaluate, find_model
 from entropy_rl.train.loop import rollout_sampling, train
 
@@ -37,7 +39,7 @@ def test_step_0_eval_is_its_own_row_and_leaves_the_rl_steps_bit_identical(tiny_c
     plain, evald = rows(tmp_path / "plain"), rows(tmp_path / "eval")
     assert [r["step"] for r in evald] == [0, 1, 2, 3]
     assert set(read_jsonl(tmp_path / "eval" / "metrics.jsonl")[0]) == {
-        "step", "eval/accuracy", "eval/pass@1", "eval/pass@2", "eval/pass@4", "timing/eval_s"}
+        "step", "eval/accuracy", "eval/pass@1", "eval/pass@2", "eval/pass@4", "eval/maj@2", "eval/maj@4", "timing/eval_s"}
     assert "eval/pass@4" in evald[2] and "eval/pass@4" in evald[3] and "eval/pass@4" not in evald[1]
     assert without_eval(evald) == plain  # exact: the evals drew from their own RNG and restored it
 
@@ -111,3 +113,38 @@ def test_cli_eval_of_a_run_dir_uses_its_final_model_and_task(tiny_config, tmp_pa
     assert main(["eval", str(tmp_path / "notes")]) == 2
     err = capsys.readouterr().err
     assert "holds no model" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("answers, correct, expected", [
+    (["7", "3", "7"], [True, False, True], True),
+    (["3", "7", "3", "7"], [False, True, False, True], False),  # a tie goes to the answer seen first
+    ([None, None, "7"], [False, False, True], True),  # unparseable samples do not vote
+    (["0.5", "1/2", "3", "3"], [True, True, False, False], False),  # equivalent forms split their votes
+    ([None, None], [False, False], False),
+])  # fmt: skip
+def test_majority_correct(answers, correct, expected) -> None:
+    assert ev.majority_correct(answers, correct) is expected
+
+
+class Batch:
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+
+class ExactTask:
+    def reward(self, problem: Problem, completion: str) -> RewardResult:
+        if not completion:
+            return RewardResult(0.0, "empty", None)
+        return RewardResult(float(completion == problem.answer), "ok" if completion == problem.answer else "wrong_value", completion)
+
+
+def test_evaluate_reports_maj_at_k_next_to_pass_at_k(monkeypatch: pytest.MonkeyPatch) -> None:
+    # problem a: 1 correct of 4 but "9" is the majority; problem b: the majority "2" is correct from k = 2 on
+    texts = ["1", "9", "9", "", "5", "2", "2", "2"]
+    monkeypatch.setattr(ev, "generate", lambda model, tok, prompts, sampling, batch_size: Batch(texts))
+    problems = [Problem("a", "1", {}), Problem("b", "2", {})]
+    out = ev.evaluate(torch.nn.Linear(1, 1), None, ExactTask(), problems, 4, None, seed=0)
+    assert out["eval/accuracy"] == 4 / 8
+    assert out["eval/maj@2"] == 0.5  # a: "1" (tie, first seen) correct; b: "5" vs "2", "5" first -> wrong
+    assert out["eval/maj@4"] == 0.5  # a: "9" wrong; b: "2" correct
+    assert "eval/maj@1" not in out and "eval/pass@4" in out

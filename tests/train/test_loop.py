@@ -10,7 +10,7 @@ import torch
 
 from entropy_rl.metrics.names import is_known
 from entropy_rl.metrics.sinks import read_jsonl
-from entropy_rl.train import loop
+from entropy_rl.train import loop, update
 from entropy_rl.train.checkpoint import latest_checkpoint, list_checkpoints
 from entropy_rl.train.loop import TrainingStopped, train
 
@@ -50,6 +50,7 @@ STATEFUL = {
     "aent": ["algorithm.method=aent", "algorithm.method_params={warmup_steps: 0, coef: 0.01, coef_lr: 0.01, coef_max: 1.0, "
              "entropy_low: 5.0, entropy_high: 6.0}"],
     "entropic": ["algorithm.method=entropic", "algorithm.method_params={target_entropy: 0.5, kp: 0.1, ki: 0.05}"],
+    "bfloat16": ["model.dtype=bfloat16"],  # the resumed model keeps its dtype (the old code reloaded it as float32)
 }
 
 
@@ -110,7 +111,7 @@ def test_kl_to_reference_is_logged(tiny_config, run_dir: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
 def test_non_finite_losses_skip_updates_and_stop_the_run(tiny_config, run_dir: Path, monkeypatch) -> None:
-    monkeypatch.setattr(loop, "aggregate", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(update, "aggregate", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingStopped, match="3 consecutive"):
         train(tiny_config("optim.max_skipped_steps=3", "train.steps=5"), run_dir, progress=False)
     rows = read_jsonl(run_dir / "metrics.jsonl")
