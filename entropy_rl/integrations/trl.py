@@ -83,7 +83,8 @@ from entropy_rl.train.forward import Features, bind_features, entropy_for_update
 
 TESTED_TRL = "1.16.0"
 if Version(trl.__version__).major != 1:
-    raise ImportError(f"entropy_rl.integrations.trl supports TRL 1.x (tested with {TESTED_TRL}); found {trl.__version__}")
+    raise ImportError(f"entropy_rl.integrations.trl supports TRL 1.x (tested with {TESTED_TRL}); "
+                      f"found {trl.__version__}")
 
 STATE_FILE = "entropy_rl_method_state.json"  # written into each TRL checkpoint-N/ of a stateful method
 
@@ -126,7 +127,8 @@ def method_tier(name: str) -> tuple[str, str]:
     m = get_policy_loss(name).obj
     missing = [r for r in m.requires if r not in SUPPLIED_METRICS]
     if missing:
-        return "refused", f"its state reads {', '.join(missing)} (our dynamics probe), which the TRL adapter does not run"
+        why = f"its state reads {', '.join(missing)} (our dynamics probe), which the TRL adapter does not run"
+        return "refused", why
     notes = []
     if m.select is not None:
         notes.append("selection once per optimizer mini-batch, gathered across processes")
@@ -425,7 +427,10 @@ class EntropyRLGRPOTrainer(GRPOTrainer):
     def er_gathered(self, x: PolicyInputs) -> PolicyInputs:
         """`x` with every process's rows (see `er_gather`)."""
         g = self.er_gather
-        opt = lambda t: None if t is None else g(t)  # noqa: E731
+
+        def opt(t: Tensor | None) -> Tensor | None:
+            return None if t is None else g(t)
+
         return PolicyInputs(g(x.logp), g(x.old_logp), g(x.adv), g(x.mask), opt(x.entropy), opt(x.old_entropy),
                             opt(x.ref_logp), {k: g(v) for k, v in x.extras.items()})
 
@@ -573,7 +578,8 @@ class EntropyRLGRPOTrainer(GRPOTrainer):
         return step
 
     def er_log_trl_entropy(self, mode: str, entropy: Tensor, mask: Tensor) -> None:
-        """TRL's own `entropy` metric: masked mean of the update pass's entropy over the micro-batch of all processes."""
+        """TRL's own `entropy` metric: masked mean of the update pass's entropy over this micro-batch of all
+        processes."""
         totals = self.accelerator.reduce(torch.stack([(entropy * mask).sum(), mask.sum()]), reduction="sum")
         self._metrics[mode]["entropy"].append(float(totals[0] / totals[1].clamp_min(1.0)))
 
@@ -585,7 +591,8 @@ class EntropyRLGRPOTrainer(GRPOTrainer):
         if self.er_state is not None and self.args.should_save:
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = os.path.join(self._get_output_dir(trial=trial), name)
             save_state(self.er_state.state_dict(), os.path.join(folder, STATE_FILE))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:

@@ -111,7 +111,8 @@ def run_trl(out: Path, warm: Path, method: str, params: dict[str, Any], steps: i
 
     cfg = load_config(None, overrides(warm, method, params, steps, seed, lr))
     task = make_task(cfg.task.name, **cfg.task.params)
-    problems = [p for step in range(1, steps + 1) for p in task.prompts("train", P, seed=seed_for("prompts", seed, step))]
+    problems = [p for step in range(1, steps + 1)
+                for p in task.prompts("train", P, seed=seed_for("prompts", seed, step))]
     data = Dataset.from_list([{"prompt": p.prompt, "index": i} for i, p in enumerate(problems)])
 
     def reward(prompts: list[str], completions: list[str], index: list[int], **kwargs: Any) -> list[float]:

@@ -41,7 +41,8 @@ def completion_text(completion: Any) -> str:
     """A TRL completion as text: a string, or the content of the assistant messages of a conversation."""
     if isinstance(completion, str):
         return completion
-    return "".join(m.get("content", "") for m in completion if isinstance(m, dict) and isinstance(m.get("content"), str))
+    parts = [m.get("content") for m in completion if isinstance(m, dict)]
+    return "".join(p for p in parts if isinstance(p, str))
 
 
 def make_reward(use_math_verify: bool):
@@ -87,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-field", default="prompt")
     p.add_argument("--answer-field", default="answer")
     p.add_argument("--method", default="clip_cov", help="entropy-rl method (`entropy-rl methods`)")
-    p.add_argument("--method-params", default="{}", help='JSON object of the method\'s Params, e.g. \'{"clip_ratio": 2e-4}\'')
+    p.add_argument("--method-params", default="{}", help="JSON object of the method's Params, e.g. "
+                   '\'{"clip_ratio": 2e-4}\'')
     p.add_argument("--out", required=True, help="output directory (checkpoints, trainer_state.json)")
     p.add_argument("--steps", type=int, default=500, help="optimizer steps")
     p.add_argument("--lr", type=float, default=1e-6)
@@ -96,7 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-generations", type=int, default=8, help="completions per prompt (group size)")
     p.add_argument("--max-completion-length", type=int, default=1024)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--loss-type", default="dapo", help="picks the aggregation: dapo|bnpo -> token-mean, grpo, dr_grpo, luspo")
+    p.add_argument("--loss-type", default="dapo",
+                   help="picks the aggregation: dapo|bnpo -> token-mean, grpo, dr_grpo, luspo")
     p.add_argument("--beta", type=float, default=0.0, help="reference KL coefficient (loads a reference model if > 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-steps", type=int, default=100)
