@@ -68,7 +68,7 @@ class Capturing(adapter.EntropyRLGRPOTrainer):
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         with torch.no_grad():
-            logp, ent, _, _ = self.er_score(model, inputs, (), True)
+            logp, ent, cur, _ = self.er_score(model, inputs, self.er_entry.obj.cur_features, True)
             ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
             attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
             T = inputs["completion_ids"].shape[1]
@@ -78,6 +78,7 @@ class Capturing(adapter.EntropyRLGRPOTrainer):
             "train": self.model.training, "step": self.state.global_step, "logp": logp, "entropy": ent,
             "ours": ours, "mask": inputs["completion_mask"].float(), "adv": inputs["advantages"],
             "old_logp": inputs["old_per_token_logps"], "old_entropy": inputs[adapter.OLD_ENTROPY],
+            "extras": {**adapter.rl_extras(inputs), **cur},
             "values": self.er_minibatch.ctx.values if self.model.training else None,
         })
         return super()._compute_loss(model, inputs)
@@ -107,9 +108,10 @@ def check_logged_loss(trainer: Capturing, method: str, params: dict[str, Any]) -
         assert all(r["step"] == step for r in mb)
         cat = {k: torch.cat([r[k] for r in mb]) for k in ("logp", "entropy", "mask", "adv", "old_logp", "old_entropy")}
         mask = cat["mask"]
+        extras = {k: torch.cat([r["extras"][k] for r in mb]) for k in mb[0]["extras"]}
         gen = torch.Generator().manual_seed(seed_for("select", SEED, step + 1))
         out = policy_loss(method, cat["logp"], cat["old_logp"], cat["adv"].unsqueeze(1) * mask, mask,
-                          entropy=cat["entropy"], old_entropy=cat["old_entropy"], generator=gen,
+                          entropy=cat["entropy"], old_entropy=cat["old_entropy"], extras=extras, generator=gen,
                           values=mb[0]["values"], **params)
         expected = float(aggregate(out.per_token, mask, "token-mean"))
         assert row["loss"] == pytest.approx(expected, rel=1e-5, abs=1e-7), (step, row["loss"], expected)
@@ -164,6 +166,17 @@ def test_adaptive_entropy_bonus_state_and_checkpoint(model_dir: Path, tmp_path: 
     saved.unlink()
     with pytest.raises(FileNotFoundError, match="no state of method 'entropy_bonus'"):
         trainer._load_optimizer_and_scheduler(str(saved.parent))
+
+
+def test_lp_reg_features_through_the_logits_path(model_dir: Path, tmp_path: Path) -> None:
+    """A method with a pre-update feature (lp_proxy) and a selection: full logits + token_stats in every pass."""
+    params = {"rho_neg": 0.5, "rho_pos": 0.5}
+    trainer = train(model_dir, tmp_path / "out", "lp_reg", params, save_strategy="no")
+    assert trainer.er_use_logits
+    check_logged_loss(trainer, "lp_reg", params)
+    check_temperature(trainer)
+    rows = [r for r in trainer.state.log_history if "loss" in r]
+    assert sum(r["method/lp_reg/n_candidates"] for r in rows) > 0
 
 
 def config(**kw: Any) -> GRPOConfig:
