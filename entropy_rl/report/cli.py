@@ -28,8 +28,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dirs = [Path(d) for d in args.run_dirs]
     for d in run_dirs:
         if not (d / "metrics.jsonl").is_file() and not is_verl_log(d) and not is_trl_run(d):
-            raise FileNotFoundError(f"{d}: no metrics.jsonl (not a run directory?), nor a TRL trainer_state.json, "
-                                    "nor a verl file-logger JSONL")
+            raise FileNotFoundError(f"{d}: no metrics.jsonl (not a run directory?), not a verl file-logger JSONL, "
+                                    "nor a TRL output directory with trainer_state.json")
     labels = [s.strip() for s in args.labels.split(",")] if getattr(args, "labels", None) else None
     if labels is not None and len(labels) != len(run_dirs):
         raise SystemExit(f"entropy-rl report: --labels has {len(labels)} names for {len(run_dirs)} run directories")

@@ -77,5 +77,5 @@ def test_report_renders_a_trl_run_and_says_what_a_stock_run_lacks(tmp_path: Path
 
 def test_a_directory_without_either_log_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="nor a TRL trainer_state.json"):
+    with pytest.raises(FileNotFoundError, match="nor a TRL output directory with trainer_state.json"):
         cmd_report(argparse.Namespace(run_dirs=[str(tmp_path / "empty")], out=None, labels=None, summary=None))
