@@ -8,7 +8,6 @@ traceback instead. Any other exception is a bug and prints its traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
