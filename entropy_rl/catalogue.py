@@ -50,13 +50,14 @@ def method_needs(m) -> str:
 
 
 def render_markdown() -> str:
-    """docs/methods.md: the packaged method variants, then every registered method, estimator and task with stage,
-    needs, papers and defaults."""
+    """docs/methods.md: the packaged method variants, then every registered method, estimator, rollout strategy and
+    task with stage, needs, papers and defaults."""
     import entropy_rl.advantages  # noqa: F401
     import entropy_rl.methods  # noqa: F401
     from entropy_rl.core.advantage import ADVANTAGES
     from entropy_rl.core.policy_loss import POLICY_LOSSES
     from entropy_rl.presets import packaged_variants, settings
+    from entropy_rl.rollout.strategies import STRATEGIES
     from entropy_rl.tasks import TASKS
 
     out = [
@@ -64,7 +65,7 @@ def render_markdown() -> str:
         "",
         "Generated from the registries by `entropy-rl methods --markdown > docs/methods.md` (a test fails when it is",
         "stale). Each method's module docstring states how it departs from the official code; the specification is",
-        "shared/methods.md. No method here generates extra rollouts; rollout-stage methods (branching) are not built yet.",
+        "shared/methods.md. Methods that change how rollouts are sampled are rollout strategies (`rollout.strategy`, below).",
         "",
         "## Method variants (`entropy-rl compare --methods NAME`)",
         "",
@@ -96,6 +97,13 @@ def render_markdown() -> str:
     for name in ADVANTAGES.names():
         e = ADVANTAGES.get(name)
         out.append(f"| `{name}` | {e.doc} | {paper_links(module_doc(e.obj))} | {describe_params(e.params_cls)} |")
+    out += ["", "## Rollout strategies (`rollout.strategy`)", "",
+            ("How a step's rollouts are sampled; each reports `rollout/tokens_generated` and `rollout/branches`. "
+             "Parameters go in `rollout.strategy_params`."), "",
+            "| strategy | summary | papers | parameters (defaults) |", "|---|---|---|---|"]
+    for name in STRATEGIES.names():
+        e = STRATEGIES.get(name)
+        out.append(f"| `{name}` | {e.doc} | {paper_links(module_doc(e.obj))} | {describe_params(e.params_cls) or '-'} |")
     out += ["", "## Tasks (`task.name`)", "", "| task | summary | parameters (defaults) |", "|---|---|---|"]
     for name in TASKS.names():
         e = TASKS.get(name)

@@ -8,7 +8,6 @@ traceback instead. Any other exception is a bug and prints its traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -164,7 +163,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, tokenizer = load_pretrained(model_dir)
     sampling = SamplingParams(pick["temperature"], pick["top_p"], pick["top_k"], pick["max_new_tokens"])
     problems = task.prompts("eval", args.problems, seed=args.seed)
-    print(json.dumps(evaluate(model, tokenizer, task, problems, args.samples, sampling, seed=args.seed), indent=2))
+    sample_fn = None
+    if args.top_h is not None:
+        from functools import partial
+
+        from entropy_rl.rollout.strategies.top_h import Params as TopHParams
+        from entropy_rl.rollout.strategies.top_h import top_h_generate
+
+        sample_fn = partial(top_h_generate, p=TopHParams(alpha=args.top_h))
+    print(json.dumps(evaluate(model, tokenizer, task, problems, args.samples, sampling, seed=args.seed,
+                              sample_fn=sample_fn), indent=2))
     return 0
 
 
@@ -180,7 +188,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    """List method variants, registered policy-loss methods, advantage estimators and tasks with their defaults."""
+    """List method variants, registered policy-loss methods, advantage estimators, rollout strategies and tasks with
+    their defaults."""
     from entropy_rl.catalogue import describe_params, method_needs, render_markdown
     from entropy_rl.presets import packaged_variants, settings
 
@@ -208,6 +217,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
         e = ADVANTAGES.get(name)
         print(f"  {name:<16} {e.doc}")
         print(f"  {'':<16} params: {describe_params(e.params_cls)}")
+    from entropy_rl.rollout.strategies import STRATEGIES
+
+    print("Rollout strategies (rollout.strategy):")
+    for name in STRATEGIES.names():
+        e = STRATEGIES.get(name)
+        print(f"  {name:<20} {e.doc}")
+        print(f"  {'':<20} params: {describe_params(e.params_cls) or '-'}")
     print("Tasks (task.name):")
     for name in TASKS.names():
         e = TASKS.get(name)
@@ -226,6 +242,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     print(f"{args.config}: ok", file=sys.stderr)
     return 0
+
+
+def float_in_unit(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text[:40]}'") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
 
 
 def int_at_least(lo: int, hi: int = 2**63 - 1) -> Callable[[str], int]:
@@ -291,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None, help="default: the run's rollout.top_p, else 1.0")
     p.add_argument("--max-new-tokens", type=int_at_least(1), default=None, help="default: the run's rollout.max_new_tokens, else 16")
     p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--top-h", type=float_in_unit, default=None, metavar="ALPHA",
+                   help="sample with Top-H decoding (arXiv:2509.02510) at entropy scale ALPHA in (0, 1] instead of plain sampling")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("compare", help="run methods x seeds on one config and summarise side by side")
@@ -317,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", default=None, help="markdown table file to include, e.g. a compare summary.md")
     p.set_defaults(fn=cmd_report)
 
-    p = sub.add_parser("methods", help="list method variants, methods, advantage estimators and tasks with defaults")
+    p = sub.add_parser("methods", help="list method variants, methods, advantage estimators, rollout strategies and tasks with defaults")
     p.add_argument("--markdown", action="store_true", help="print docs/methods.md (generated from the registries)")
     p.set_defaults(fn=cmd_methods)
 

@@ -50,6 +50,9 @@ def test_methods_lists_the_catalogue(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     for name in ("ppo_clip", "entropy_bonus", "grpo", "dr_grpo", "rloo", "countdown", "arithmetic"):
         assert name in proc.stdout
+    assert "Rollout strategies (rollout.strategy):" in proc.stdout
+    for name in ("plain", "top_h", "adaptive_temperature", "cure", "arbitrary_entropy", "aepo_branching"):
+        assert f"\n  {name} " in proc.stdout
 
 
 def test_config_errors_exit_2_with_one_clear_line(tmp_path: Path) -> None:

@@ -86,8 +86,12 @@ def empg(x: AdvantageInputs, p: Params) -> Tensor:
     n, t = mask.shape
     sid, k_slots = step_ids(mask, p.step_tokens)
     flat = torch.arange(n, device=mask.device).unsqueeze(-1) * k_slots + sid  # [N, T] slot id
-    cnt = torch.zeros(n * k_slots, dtype=torch.float64, device=flat.device).index_add_(0, flat.flatten(), mask.flatten())
-    tot = torch.zeros(n * k_slots, dtype=torch.float64, device=flat.device).index_add_(0, flat.flatten(), (x.old_entropy.double() * mask).flatten())
+    cnt = torch.zeros(n * k_slots, dtype=torch.float64, device=flat.device).index_add_(
+        0, flat.flatten(), mask.flatten()
+    )
+    tot = torch.zeros(n * k_slots, dtype=torch.float64, device=flat.device).index_add_(
+        0, flat.flatten(), (x.old_entropy.double() * mask).flatten()
+    )
     exists = (cnt > 0).view(n, k_slots)
     h = (tot / cnt.clamp_min(1.0)).view(n, k_slots)
     if not exists.any():

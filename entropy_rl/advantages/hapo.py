@@ -61,7 +61,9 @@ def hapo(x: AdvantageInputs, p: Params) -> Tensor:
     tok = torch.zeros(k, dtype=torch.float64, device=inv.device).index_add_(0, inv, length)
     mean = torch.zeros(k, dtype=torch.float64, device=inv.device).index_add_(0, inv, length * r) / tok.clamp_min(1.0)
     dev = r - mean[inv]
-    var = torch.zeros(k, dtype=torch.float64, device=inv.device).index_add_(0, inv, length * dev**2) / tok.clamp_min(1.0)
+    var = torch.zeros(k, dtype=torch.float64, device=inv.device).index_add_(0, inv, length * dev**2) / tok.clamp_min(
+        1.0
+    )
     normed = dev / (var.sqrt()[inv] + p.eps) if p.norm_by_std else dev
     big = ((normed.abs() >= p.fallback_threshold) & (length > 0)).double()
     fallback = (torch.zeros(k, dtype=torch.float64, device=inv.device).index_add_(0, inv, big) > 0)[inv]

@@ -53,6 +53,9 @@ def aggregate(
 
     Returns:
         0-dim loss tensor.
+
+    Raises:
+        ValueError: for an unknown mode.
     """
     mask = mask.to(per_token.dtype)
     if mode == "token-mean":
@@ -101,6 +104,9 @@ def aggregation_weights(
 
     Returns:
         [B, T] non-negative weights, exactly 0 where the mask is 0.
+
+    Raises:
+        ValueError: for an unknown mode.
     """
     m = mask if mask.is_floating_point() else mask.to(torch.get_default_dtype())
     if mode == "token-mean":
@@ -149,10 +155,12 @@ class Aggregation:
 
     def reduce(self, per_token: Tensor, mask: Tensor) -> Tensor:
         """`aggregate(per_token, mask, ...)` with this aggregation: [B, T] -> 0-dim."""
-        return aggregate(per_token, mask, self.mode, num_tokens=self.num_tokens, num_seqs=self.num_seqs,
-                         norm_length=self.norm_length)
+        return aggregate(
+            per_token, mask, self.mode, num_tokens=self.num_tokens, num_seqs=self.num_seqs, norm_length=self.norm_length
+        )
 
     def weights(self, mask: Tensor) -> Tensor:
         """`aggregation_weights(mask, ...)` with this aggregation: [B, T] -> [B, T]."""
-        return aggregation_weights(mask, self.mode, num_tokens=self.num_tokens, num_seqs=self.num_seqs,
-                                   norm_length=self.norm_length)
+        return aggregation_weights(
+            mask, self.mode, num_tokens=self.num_tokens, num_seqs=self.num_seqs, norm_length=self.norm_length
+        )

@@ -17,6 +17,9 @@ def token_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
 
     Returns:
         [...] fp32 entropies in nats.
+
+    Raises:
+        ValueError: if temperature <= 0.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")

@@ -22,10 +22,12 @@ cast to the inputs' dtype for the two gradient matmuls of each tile.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 DEFAULT_CHUNK_TOKENS = 1024  # [1024, V] fp32 is 0.6 GiB at V = 152k (the whole-row path of token_stats)
 CPU_CHUNK_VOCAB = 2048  # [1024, 2048] fp32 tiles (8 MiB): 10-30% less CPU time than 8192 here (docs/LOG.md)
@@ -100,7 +102,7 @@ class LMHeadStats(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx,
+        ctx: Any,
         hidden: Tensor,
         weight: Tensor,
         bias: Tensor | None,
@@ -122,7 +124,7 @@ class LMHeadStats(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, g_logp: Tensor | None, g_ent: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, g_logp: Tensor | None, g_ent: Tensor | None) -> tuple[Tensor | None, ...]:
         """Gradients for hidden, weight and bias; None for the other inputs."""
         hidden, weight, bias, tokens, tau_t, lse, ent = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -130,8 +132,9 @@ class LMHeadStats(torch.autograd.Function):
         if g_logp is None and g_ent is None:
             return (None,) * 8
         tau = ctx.tau if tau_t is None else tau_t
-        grads = backward_tiles(hidden, weight, bias, tokens, tau, lse, ent, g_logp, g_ent, (need_h, need_w, need_b),
-                               *ctx.chunks)
+        grads = backward_tiles(
+            hidden, weight, bias, tokens, tau, lse, ent, g_logp, g_ent, (need_h, need_w, need_b), *ctx.chunks
+        )
         return (*grads, None, None, None, None, None)
 
 
@@ -164,9 +167,9 @@ def forward_tiles(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """logp [N], lse [N] and entropy [N] (or None), fp32, by an online logsumexp over vocabulary chunks."""
     N, V = tokens.shape[0], weight.shape[0]
-    acc = {"dtype": accum_dtype(hidden.dtype), "device": hidden.device}
-    logp, lse = torch.empty(N, **acc), torch.empty(N, **acc)
-    ent = torch.empty(N, **acc) if entropy else None
+    acc_dtype, dev = accum_dtype(hidden.dtype), hidden.device
+    logp, lse = torch.empty(N, dtype=acc_dtype, device=dev), torch.empty(N, dtype=acc_dtype, device=dev)
+    ent = torch.empty(N, dtype=acc_dtype, device=dev) if entropy else None
     for i0 in range(0, N, chunk_tokens):
         i1 = min(i0 + chunk_tokens, N)
         h, tok = hidden[i0:i1], tokens[i0:i1]
@@ -190,10 +193,11 @@ def forward_tiles(
                     A = r * (A + (m - m_new) * S) + A_c
                 S = r * S + S_c
             m = m_new
+        assert m is not None and S is not None and s_y is not None  # V >= 1: the vocabulary loop ran
         log_S = S.log()
         lse[i0:i1] = m + log_S
         logp[i0:i1] = s_y - lse[i0:i1]
-        if entropy:
+        if ent is not None and A is not None:
             ent[i0:i1] = log_S - A / S
     return logp, lse, ent
 
@@ -227,12 +231,12 @@ def backward_tiles(
     f32 = dt == acc  # fp32 (or fp64) inputs: accumulate straight into the gradients
     grad_h = torch.zeros(hidden.shape, dtype=acc, device=dev) if need_h else None
     grad_w = torch.empty_like(weight) if need_w else None
-    grad_b = torch.empty_like(bias) if need_b else None
+    grad_b = torch.empty_like(bias) if need_b and bias is not None else None
     for j0 in range(0, V, chunk_vocab):
         j1 = min(j0 + chunk_vocab, V)
         w_c = weight[j0:j1]
         gw = None
-        if need_w:  # fp32 weights accumulate in place into their gradient's rows
+        if grad_w is not None:  # fp32 weights accumulate in place into their gradient's rows
             gw = grad_w[j0:j1].zero_() if f32 else torch.zeros(j1 - j0, weight.shape[1], dtype=acc, device=dev)
         gb = torch.zeros(j1 - j0, dtype=acc, device=dev) if need_b else None
         for i0 in range(0, N, chunk_tokens):
@@ -247,25 +251,26 @@ def backward_tiles(
                     coef.add_(c_l[i0:i1].unsqueeze(1))
                 dz = p.mul_(coef).neg_()
             else:
+                assert c_l is not None  # backward is only called with at least one output gradient
                 dz = p.mul_(-c_l[i0:i1].unsqueeze(1))
             if c_l is not None:  # + c_l at the sampled token, when it lies in this vocabulary chunk
                 rows = ((tok >= j0) & (tok < j1)).nonzero().squeeze(1)
                 dz.index_put_((rows, tok[rows] - j0), c_l[i0:i1][rows], accumulate=True)
             dz_c = dz if f32 else dz.to(dt)
-            if need_h:
+            if grad_h is not None:
                 if f32:
                     grad_h[i0:i1].addmm_(dz, w_c)
                 else:
                     grad_h[i0:i1] += dz_c @ w_c
-            if need_w:
+            if gw is not None:
                 if f32:
                     gw.addmm_(dz.T, h)
                 else:
                     gw += dz_c.T @ h
-            if need_b:
+            if gb is not None:
                 gb += dz.sum(0)
-        if need_w and not f32:
+        if grad_w is not None and gw is not None and not f32:
             grad_w[j0:j1] = gw
-        if need_b:
+        if grad_b is not None and gb is not None:
             grad_b[j0:j1] = gb
     return (None if grad_h is None else grad_h.to(dt)), grad_w, grad_b

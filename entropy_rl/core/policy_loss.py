@@ -47,7 +47,9 @@ class LossFn(Protocol):
 class SelectFn(Protocol):
     """Per-mini-batch selection under no_grad: (inputs, params, step context, generator) -> TokenWeights."""
 
-    def __call__(self, x: PolicyInputs, p: Any, ctx: StepContext, generator: torch.Generator | None) -> TokenWeights: ...
+    def __call__(
+        self, x: PolicyInputs, p: Any, ctx: StepContext, generator: torch.Generator | None
+    ) -> TokenWeights: ...
 
 
 class FeatureFn(Protocol):
@@ -143,9 +145,13 @@ def register_policy_loss(
     declared = frozenset(inputs)
     unknown = sorted(declared - set(TOKEN_INPUTS) - set(features))
     if unknown:
-        raise ValueError(f"policy loss '{name}': unknown inputs {unknown}; valid: {sorted(TOKEN_INPUTS)} or its features")
+        raise ValueError(
+            f"policy loss '{name}': unknown inputs {unknown}; valid: {sorted(TOKEN_INPUTS)} or its features"
+        )
     if tuple(requires) and make_state is None:
-        raise ValueError(f"policy loss '{name}': `requires` names trainer metrics for a state, but it has no make_state")
+        raise ValueError(
+            f"policy loss '{name}': `requires` names trainer metrics for a state, but it has no make_state"
+        )
 
     def deco(fn: LossFn) -> LossFn:
         import sys
@@ -224,11 +230,13 @@ def policy_loss(
     p = entry.make_params(**params)
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1).expand_as(logp)
-    x = PolicyInputs(logp, old_logp, advantages, mask.to(logp.dtype), entropy, old_entropy, ref_logp, dict(extras or {}))
+    x = PolicyInputs(
+        logp, old_logp, advantages, mask.to(logp.dtype), entropy, old_entropy, ref_logp, dict(extras or {})
+    )
     check_inputs(entry, x)
     if values is None and entry.obj.make_state is not None:
         values = entry.obj.make_state(p).values(p)
-    ctx = StepContext(values, Aggregation(loss_agg_mode))
+    ctx: StepContext = StepContext(values, Aggregation(loss_agg_mode))
     sel = run_select(entry, p, x, ctx, generator)
     out = entry.obj.loss(x, p, sel, ctx)
     out.metrics.update(sel.metrics)

@@ -63,8 +63,8 @@ def clipped_surrogate(
     logp: Tensor,
     old_logp: Tensor,
     adv: Tensor,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
+    eps_low: float | Tensor = 0.2,
+    eps_high: float | Tensor = 0.2,
     clip_ratio_c: float | None = 3.0,
 ) -> Surrogate:
     """PPO per-token loss l_t = max(-A r, -A clip(r, 1-eps_low, 1+eps_high)), dual clip min(l, -c A) for A < 0.
@@ -79,10 +79,13 @@ def clipped_surrogate(
 
     Returns:
         Surrogate with the per-token loss (not masked; callers multiply by the mask via aggregate).
+
+    Raises:
+        ValueError: if clip_ratio_c is not > 1.
     """
     ratio = torch.exp(log_ratio(logp, old_logp))
     loss_unclipped = -adv * ratio
-    loss_clipped = -adv * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    loss_clipped = -adv * torch.clamp(ratio, 1.0 - torch.as_tensor(eps_low), 1.0 + torch.as_tensor(eps_high))
     loss = torch.maximum(loss_unclipped, loss_clipped)
     clip_bound = loss_clipped > loss_unclipped  # the clipped branch is the max: gradient stops
     clipped_low = clip_bound & (adv < 0)

@@ -52,8 +52,11 @@ def brief(value: Any, depth: int = 1) -> str:
         if depth <= 0:
             return f"<{type(value).__name__} of {len(value):,} items>"
         items = list(value.items())[:BRIEF_ITEMS] if isinstance(value, dict) else list(value[:BRIEF_ITEMS])
-        parts = [f"{brief(k, 0)}: {brief(v, depth - 1)}" for k, v in items] if isinstance(value, dict) \
+        parts = (
+            [f"{brief(k, 0)}: {brief(v, depth - 1)}" for k, v in items]
+            if isinstance(value, dict)
             else [brief(v, depth - 1) for v in items]
+        )
         more = f", ... ({len(value):,} items)" if len(value) > BRIEF_ITEMS else ""
         brackets = {dict: "{}", tuple: "()"}.get(type(value), "[]")
         return f"{brackets[0]}{', '.join(parts)}{more}{brackets[1]}"
@@ -109,7 +112,10 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ParamsError(f"{where}: expected a mapping, got {brief(value)}")
         key_tp, value_tp = typing.get_args(tp) or (Any, Any)
-        return {coerce(key_tp, k, f"{where} (key {brief(k)})"): coerce(value_tp, v, f"{where}.{k}") for k, v in value.items()}
+        return {
+            coerce(key_tp, k, f"{where} (key {brief(k)})"): coerce(value_tp, v, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if tp is bool:
         if not isinstance(value, bool):
             raise ParamsError(f"{where}: expected true/false, got {brief(value)}")
@@ -222,9 +228,7 @@ class Registry(Generic[T]):
         except KeyError:
             hint = difflib.get_close_matches(name, self.names(), n=1)
             suffix = f" Did you mean '{hint[0]}'?" if hint else ""
-            raise RegistryError(
-                f"unknown {self.kind} '{name}'. Valid: {', '.join(self.names())}.{suffix}"
-            ) from None
+            raise RegistryError(f"unknown {self.kind} '{name}'. Valid: {', '.join(self.names())}.{suffix}") from None
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

@@ -94,6 +94,9 @@ def token_stats(
 
     Returns:
         TokenStats with logp [B, T] fp32, entropy [B, T] fp32 or None, features {name: [B, T]}.
+
+    Raises:
+        ValueError: on inconsistent shapes, a bad `want_entropy`, `chunk_tokens` < 1 or a temperature <= 0.
     """
     features = dict(features or {})
     check_args(logits_or_hidden, tokens, temperature, lm_head_weight, want_entropy, mask, chunk_tokens)
@@ -104,8 +107,17 @@ def token_stats(
         empty = torch.zeros(B, T, dtype=torch.float32, device=tokens.device)
         return TokenStats(empty, empty.clone() if want_entropy else None, {k: empty.clone() for k in features})
     if lm_head_weight is not None and not features:
-        return kernel_stats(logits_or_hidden, tokens, temperature, lm_head_weight, lm_head_bias, want_entropy, mask,
-                            chunk_tokens, chunk_vocab)
+        return kernel_stats(
+            logits_or_hidden,
+            tokens,
+            temperature,
+            lm_head_weight,
+            lm_head_bias,
+            want_entropy,
+            mask,
+            chunk_tokens,
+            chunk_vocab,
+        )
     # tiles of whole rows (or of one row's positions when T > chunk_tokens): split views, no [B*T, V] reshape copy
     rows, cols = max(1, chunk_tokens // T), min(T, chunk_tokens)
     recompute = torch.is_grad_enabled() and any(
@@ -193,9 +205,17 @@ def kernel_stats(
         tau = tau.index_select(0, keep) if isinstance(tau, Tensor) else tau
     else:
         keep = None  # all kept: no gather
-    logp, entropy = lm_head_stats(flat, weight, tok, tau, bias=bias, entropy=bool(want_entropy),
-                                  chunk_tokens=chunk_tokens, chunk_vocab=chunk_vocab)
-    if want_entropy == "nograd":
+    logp, entropy = lm_head_stats(
+        flat,
+        weight,
+        tok,
+        tau,
+        bias=bias,
+        entropy=bool(want_entropy),
+        chunk_tokens=chunk_tokens,
+        chunk_vocab=chunk_vocab,
+    )
+    if want_entropy == "nograd" and entropy is not None:
         entropy = entropy.detach()  # its backward term is then skipped
 
     def place(v: Tensor) -> Tensor:  # [k] -> [B, T] fp32, 0 off the mask

@@ -52,7 +52,7 @@ class PolicyInputs:
 
     def rows(self, index: slice | Tensor) -> "PolicyInputs":
         """Return the inputs restricted to a subset of sequences (a micro-batch)."""
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         for name in ("logp", "old_logp", "adv", "mask", "entropy", "old_entropy", "ref_logp"):
             value = getattr(self, name)
             kwargs[name] = None if value is None else value[index]
@@ -60,7 +60,7 @@ class PolicyInputs:
 
     def detached(self) -> "PolicyInputs":
         """A copy with every tensor detached (selection runs on these under no_grad)."""
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         for name in ("logp", "old_logp", "adv", "mask", "entropy", "old_entropy", "ref_logp"):
             value = getattr(self, name)
             kwargs[name] = None if value is None else value.detach()

@@ -81,7 +81,9 @@ class Params:
     def __post_init__(self) -> None:
         ppo.check_clip_params(self.eps_low, self.eps_high, self.clip_ratio_c)
         if self.coef < 0 or self.coef_lr < 0 or self.warmup_steps < 0:
-            raise ValueError(f"coef, coef_lr and warmup_steps must be >= 0, got {self.coef}, {self.coef_lr}, {self.warmup_steps}")
+            raise ValueError(
+                f"coef, coef_lr and warmup_steps must be >= 0, got {self.coef}, {self.coef_lr}, {self.warmup_steps}"
+            )
         if not 0.0 <= self.clamp < 1.0:
             raise ValueError(f"clamp must be in [0, 1), got {self.clamp}")
         if self.entropy_low > self.entropy_high:
@@ -90,7 +92,7 @@ class Params:
             raise ValueError(f"need 0 <= coef_min <= coef_max, got {self.coef_min}, {self.coef_max}")
 
 
-def clamped_entropy(logits: Tensor, temperature: float, clamp: float) -> Tensor:
+def clamped_entropy(logits: Tensor, temperature: float | Tensor, clamp: float) -> Tensor:
     """Entropy of softmax(logits / temperature) renormalised after removing the int(V * clamp) lowest logits, fp32.
 
     Args:
@@ -106,12 +108,14 @@ def clamped_entropy(logits: Tensor, temperature: float, clamp: float) -> Tensor:
     if k == 0:
         logq = torch.log_softmax(z, dim=-1)
         return -(logq.exp() * logq).sum(-1)
-    removed = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, z.detach().topk(k, dim=-1, largest=False).indices, True)
+    removed = torch.zeros_like(z, dtype=torch.bool).scatter_(
+        -1, z.detach().topk(k, dim=-1, largest=False).indices, True
+    )
     logq = torch.log_softmax(z.masked_fill(removed, float("-inf")), dim=-1)
     return -(logq.exp() * torch.where(removed, torch.zeros_like(logq), logq)).sum(-1)
 
 
-def clamped_entropy_feature(logits: Tensor, tokens: Tensor, temperature: float, p: Params) -> Tensor:
+def clamped_entropy_feature(logits: Tensor, tokens: Tensor, temperature: float | Tensor, p: Params) -> Tensor:
     """The registered feature: `clamped_entropy` with the method's clamp. Logits [..., V] -> [...]."""
     return clamped_entropy(logits, temperature, p.clamp)
 
@@ -172,8 +176,13 @@ class AEntState:
 
 
 @register_policy_loss(
-    "aent", Params, stage="regularizer", paper="arXiv:2509.03493", neutral={"coef": 0.0, "adaptive": False},
-    cur_features={"clamped_entropy": clamped_entropy_feature}, make_state=AEntState,
+    "aent",
+    Params,
+    stage="regularizer",
+    paper="arXiv:2509.03493",
+    neutral={"coef": 0.0, "adaptive": False},
+    cur_features={"clamped_entropy": clamped_entropy_feature},
+    make_state=AEntState,
 )
 def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext[AEntValues]) -> LossOutput:
     """Per-token PPO loss minus c * H_clamp (with gradient). In: [B, T] each. Out: [B, T], metrics."""

@@ -132,7 +132,11 @@ def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Genera
     dtype = x.logp.dtype
     return TokenWeights(
         {"c_low": c_low.to(dtype).expand(b, 1).clone(), "c_high": c_high.to(dtype).expand(b, 1).clone()},
-        {"method/bapo/c_low": c_low.to(dtype), "method/bapo/c_high": c_high.to(dtype), "method/bapo/pos_share": share.to(dtype)},
+        {
+            "method/bapo/c_low": c_low.to(dtype),
+            "method/bapo/c_high": c_high.to(dtype),
+            "method/bapo/pos_share": share.to(dtype),
+        },
     )
 
 

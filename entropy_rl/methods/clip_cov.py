@@ -44,7 +44,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss

@@ -77,8 +77,10 @@ class Params:
     def bounds(self) -> tuple[float, float]:
         """(delta_low, delta_high) with None replaced by the recipe value of the divergence."""
         default = RECIPE_DELTA[self.divergence]
-        return (default if self.delta_low is None else self.delta_low,
-                default if self.delta_high is None else self.delta_high)
+        return (
+            default if self.delta_low is None else self.delta_low,
+            default if self.delta_high is None else self.delta_high,
+        )
 
 
 def binary_kl(old_logp: Tensor, logp: Tensor) -> Tensor:

@@ -146,23 +146,32 @@ class EntropicState:
         self.alpha = float(state["alpha"])
 
 
-def select(x: PolicyInputs, p: Params, ctx: StepContext[EntropicValues], generator: torch.Generator | None) -> TokenWeights:
+def select(
+    x: PolicyInputs, p: Params, ctx: StepContext[EntropicValues], generator: torch.Generator | None
+) -> TokenWeights:
     """High-probability tokens of the mini-batch and their weights coef = alpha * w_high / a. In: [B, T] each."""
     alpha = ctx.values_as(EntropicValues, "entropic").alpha
     mask = x.mask.float()
     high = mask * (x.logp.float() > math.log(p.high_prob)).float()  # [B, T]
     n_seqs = float(mask.shape[0] if ctx.agg.num_seqs is None else ctx.agg.num_seqs)
     share = mask.shape[0] / n_seqs  # 1 when this call is the whole mini-batch
-    w_high = aggregation_weights(high, ctx.agg.mode, num_tokens=high.sum() / share, num_seqs=n_seqs,
-                                 norm_length=ctx.agg.norm_length)
+    w_high = aggregation_weights(
+        high, ctx.agg.mode, num_tokens=high.sum() / share, num_seqs=n_seqs, norm_length=ctx.agg.norm_length
+    )
     a = ctx.agg.weights(mask)  # the trainer's weight of each valid token
     coef = alpha * torch.where(a > 0, w_high / a.clamp_min(torch.finfo(a.dtype).tiny), torch.zeros_like(a))
     return TokenWeights({"coef": coef}, {"method/entropic/high_frac": high.sum() / mask.sum().clamp_min(1.0)})
 
 
 @register_policy_loss(
-    "entropic", Params, select=select, stage="loss", paper="arXiv:2511.15248", inputs={"old_entropy"},
-    neutral={"kp": 0.0, "ki": 0.0}, make_state=EntropicState,
+    "entropic",
+    Params,
+    select=select,
+    stage="loss",
+    paper="arXiv:2511.15248",
+    inputs={"old_entropy"},
+    neutral={"kp": 0.0, "ki": 0.0},
+    make_state=EntropicState,
 )
 def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext[EntropicValues]) -> LossOutput:
     """Dual-clip PPO loss plus coef * (-r |A|) on the selected tokens. In: [B, T] each. Out: [B, T], metrics."""

@@ -60,7 +60,11 @@ class Params:
 
 
 @register_policy_loss(
-    "entropy_adv", Params, paper="arXiv:2506.14758", inputs={"entropy"}, neutral={"alpha": 0.0},
+    "entropy_adv",
+    Params,
+    paper="arXiv:2506.14758",
+    inputs={"entropy"},
+    neutral={"alpha": 0.0},
 )
 def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
     """PPO clip on the entropy-shaped advantage. In: [B, T] each (entropy used detached). Out: [B, T], metrics."""

@@ -127,8 +127,14 @@ class AdaptiveEntropyState:
 
 
 @register_policy_loss(
-    "entropy_bonus", Params, stage="regularizer", paper="verl entropy_coeff / TRL entropy_coef; arXiv:2505.22312",
-    inputs={"entropy"}, requires=("entropy/token_mean",), neutral={"coef": 0.0}, make_state=AdaptiveEntropyState,
+    "entropy_bonus",
+    Params,
+    stage="regularizer",
+    paper="verl entropy_coeff / TRL entropy_coef; arXiv:2505.22312",
+    inputs={"entropy"},
+    requires=("entropy/token_mean",),
+    neutral={"coef": 0.0},
+    make_state=AdaptiveEntropyState,
 )
 def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext[BonusValues]) -> LossOutput:
     """Per-token PPO loss minus c * H_cur, c = this step's coefficient. In: [B, T] each (entropy with grad)."""

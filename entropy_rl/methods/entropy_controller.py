@@ -188,8 +188,14 @@ def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Genera
 
 
 @register_policy_loss(
-    "entropy_controller", Params, select=select, stage="regularizer", paper="entropy-rl (this toolkit)",
-    inputs={"entropy", "old_entropy"}, requires=("dynamics/dH_pred", "dynamics/dH_per_bonus"), neutral={"coef": 0.0},
+    "entropy_controller",
+    Params,
+    select=select,
+    stage="regularizer",
+    paper="entropy-rl (this toolkit)",
+    inputs={"entropy", "old_entropy"},
+    requires=("dynamics/dH_pred", "dynamics/dH_per_bonus"),
+    neutral={"coef": 0.0},
     make_state=ControllerState,
 )
 def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext[ControllerValues]) -> LossOutput:

@@ -151,8 +151,14 @@ class EpoState:
 
 
 @register_policy_loss(
-    "epo", Params, stage="regularizer", paper="arXiv:2509.22576", inputs={"entropy"}, requires=("entropy/token_mean",),
-    neutral={"coef": 0.0, "smooth_coef": 0.0}, make_state=EpoState,
+    "epo",
+    Params,
+    stage="regularizer",
+    paper="arXiv:2509.22576",
+    inputs={"entropy"},
+    requires=("entropy/token_mean",),
+    neutral={"coef": 0.0, "smooth_coef": 0.0},
+    make_state=EpoState,
 )
 def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext[EpoValues]) -> LossOutput:
     """PPO clip - coef * (H_cur - smooth_coef * w(e) * S). In: [B, T] each (entropy with grad). Out: [B, T]."""
@@ -162,9 +168,10 @@ def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext[EpoValu
     metrics = ppo.surrogate_metrics(s, x.logp, x.old_logp, x.mask)
     h = x.entropy
     metrics["method/epo/entropy"] = masked_mean(h.detach(), x.mask)
-    smoothing = v.history_mean is not None and p.smooth_coef > 0
-    if not smoothing:
-        metrics["method/epo/history_mean"] = zero_scalar(s.loss) if v.history_mean is None else s.loss.new_tensor(v.history_mean)
+    if v.history_mean is None or p.smooth_coef <= 0:  # no smoothing
+        metrics["method/epo/history_mean"] = (
+            zero_scalar(s.loss) if v.history_mean is None else s.loss.new_tensor(v.history_mean)
+        )
         metrics["method/epo/smooth_weight"] = zero_scalar(s.loss)
         metrics["method/epo/out_of_band_frac"] = zero_scalar(s.loss)
         metrics["method/epo/smooth_penalty"] = zero_scalar(s.loss)

@@ -60,12 +60,16 @@ class Params:
 
 
 @register_policy_loss(
-    "erc", Params, paper="arXiv:2512.05591", inputs={"entropy", "old_entropy"},
+    "erc",
+    Params,
+    paper="arXiv:2512.05591",
+    inputs={"entropy", "old_entropy"},
     neutral={"h_ratio_low": 0.0, "h_ratio_high": 1e30},
 )
 def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
     """PPO loss, detached where the entropy ratio is out of bounds. In: [B, T] each. Out: loss [B, T], metrics."""
     s = ppo.clipped_surrogate(x.logp, x.old_logp, x.adv, p.eps_low, p.eps_high, p.clip_ratio_c)
+    assert x.entropy is not None and x.old_entropy is not None  # declared inputs, checked by check_inputs
     with torch.no_grad():
         rho = (x.entropy + ENTROPY_EPS) / (x.old_entropy + ENTROPY_EPS)  # [B, T]
         keep = (rho > p.h_ratio_low) & (rho < p.h_ratio_high)

@@ -68,5 +68,7 @@ def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> Los
     metrics["policy/ratio_mean"] = masked_mean(s.ratio.detach(), x.mask)  # the sequence ratio, token-weighted
     with torch.no_grad():
         has = (x.mask.sum(-1) > 0).to(seq_lr.dtype)
-        metrics["method/gspo/seq_ratio_mean"] = (torch.exp(seq_lr.clamp(max=MAX_LOG_SEQ_RATIO)) * has).sum() / has.sum().clamp_min(1.0)
+        metrics["method/gspo/seq_ratio_mean"] = (
+            torch.exp(seq_lr.clamp(max=MAX_LOG_SEQ_RATIO)) * has
+        ).sum() / has.sum().clamp_min(1.0)
     return LossOutput(s.loss, metrics)

@@ -103,8 +103,11 @@ def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Genera
     h_hat, median = entropy_score(ent, x.mask, p.entropy_pivot, p.signed_entropy)
     return TokenWeights(
         {"h_hat": h_hat},
-        {"method/hapo/log_entropy_pivot": median, "method/hapo/h_hat_mean": masked_mean(h_hat, x.mask),
-         "method/hapo/high_frac": masked_mean((h_hat > 0).to(h_hat.dtype), x.mask)},
+        {
+            "method/hapo/log_entropy_pivot": median,
+            "method/hapo/h_hat_mean": masked_mean(h_hat, x.mask),
+            "method/hapo/high_frac": masked_mean((h_hat > 0).to(h_hat.dtype), x.mask),
+        },
     )
 
 

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
@@ -130,6 +129,8 @@ def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> Los
             "policy/clipfrac": zero,  # KL-Cov never clips
             "policy/approx_kl": masked_mean(torch.exp(lr) - 1.0 - lr, x.mask),
             "policy/ratio_mean": masked_mean(ratio, x.mask),
-            "method/kl_cov/penalty_mean": masked_mean(torch.where(penalize, penalty, torch.zeros_like(penalty)), x.mask),
+            "method/kl_cov/penalty_mean": masked_mean(
+                torch.where(penalize, penalty, torch.zeros_like(penalty)), x.mask
+            ),
         }
     return LossOutput(per_token, metrics)

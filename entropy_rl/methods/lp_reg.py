@@ -65,7 +65,10 @@ MASKED_LOGIT = -1e4  # "hard" masking of the official apply_min_p
 
 
 def min_p_proxy_logp(
-    logits: Tensor, tokens: Tensor, temperature: float | Tensor, kappa: float = FEATURE_KAPPA,
+    logits: Tensor,
+    tokens: Tensor,
+    temperature: float | Tensor,
+    kappa: float = FEATURE_KAPPA,
     regular_type: str = FEATURE_REGULAR_TYPE,
 ) -> Tensor:
     """log pi_proxy(o_t): min-p filter on the un-tempered probs, masked logits -> -1e4, tempered log-softmax.
@@ -157,8 +160,13 @@ def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Genera
 
 
 @register_policy_loss(
-    "lp_reg", Params, select=select, stage="regularizer", paper="arXiv:2510.03222",
-    neutral={"rho_neg": 0.0, "rho_pos": 0.0}, old_features={"lp_proxy": lp_proxy_feature},
+    "lp_reg",
+    Params,
+    select=select,
+    stage="regularizer",
+    paper="arXiv:2510.03222",
+    neutral={"rho_neg": 0.0, "rho_pos": 0.0},
+    old_features={"lp_proxy": lp_proxy_feature},
 )
 def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:
     """PPO clip; on selected tokens -A r + beta * k3(logp, lp_proxy). In: [B, T] each. Out: [B, T], metrics."""

@@ -158,7 +158,9 @@ def inverse_aggregation_weight(mask: Tensor, ctx: StepContext) -> Tensor:
     return torch.where(a > 0, 1.0 / (a * n_seqs), torch.zeros_like(a))
 
 
-def select(x: PolicyInputs, p: Params, ctx: StepContext[SirenValues], generator: torch.Generator | None) -> TokenWeights:
+def select(
+    x: PolicyInputs, p: Params, ctx: StepContext[SirenValues], generator: torch.Generator | None
+) -> TokenWeights:
     """Peak mask, H_sel over the mini-batch, and the per-token weights that turn the penalty into a loss."""
     h = x.extras["topp_entropy"].detach().float()
     s = peak_mask(h, x.mask, p.mask_ratio)
@@ -216,8 +218,14 @@ class SirenState:
 
 
 @register_policy_loss(
-    "siren", Params, select=select, stage="regularizer", paper="arXiv:2509.25133", neutral={"coef": 0.0},
-    cur_features={"topp_entropy": topp_entropy_feature}, make_state=SirenState,
+    "siren",
+    Params,
+    select=select,
+    stage="regularizer",
+    paper="arXiv:2509.25133",
+    neutral={"coef": 0.0},
+    cur_features={"topp_entropy": topp_entropy_feature},
+    make_state=SirenState,
 )
 def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext[SirenValues]) -> LossOutput:
     """PPO clip plus the linearised anchored penalty on peak tokens. In: [B, T] each. Out: [B, T], metrics."""

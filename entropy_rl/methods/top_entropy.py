@@ -49,7 +49,7 @@ import torch
 
 from entropy_rl.core import ppo
 from entropy_rl.core.policy_loss import register_policy_loss
-from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, masked_mean, zero_scalar
+from entropy_rl.core.types import LossOutput, PolicyInputs, StepContext, TokenWeights, zero_scalar
 
 NORMALIZE = ("all_tokens", "selected_tokens")
 ENTROPY_SOURCES = ("old", "current")
@@ -109,7 +109,11 @@ def select(x: PolicyInputs, p: Params, ctx: StepContext, generator: torch.Genera
 
 
 @register_policy_loss(
-    "top_entropy", Params, select=select, paper="arXiv:2506.01939", inputs={"old_entropy", "entropy"},
+    "top_entropy",
+    Params,
+    select=select,
+    paper="arXiv:2506.01939",
+    inputs={"old_entropy", "entropy"},
     neutral={"rho": 1.0},
 )
 def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:

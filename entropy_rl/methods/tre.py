@@ -98,7 +98,7 @@ def renormalised_entropy(z: Tensor, keep: Tensor | None = None) -> Tensor:
     return -(logq.exp() * torch.where(keep, logq, torch.zeros_like(logq))).sum(-1)
 
 
-def trust_region_entropy(logits: Tensor, temperature: float, p: Params) -> Tensor:
+def trust_region_entropy(logits: Tensor, temperature: float | Tensor, p: Params) -> Tensor:
     """TRE-K or TRE-P entropy of softmax(logits / temperature), rescaled to the full-vocabulary range, fp32.
 
     Args:
@@ -127,13 +127,17 @@ def trust_region_entropy(logits: Tensor, temperature: float, p: Params) -> Tenso
     return torch.where(count > 1, h, torch.zeros_like(h))
 
 
-def tre_entropy_feature(logits: Tensor, tokens: Tensor, temperature: float, p: Params) -> Tensor:
+def tre_entropy_feature(logits: Tensor, tokens: Tensor, temperature: float | Tensor, p: Params) -> Tensor:
     """The registered feature: `trust_region_entropy` with the method's region. Logits [..., V] -> [...]."""
     return trust_region_entropy(logits, temperature, p)
 
 
 @register_policy_loss(
-    "tre", Params, stage="regularizer", paper="arXiv:2602.03635", neutral={"coef": 0.0},
+    "tre",
+    Params,
+    stage="regularizer",
+    paper="arXiv:2602.03635",
+    neutral={"coef": 0.0},
     cur_features={"tre_entropy": tre_entropy_feature},
 )
 def loss(x: PolicyInputs, p: Params, sel: TokenWeights, ctx: StepContext) -> LossOutput:

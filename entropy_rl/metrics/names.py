@@ -96,6 +96,14 @@ METRICS: dict[str, str] = {
         "sequence were non-finite after optimizer.step(); parameters and optimizer state restored to their "
         "pre-step values (count)"
     ),
+    "rollout/tokens_generated": (
+        "tokens sampled by every generation call of the step's rollout strategy, up to and including EOS, kept in "
+        "the batch or not; a branch's copied prefix is not counted again: the generation budget (tokens)"
+    ),
+    "rollout/branches": "rows of the rollout batch that continue another row's prefix (branches) (count)",
+    "rollout/scored_tokens": (
+        "tokens of the extra no-grad scoring passes the rollout strategy ran to read entropies (tokens)"
+    ),
     "rollout/logp_mismatch": "mean |sampling log-prob - pre-update-pass log-prob| over response tokens: rollout vs trainer numerics (nats)",
     "rollout/logp_diff_mean": (
         "mean over response tokens of |engine sampling log-prob - trainer log-prob| (pre-update pass, same tau): "
@@ -145,6 +153,7 @@ PATTERNS: dict[str, str] = {
     ),
     "timing/*": "wall time of a named phase of the step (seconds)",
     "method/<name>/*": "metric specific to entropy method <name>, defined in that method's module docstring (unit given there)",
+    "rollout/<name>/*": "metric specific to rollout strategy <name>, defined in that strategy's module docstring (unit given there)",
 }
 
 

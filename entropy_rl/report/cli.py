@@ -7,9 +7,9 @@ from pathlib import Path
 
 
 def default_out(run_dirs: list[Path]) -> Path:
-    """RUN_DIR/report for one run, else <common parent>/report."""
+    """RUN_DIR/report for one run (LOG_report beside a verl LOG.jsonl), else <common parent>/report."""
     if len(run_dirs) == 1:
-        return run_dirs[0] / "report"
+        return run_dirs[0].with_name(run_dirs[0].stem + "_report") if run_dirs[0].is_file() else run_dirs[0] / "report"
     parents = [d.resolve().parts for d in run_dirs]
     common = []
     for parts in zip(*parents):
@@ -22,11 +22,14 @@ def default_out(run_dirs: list[Path]) -> Path:
 def cmd_report(args: argparse.Namespace) -> int:
     """Write report.html (+ PNGs) for the given run directories and print its path."""
     from entropy_rl.report import write_report
+    from entropy_rl.report.external_verl import is_verl_log
+    from entropy_rl.report.trl_log import is_trl_run
 
     run_dirs = [Path(d) for d in args.run_dirs]
     for d in run_dirs:
-        if not (d / "metrics.jsonl").is_file():
-            raise FileNotFoundError(f"{d}: no metrics.jsonl (not a run directory?)")
+        if not (d / "metrics.jsonl").is_file() and not is_verl_log(d) and not is_trl_run(d):
+            raise FileNotFoundError(f"{d}: no metrics.jsonl (not a run directory?), not a verl file-logger JSONL, "
+                                    "nor a TRL output directory with trainer_state.json")
     labels = [s.strip() for s in args.labels.split(",")] if getattr(args, "labels", None) else None
     if labels is not None and len(labels) != len(run_dirs):
         raise SystemExit(f"entropy-rl report: --labels has {len(labels)} names for {len(run_dirs)} run directories")

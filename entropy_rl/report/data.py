@@ -22,6 +22,8 @@ import yaml
 
 from entropy_rl.metrics.dynamics import fit_entropy_performance_law, pearson
 from entropy_rl.metrics.sinks import read_jsonl
+from entropy_rl.report.external_verl import load_verl_run
+from entropy_rl.report.trl_log import is_trl_run, load_trl_rows
 
 __all__ = ["RunData", "load_run", "series", "paired", "pass_keys", "headline", "HEADLINE_COLUMNS",
            "CORR_KEYS", "window", "load_completions", "pass_story"]
@@ -68,9 +70,18 @@ def _finite(v: Any) -> bool:
 
 
 def load_run(run_dir: Path, label: str) -> RunData:
-    """Read metrics.jsonl, config.yaml and token_entropy/*.json of one run; missing parts are noted, not raised."""
+    """Read metrics.jsonl, config.yaml and token_entropy/*.json of one run; missing parts are noted, not raised.
+
+    A TRL output directory (`report.trl_log.is_trl_run`) gives its trainer_state.json log history instead.
+    """
     run_dir = Path(run_dir)
+    if run_dir.suffix == ".jsonl" and run_dir.is_file():  # a verl run's file-logger JSONL (external_verl)
+        return load_verl_run(run_dir, label)
     run = RunData(run_dir, label, [], {})
+    if is_trl_run(run_dir):  # a TRL output directory: trainer_state.json mapped onto our keys
+        run.rows, run.config, notes = load_trl_rows(run_dir)
+        run.problems += notes
+        return run
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         run.rows = sorted((r for r in read_jsonl(metrics) if _finite(r.get("step"))), key=lambda r: r["step"])

@@ -61,6 +61,16 @@ class RolloutBatch:
         group_index: [B] int64, the prompt group of each row (rows of a group need not be contiguous).
         temperature: [B, T] fp32 sampling temperature of each response token (what `sampling_logp` and the
             trainer's tempered log-probs and entropy divide the logits by).
+        shared_prefix_mask: [B, T] float, 1 on response tokens copied from another row of the batch (a branch's
+            prefix, sampled once), or None (no shared tokens). Rollout strategies that branch set it.
+        train_shared_prefix: whether the loss trains the copied prefix tokens in every row that holds them (True,
+            e.g. AEPO) or only in the row that sampled them (False, e.g. CURE); see `loss_mask`.
+        fixed_advantage: [B] fp32, the advantage of rows that take a fixed one (NaN elsewhere), or None. Rows with
+            a finite value take no part in the advantage estimator (AEPO's injected REINFORCE samples: +1).
+        train_temperature: [B, T] fp32 temperature the trainer scores each token at, or None (= `temperature`).
+            It differs from `temperature` only where a strategy samples at one temperature and trains at another
+            (AEPO: tempered samples trained under the training temperature); there the trainer's log-probs differ
+            from `sampling_logp` by design.
     """
 
     prompt_ids: Tensor
@@ -72,6 +82,10 @@ class RolloutBatch:
     truncated: Tensor
     group_index: Tensor
     temperature: Tensor
+    shared_prefix_mask: Tensor | None = None
+    train_shared_prefix: bool = True
+    fixed_advantage: Tensor | None = None
+    train_temperature: Tensor | None = None
 
     @property
     def input_ids(self) -> Tensor:
@@ -87,14 +101,39 @@ class RolloutBatch:
         B, T = self.response_ids.shape
         if self.group_index.shape != (B,):
             raise ValueError(f"group_index must be [B] = [{B}], got {tuple(self.group_index.shape)}")
-        if self.temperature.shape != (B, T):
-            raise ValueError(f"temperature must be [B, T] = [{B}, {T}], got {tuple(self.temperature.shape)}")
+        for name in ("temperature", "shared_prefix_mask", "train_temperature"):
+            value = getattr(self, name)
+            if value is not None and value.shape != (B, T):
+                raise ValueError(f"{name} must be [B, T] = [{B}, {T}], got {tuple(value.shape)}")
+        if self.fixed_advantage is not None and self.fixed_advantage.shape != (B,):
+            raise ValueError(f"fixed_advantage must be [B] = [{B}], got {tuple(self.fixed_advantage.shape)}")
+
+    @property
+    def loss_mask(self) -> Tensor:
+        """[B, T] the tokens the loss trains: `response_mask`, less the copied prefix tokens when
+        `train_shared_prefix` is False (so each shared token counts once, in the row that sampled it)."""
+        if self.shared_prefix_mask is None or self.train_shared_prefix:
+            return self.response_mask
+        return self.response_mask * (1 - self.shared_prefix_mask.to(self.response_mask.dtype))
+
+    @property
+    def score_temperature(self) -> Tensor:
+        """[B, T] the temperature the trainer scores at: `train_temperature`, else `temperature`."""
+        return self.temperature if self.train_temperature is None else self.train_temperature
+
+    @property
+    def fixed_rows(self) -> Tensor:
+        """[B] bool, rows whose advantage is fixed (`fixed_advantage` finite); the estimator sees the others."""
+        if self.fixed_advantage is None:
+            return torch.zeros(self.response_ids.shape[0], dtype=torch.bool, device=self.response_ids.device)
+        return torch.isfinite(self.fixed_advantage)
 
     def uniform_temperature(self) -> float | None:
-        """The one temperature every response token was sampled at, or None when it varies per token."""
-        values = self.temperature[self.response_mask.bool()]
+        """The one temperature every response token is scored at (`score_temperature`), or None when it varies."""
+        temperature = self.score_temperature
+        values = temperature[self.response_mask.bool()]
         if values.numel() == 0:
-            return float(self.temperature.flatten()[0]) if self.temperature.numel() else None
+            return float(temperature.flatten()[0]) if temperature.numel() else None
         first = float(values[0])
         return first if bool((values == first).all()) else None
 

@@ -20,9 +20,10 @@ from exactly the weights being trained (after an SFT warm start or a resume too)
   and a resumed run (which restores that RNG) samples what the uninterrupted run would have, up to the
   kernels' numerics. Building the engine leaves the Python, NumPy and torch RNGs as they were (vLLM reseeds
   them when it starts).
-- Memory: on a GPU the engine sleeps after each generation (level 1: weights to CPU, KV cache dropped) so the
-  update has the memory, and wakes in the next `sync_weights` or `generate`. Where vLLM has no sleep mode
-  (its CPU build) the engine stays awake.
+- Memory: `release()` (the trainer calls it once the step's rollouts are done, before scoring and the update)
+  puts the engine to sleep on a GPU (level 1: weights to CPU memory, KV cache dropped), so the update has the
+  memory; the next `sync_weights` or `generate` wakes it. Where vLLM has no sleep mode (its CPU build), or with
+  `sleep: false`, `release()` does nothing.
 
 Limits: dense models whose in-memory parameter names are their checkpoint names (Qwen2, Llama, ...); LoRA
 adapters (peft) are not synced (a clear error). Stops at the tokenizer's `eos_token_id`, like the `hf` engine.
@@ -67,7 +68,7 @@ class VllmParams:
             the trainer (model, gradients, optimizer state) needs the rest.
         kv_cache_gib: KV-cache size in GiB; 0 lets vLLM size it from gpu_memory_utilization on a GPU and
             takes 1 GiB on CPU.
-        sleep: free the engine's GPU memory during the update (sleep level 1) where vLLM supports it.
+        sleep: `release()` frees the engine's GPU memory for the update (sleep level 1) where vLLM supports it.
         enforce_eager: no CUDA graphs (slower decoding, faster start, less memory).
         llm_kwargs: further keyword arguments of `vllm.LLM` (e.g. max_model_len, max_num_seqs, block_size).
     """
@@ -233,9 +234,6 @@ class VllmEngine:
         self.wake()
         outputs = self.llm.generate([self.vllm.TokensPrompt(prompt_token_ids=ids) for ids in rows], requests,
                                     use_tqdm=False)
-        if self.sleeps:
-            self.llm.sleep(level=1)
-            self.asleep = True
         completions = [out.outputs[0] for out in outputs]
         return self.to_batch(rows, [list(c.token_ids) for c in completions],
                              [[step[t].logprob for step, t in zip(c.logprobs, c.token_ids)] for c in completions],
@@ -269,6 +267,13 @@ class VllmEngine:
             self.llm.collective_rpc("reload_weights",
                                     kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
+
+    def release(self) -> None:
+        """Free the engine's GPU memory (sleep level 1) until the next `generate` or `sync_weights`, where vLLM
+        supports sleeping and `sleep` is on; otherwise nothing."""
+        if self.sleeps and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
 
     def wake(self) -> None:
         """Bring a sleeping engine's weights and KV cache back to the GPU (level 1 sleep keeps the weights)."""

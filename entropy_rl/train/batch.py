@@ -96,14 +96,14 @@ class ScoredBatch:
 def scoring_temperature(batch: RolloutBatch) -> float | Tensor:
     """The temperature the trainer divides logits by: the batch's one value, or its [B, T] tensor when it varies."""
     uniform = batch.uniform_temperature()
-    return batch.temperature if uniform is None else uniform
+    return batch.score_temperature if uniform is None else uniform
 
 
 def score_batch(model: PreTrainedModel, ref_model: PreTrainedModel | None, batch: RolloutBatch, chunk: int,
                 features: tuple[tuple[str, FeatureFn], ...], params: Any) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor | None]:
     """The pre-update pass: (old_logp, H_old, features, ref_logp), each [B, T], no grad, in chunks of rows."""
     tau = scoring_temperature(batch)
-    ids, attn, P, mask = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1], batch.response_mask
+    ids, attn, P, mask = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1], batch.response_mask  # every sampled token
     old_logp, old_entropy, extras = score_in_chunks(model, ids, attn, P, tau, chunk, features, params, mask=mask)
     ref_logp = None if ref_model is None else score_in_chunks(ref_model, ids, attn, P, tau, chunk, mask=mask)[0]
     return old_logp, old_entropy, extras, ref_logp
@@ -119,3 +119,21 @@ def row_order(n_seqs: int, mini_batches: int, seed: int, device: torch.device) -
     if mini_batches == 1:
         return torch.arange(n_seqs, device=device)
     return torch.randperm(n_seqs, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def batch_advantages(name: str, params: Mapping[str, Any], rewards: Tensor, batch: RolloutBatch, mask: Tensor,
+                     old_entropy: Tensor) -> Tensor:
+    """Per-token advantages [B, T]: the estimator over the rows a strategy did not fix (`batch.fixed_rows`), the
+    fixed rows' own advantage elsewhere; 0 off `mask`."""
+    from entropy_rl.core.advantage import compute_advantages
+
+    fixed = batch.fixed_rows
+    if not bool(fixed.any()):
+        adv = compute_advantages(name, rewards, batch.group_index, mask=mask, old_entropy=old_entropy, **params)
+        return per_token_advantages(adv, mask)
+    free = ~fixed
+    part = per_token_advantages(compute_advantages(name, rewards[free], batch.group_index[free], mask=mask[free],
+                                                   old_entropy=old_entropy[free], **params), mask[free])
+    adv = batch.fixed_advantage.to(mask.dtype).unsqueeze(-1) * mask  # [B, T]
+    adv[free] = part
+    return adv

@@ -100,9 +100,9 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], ignore: frozenset[str]
 
 def warm_start_settings(cfg: Config) -> dict[str, Any]:
     """What an SFT warm start depends on: the model, task and sft sections, the seed and device, and the sampling
-    settings of its accuracy check (the rollout section without the RL batch shape)."""
+    settings of its accuracy check (the rollout section without the RL batch shape and the RL rollout strategy)."""
     d = to_dict(cfg)
-    batch_shape = ("prompts_per_step", "group_size")
+    batch_shape = ("prompts_per_step", "group_size", "strategy", "strategy_params")
     return {"model": d["model"], "task": d["task"], "sft": d["sft"],
             "train": {"seed": d["train"]["seed"], "device": d["train"]["device"]},
             "rollout": {k: v for k, v in d["rollout"].items() if k not in batch_shape}}

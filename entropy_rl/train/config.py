@@ -94,6 +94,8 @@ class RolloutConfig:
     top_k: int = 0  # 0 disables
     max_new_tokens: int = 16  # response length cap
     engine: str = "hf"  # rollout engine (registry key): hf (Hugging Face generate on the training model)
+    strategy: str = "plain"  # rollout strategy (registry key; `entropy-rl methods` lists them)
+    strategy_params: dict[str, Any] = field(default_factory=dict)  # its Params fields
 
 
 @dataclass
@@ -588,6 +590,7 @@ def validate(cfg: Config) -> None:
         entries["task.name"].parse_params(cfg.task.params, "task.params")
     except ParamsError as e:
         raise ConfigError(str(e)) from None
+    check_strategy(r.strategy, r.strategy_params)
     if getattr(adv_params, "scale_by_std", False):
         need(r.group_size >= 2, "rollout.group_size", "GRPO std scaling needs groups of >= 2 responses (a group of 1 has no std)")
 
@@ -601,6 +604,19 @@ def validate(cfg: Config) -> None:
     positions = check_model(cfg.model, vocab=len(task.alphabet) + 3)
     check_context(cfg, task, policy_tokenizer(cfg, task), positions)
     validate_method_requirements(cfg)
+
+
+def check_strategy(name: str, params: dict[str, Any]) -> None:
+    """`rollout.strategy` is registered and `rollout.strategy_params` fit its Params (ConfigError naming the key)."""
+    from entropy_rl.core.registry import RegistryError
+    from entropy_rl.rollout.strategies import make_strategy
+
+    try:
+        make_strategy(name, params)
+    except RegistryError as e:
+        raise ConfigError(f"rollout.strategy: {e}") from None
+    except ParamsError as e:
+        raise ConfigError(str(e)) from None
 
 
 def policy_tokenizer(cfg: Config, task: Any) -> Any:

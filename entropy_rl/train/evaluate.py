@@ -12,14 +12,18 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from entropy_rl.metrics.dynamics import pass_at_k
+from entropy_rl.rollout.base import RolloutBatch
 from entropy_rl.rollout.hf import SamplingParams, generate
 from entropy_rl.tasks.base import Problem, Task
 from entropy_rl.train import checkpoint as ckpt
+
+SampleFn = Callable[[PreTrainedModel, PreTrainedTokenizerBase, list[str], SamplingParams], RolloutBatch]
 
 
 def pass_k_values(k_max: int) -> list[int]:
@@ -57,9 +61,13 @@ def evaluate(
     sampling: SamplingParams,
     seed: int,
     prefix: str = "eval",
+    sample_fn: SampleFn | None = None,
 ) -> dict[str, float]:
     """Sample `samples` responses per problem at the rollout settings; the CPU RNG and the model's CUDA
     device RNG are forked and seeded, so evaluating never changes the training trajectory.
+
+    `sample_fn(model, tokenizer, prompts, sampling)` replaces plain sampling (`generate`), e.g. Top-H decoding
+    (`entropy-rl eval --top-h ALPHA`, entropy_rl/rollout/strategies/top_h.py).
 
     Returns:
         {prefix/accuracy: mean fraction correct, prefix/pass@k for k in 1, 2, 4, ..., samples, prefix/maj@k for
@@ -70,7 +78,10 @@ def evaluate(
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        batch = generate(model, tokenizer, prompts, sampling, batch_size=512)
+        if sample_fn is None:
+            batch = generate(model, tokenizer, prompts, sampling, batch_size=512)
+        else:
+            batch = sample_fn(model, tokenizer, prompts, sampling)
     results = [task.reward(problems[i // samples], text) for i, text in enumerate(batch.texts)]
     correct = [r.score > 0.5 for r in results]
     counts = [sum(correct[i * samples : (i + 1) * samples]) for i in range(len(problems))]

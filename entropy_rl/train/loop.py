@@ -17,12 +17,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from tqdm import tqdm
 
-from entropy_rl.core.advantage import compute_advantages, group_stats
+from entropy_rl.core.advantage import group_stats
 from entropy_rl.core.aggregate import Aggregation
 from entropy_rl.core.policy_loss import MethodState, PolicyLossMethod, get_policy_loss, step_context
 from entropy_rl.core.registry import Entry
@@ -39,12 +39,13 @@ from entropy_rl.models.build import (TinyModelSpec, build_tiny_model, enable_gra
 from entropy_rl.models.char_tokenizer import build_char_tokenizer
 from entropy_rl.presets import flatten
 from entropy_rl.rollout.base import RolloutBatch, RolloutEngine, SamplingParams, make_engine
+from entropy_rl.rollout.strategies import RolloutStrategy, make_strategy
 from entropy_rl.tasks import make_task
 from entropy_rl.tasks.base import DEFAULT_SCORE_RANGE, Problem, RewardResult, validate_result
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, ConfigError, check_context, save_config, to_dict
 from entropy_rl.train.entropy_probe import measure_after_update, probe_before_update
-from entropy_rl.train.batch import ScoredBatch, per_token_advantages, score_batch, scoring_temperature, seed_for
+from entropy_rl.train.batch import ScoredBatch, batch_advantages, score_batch, scoring_temperature, seed_for
 from entropy_rl.train.evaluate import eval_at_step
 from entropy_rl.train.guard import UpdateGuard
 from entropy_rl.train.rundir import RunLock, open_run_dir
@@ -205,6 +206,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     engine: RolloutEngine
+    strategy: RolloutStrategy
     sinks: MetricSink
     eval_set: list
     guard: UpdateGuard
@@ -225,6 +227,7 @@ class Run:
             "rng": ckpt.rng_state(),
             "skipped_total": self.skipped_total,
             "method_state": self.state.state_dict() if self.state is not None else None,
+            "strategy_state": self.strategy.state_dict(),
         }
         ckpt.save_checkpoint(self.run_dir, step, self.model, self.tokenizer, trainer_state,
                              keep=self.cfg.train.keep_checkpoints, min_free_bytes=int(self.cfg.train.min_free_gb * 2**30))
@@ -259,7 +262,8 @@ def start_run(cfg: Config, run_dir: Path, progress: bool, resume: bool) -> Run:
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, o.warmup_steps)))
     run = Run(cfg, run_dir, log, task, method, params, state, model, tokenizer, ref_model, optimizer, scheduler,
-              make_engine(cfg.rollout.engine, model, tokenizer), MultiSink([]),
+              make_engine(cfg.rollout.engine, model, tokenizer), make_strategy(cfg.rollout.strategy, cfg.rollout.strategy_params),
+              MultiSink([]),
               task.prompts("eval", cfg.train.eval_problems, seed=cfg.train.seed) if cfg.train.eval_every else [],
               UpdateGuard(model, optimizer))  # the guard rolls back an optimizer step that leaves anything non-finite
     if latest is not None:
@@ -269,6 +273,7 @@ def start_run(cfg: Config, run_dir: Path, progress: bool, resume: bool) -> Run:
         run.start_step, run.skipped_total = saved["step"], saved.get("skipped_total", 0)
         if state is not None:
             state.load_state_dict(saved["method_state"])
+        run.strategy.load_state_dict(saved.get("strategy_state") or {})
         truncate_jsonl(run_dir / "metrics.jsonl", run.start_step)
         log(f"resumed from {latest} at step {run.start_step}")
     elif resume:
@@ -300,21 +305,30 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
         with timed(m, "timing/step_s"):
             # ---- rollout and reward ----
             problems = run.task.prompts("train", P, seed=seed_for("prompts", t.seed, step))
+            score_range = getattr(run.task, "score_range", DEFAULT_SCORE_RANGE)
+
+            def verify(rows: Sequence[int], texts: Sequence[str]) -> list[RewardResult]:
+                return checked_rewards(run.task, [problems[i] for i in rows], list(texts), score_range, run.log)
+
+            def reward_fn(rows: Sequence[int], texts: Sequence[str]) -> torch.Tensor:  # for strategies that read rewards
+                return torch.tensor([r.score for r in verify(rows, texts)], dtype=torch.float32)
+
             with timed(m, "timing/generate_s"):
-                batch = run.engine.generate([p.prompt for p in problems], sampling, group_size=G)
+                batch, strategy_metrics = run.strategy.generate(run.engine, model, run.tokenizer, [p.prompt for p in problems],
+                                                                sampling, group_size=G, step=step, reward_fn=reward_fn,
+                                                                score_chunk=micro)
+            m.update(strategy_metrics)
             with timed(m, "timing/reward_s"):
-                results = checked_rewards(run.task, [problems[g] for g in batch.group_index.tolist()], batch.texts,
-                                          getattr(run.task, "score_range", DEFAULT_SCORE_RANGE), run.log)
+                results = verify(batch.group_index.tolist(), batch.texts)
                 rewards = torch.tensor([r.score for r in results], dtype=torch.float32, device=batch.response_mask.device)
 
             # ---- pre-update pass (entropy metrics are measured here), advantages ----
             with timed(m, "timing/score_s"):
                 old_logp, old_entropy, extras, ref_logp = score_batch(model, run.ref_model, batch, micro, features, params)
-            mask = batch.response_mask  # [B, T]
-            adv = compute_advantages(cfg.algorithm.advantage, rewards, batch.group_index, mask=mask, old_entropy=old_entropy,
-                                     **cfg.algorithm.advantage_params)
+            mask = batch.loss_mask  # [B, T] the trained tokens (a branch's copied prefix is trained once, in its source)
+            adv = batch_advantages(cfg.algorithm.advantage, cfg.algorithm.advantage_params, rewards, batch, mask, old_entropy)
             scored = ScoredBatch(batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1], scoring_temperature(batch),
-                                 mask, old_logp, old_entropy, per_token_advantages(adv, mask), ref_logp, extras)
+                                 mask, old_logp, old_entropy, adv, ref_logp, extras)
 
             # ---- metrics of the rollout batch, before the update ----
             m.update(batch_metrics(batch, results, rewards, scored, t.high_entropy_threshold))

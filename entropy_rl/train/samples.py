@@ -41,8 +41,8 @@ def completion_records(
 
     Args:
         step: training step.
-        problems: the P prompts of the step; response i answers problems[i // group_size].
-        group_size: responses per prompt (G).
+        problems: the P prompts of the step; response i answers problems[batch.group_index[i]].
+        group_size: responses per prompt of plain sampling (G); unused, groups come from `batch.group_index`.
         batch: the rollout batch (B = P * G rows).
         results: the verifier's result per response (B).
         adv: [B, T] advantage per token, zero off the response mask.
@@ -56,6 +56,7 @@ def completion_records(
     rows = range(min(n, len(batch.texts)))
     mask = batch.response_mask[: len(rows)].bool().cpu()  # [n, T]
     ids, adv, entropy = batch.response_ids[: len(rows)].cpu(), adv[: len(rows)].cpu(), entropy[: len(rows)].float().cpu()
+    groups = batch.group_index.tolist()
     out = []
     for i in rows:
         m = mask[i]
@@ -64,8 +65,8 @@ def completion_records(
         out.append({
             "step": step,
             "index": i,
-            "group": i // group_size,
-            "prompt": problems[i // group_size].prompt,
+            "group": groups[i],
+            "prompt": problems[groups[i]].prompt,
             "completion": batch.texts[i],
             "reward": float(result.score),
             "reason": result.reason,

@@ -12,7 +12,6 @@ from entropy_rl.core import ppo
 from entropy_rl.core.aggregate import aggregate
 from entropy_rl.core.policy_loss import POLICY_LOSSES, get_policy_loss, policy_loss, run_select
 from entropy_rl.core.types import PolicyInputs, StepContext, TokenWeights
-from entropy_rl.methods import clip_cov
 from entropy_rl.methods.clip_cov import Params, n_to_detach
 from entropy_rl.presets import resolve
 

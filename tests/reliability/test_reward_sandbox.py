@@ -261,10 +261,10 @@ def test_score_range_is_per_task() -> None:
 
 @pytest.mark.parametrize("params, match", [
     ({"score_range": [1, 0]}, "score_range must be two finite numbers"),
-    ({"score_range": [0, "x"]}, "score_range must be two finite numbers"),
-    ({"score_range": [0, float("inf")]}, "score_range must be two finite numbers"),
+    ({"score_range": [0, "x"]}, r"score_range\[1\]: expected a number"),  # the typed-params check names the element
+    ({"score_range": [0, float("inf")]}, r"score_range\[1\]: expected a finite number"),
     ({"memory_mb": -1}, "memory_mb must be an integer >= 0"),
-    ({"memory_mb": 1.5}, "memory_mb must be an integer >= 0"),
+    ({"memory_mb": 1.5}, "memory_mb: expected an integer"),
 ])
 def test_python_fn_score_range_and_memory_validation(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

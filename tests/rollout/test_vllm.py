@@ -13,6 +13,7 @@ import random
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -129,6 +130,60 @@ def test_token_id_prompts_and_text_prompts_sample_the_same(policy, engine) -> No
     torch.manual_seed(4)
     c = engine.generate(texts, SAMPLING, group_size=2)
     assert not torch.equal(a.response_ids, c.response_ids)  # the seeds come from the torch RNG
+
+
+class RecordingLLM:
+    """Stands in for `vllm.LLM` where no GPU is at hand: records the calls; every response is token 5 then EOS."""
+
+    def __init__(self, eos: int) -> None:
+        self.eos, self.calls = eos, []
+
+    def sleep(self, level: int) -> None:
+        self.calls.append(f"sleep{level}")
+
+    def wake_up(self) -> None:
+        self.calls.append("wake")
+
+    def collective_rpc(self, method: str, kwargs: dict) -> None:
+        self.calls.append(f"{method}:{len(list(kwargs['weights_iterator']))}")
+
+    def reset_prefix_cache(self) -> None:
+        self.calls.append("reset")
+
+    def generate(self, prompts: list, params: list, use_tqdm: bool) -> list:
+        self.calls.append(f"generate:{len(prompts)}")
+        lp = {5: SimpleNamespace(logprob=-0.5), self.eos: SimpleNamespace(logprob=-1.5)}
+        done = SimpleNamespace(token_ids=[5, self.eos], logprobs=[{5: lp[5]}, {self.eos: lp[self.eos]}])
+        return [SimpleNamespace(outputs=[done]) for _ in prompts]
+
+
+def recording_engine(tok, sleeps: bool) -> VllmEngine:
+    """A VllmEngine around RecordingLLM (vLLM itself is not needed), sleeping as on a GPU when `sleeps`."""
+    engine = VllmEngine.__new__(VllmEngine)
+    engine.vllm = SimpleNamespace(SamplingParams=dict, TokensPrompt=dict)
+    engine.tokenizer, engine.device, engine.llm = tok, torch.device("cpu"), RecordingLLM(tok.eos_token_id)
+    engine.sleeps, engine.asleep = sleeps, False
+    return engine
+
+
+def test_release_sleeps_once_and_sync_or_generate_wake_the_engine_first(policy) -> None:
+    """The GPU memory cycle, checked without a GPU: the update runs with the engine asleep, and no weight load
+    or generation reaches a sleeping engine."""
+    model, tok = policy
+    engine = recording_engine(tok, sleeps=True)
+    engine.release()
+    engine.release()
+    engine.sync_weights(model)
+    engine.release()
+    batch = engine.generate(["12>"], SAMPLING, group_size=2)
+    n_tensors = len(model.state_dict())
+    assert engine.llm.calls == ["sleep1", "wake", f"reload_weights:{n_tensors}", "reset", "sleep1", "wake", "generate:2"]
+    assert batch.response_mask[:, :3].tolist() == [[1, 1, 0]] * 2 and not batch.truncated.any()
+    assert batch.sampling_logp[:, :3].tolist() == [[-0.5, -1.5, 0.0]] * 2
+    assert batch.response_ids[0, 2:].eq(tok.pad_token_id).all() and batch.group_index.tolist() == [0, 0]
+    awake = recording_engine(tok, sleeps=False)  # vLLM's CPU build, or sleep: false
+    awake.release()
+    assert awake.llm.calls == []
 
 
 def test_starting_the_engine_leaves_rngs_and_set_num_threads_alone(engine) -> None:

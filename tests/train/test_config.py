@@ -32,6 +32,10 @@ REPO = Path(__file__).resolve().parents[2]
         (["nokey"], "not of the form key.path=value"),
         (["algorithm.method=siren", "algorithm.method_params={loss_agg_mode: seq-mean-token-mean}"],
          "algorithm.method_params: unknown parameter 'loss_agg_mode' of siren"),  # the trainer's, in the step context
+        (["rollout.strategy=cur"], "rollout.strategy: unknown rollout strategy 'cur'.*Did you mean 'cure'"),
+        (["rollout.strategy=cure", "rollout.strategy_params={branchs: 2}"],
+         "rollout.strategy_params: unknown parameter 'branchs' of cure; did you mean 'branches'"),
+        (["rollout.strategy=top_h", "rollout.strategy_params={alpha: 1.5}"], r"rollout.strategy_params: alpha must be in \(0, 1\]"),
         (["algorithm.method=entropy_controller", "train.dynamics_every=0"],
          "algorithm.method: 'entropy_controller' needs trainer metric 'dynamics/dH_pred' at every step; set train.dynamics_every=1"),
     ],

@@ -148,3 +148,33 @@ def test_evaluate_reports_maj_at_k_next_to_pass_at_k(monkeypatch: pytest.MonkeyP
     assert out["eval/maj@2"] == 0.5  # a: "1" (tie, first seen) correct; b: "5" vs "2", "5" first -> wrong
     assert out["eval/maj@4"] == 0.5  # a: "9" wrong; b: "2" correct
     assert "eval/maj@1" not in out and "eval/pass@4" in out
+
+
+def test_eval_with_top_h(warm_model_dir: Path, capsys) -> None:
+    """`--top-h 1` keeps every candidate (top_n >= V): the same numbers as plain sampling; a small alpha samples
+    through Top-H (fewer candidates) and a bad alpha is a one-line error."""
+    args = ["eval", str(warm_model_dir), "--task", "arithmetic", "--task-params", "ops=+", "max_digits=1",
+            "--problems", "8", "--samples", "4", "--max-new-tokens", "6", "--seed", "2"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*args, "--top-h", "1"]) == 0
+    assert json.loads(capsys.readouterr().out) == plain
+    calls = []
+
+    def sample_fn(model, tok, prompts, sampling):
+        from entropy_rl.rollout.strategies.top_h import Params, top_h_generate
+
+        calls.append(len(prompts))
+        return top_h_generate(model, tok, prompts, sampling, Params(alpha=0.05))
+
+    model, tok = load_pretrained(warm_model_dir)
+    task = make_task("arithmetic", ops="+", max_digits=1)
+    from entropy_rl.rollout import SamplingParams
+
+    out = evaluate(model, tok, task, task.prompts("eval", 8, seed=2), 4, SamplingParams(max_new_tokens=6), seed=2,
+                   sample_fn=sample_fn)
+    assert calls == [32] and set(out) == set(plain)
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own usage error
+        main([*args, "--top-h", "0"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "argument --top-h: must be in (0, 1], got 0.0" in err and "Traceback" not in err

@@ -10,7 +10,7 @@ import torch
 
 from entropy_rl.metrics.names import is_known
 from entropy_rl.metrics.sinks import read_jsonl
-from entropy_rl.train import loop, update
+from entropy_rl.train import update
 from entropy_rl.train.checkpoint import latest_checkpoint, list_checkpoints
 from entropy_rl.train.loop import TrainingStopped, train
 
@@ -109,7 +109,7 @@ def test_kl_to_reference_is_logged(tiny_config, run_dir: Path) -> None:
     assert all("policy/kl_ref" in r for r in read_jsonl(run_dir / "metrics.jsonl"))
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
 def test_non_finite_losses_skip_updates_and_stop_the_run(tiny_config, run_dir: Path, monkeypatch) -> None:
     monkeypatch.setattr(update, "aggregate", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingStopped, match="3 consecutive"):
