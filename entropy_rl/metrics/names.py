@@ -105,6 +105,11 @@ METRICS: dict[str, str] = {
         "tokens of the extra no-grad scoring passes the rollout strategy ran to read entropies (tokens)"
     ),
     "rollout/logp_mismatch": "mean |sampling log-prob - pre-update-pass log-prob| over response tokens: rollout vs trainer numerics (nats)",
+    "rollout/logp_diff_mean": (
+        "mean over response tokens of |engine sampling log-prob - trainer log-prob| (pre-update pass, same tau): "
+        "large values mean the rollout engine and the trainer disagree (stale weights, numerics) (nats)"
+    ),
+    "rollout/logp_diff_max": "max over response tokens of |engine sampling log-prob - trainer log-prob| (nats)",
     "policy/loss": "policy loss of the step, mean over optimizer mini-batches of the aggregated loss (loss units)",
     "policy/clipfrac": "fraction of response tokens whose ratio was clipped at either bound (fraction)",
     "policy/clipfrac_low": "fraction of response tokens clipped at the lower bound 1 - eps_low (A < 0) (fraction)",

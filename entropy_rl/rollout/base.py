@@ -164,3 +164,20 @@ def make_engine(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenize
 def contiguous_groups(n_prompts: int, group_size: int, device: torch.device | None = None) -> Tensor:
     """[n_prompts * group_size] group index of prompts repeated group_size times in a row: 0,0,..,1,1,..."""
     return torch.arange(n_prompts * group_size, device=device) // group_size
+
+
+def logp_diff_metrics(sampling_logp: Tensor, trainer_logp: Tensor, mask: Tensor) -> dict[str, float]:
+    """How far the engine's sampling log-probs are from the trainer's recomputation, over response tokens.
+
+    Args:
+        sampling_logp: [B, T] fp32 log-probs the engine sampled with (`RolloutBatch.sampling_logp`).
+        trainer_logp: [B, T] the trainer's log-probs of the same tokens at the same temperature (pre-update pass).
+        mask: [B, T] response mask.
+
+    Returns:
+        {"rollout/logp_diff_mean": mean |diff|, "rollout/logp_diff_max": max |diff|} in nats; 0 with no tokens.
+    """
+    diff = (sampling_logp.float() - trainer_logp.float()).abs()[mask.bool()]  # [n]
+    if diff.numel() == 0:
+        return {"rollout/logp_diff_mean": 0.0, "rollout/logp_diff_max": 0.0}
+    return {"rollout/logp_diff_mean": float(diff.mean()), "rollout/logp_diff_max": float(diff.max())}

@@ -575,6 +575,8 @@ def validate(cfg: Config) -> None:
     import entropy_rl.rollout.hf  # noqa: F401  (registers the built-in engine)
 
     need(r.engine in ENGINES, "rollout.engine", f"unknown rollout engine {brief(r.engine)}; valid: {', '.join(ENGINES.names())}")
+    need(r.engine != "vllm" or importlib.util.find_spec("vllm") is not None, "rollout.engine",
+         "the vllm engine needs vLLM: pip install entropy-rl[vllm]")
     entries = {}
     for where, getter, name in (("algorithm.method", get_policy_loss, a.method),
                                 ("algorithm.advantage", get_advantage, a.advantage), ("task.name", TASKS.get, cfg.task.name)):
