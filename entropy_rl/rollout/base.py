@@ -149,6 +149,10 @@ class RolloutEngine(Protocol):
         """Make the engine sample from `model`'s current weights (called after every optimizer step)."""
         ...
 
+    def release(self) -> None:
+        """Free what the engine holds while the trainer updates (vLLM sleeps on GPU); the next call wakes it."""
+        ...
+
 
 EngineFactory = Callable[[PreTrainedModel, PreTrainedTokenizerBase], RolloutEngine]
 ENGINES: Registry[EngineFactory] = Registry("rollout engine")

@@ -178,6 +178,9 @@ class HfEngine:
         batch = generate(self.model, self.tokenizer, rows, sampling)
         return replace(batch, group_index=contiguous_groups(len(prompts), group_size, batch.group_index.device))
 
+    def release(self) -> None:
+        """Nothing to free: the engine holds no memory of its own between calls."""
+
     def sync_weights(self, model: PreTrainedModel) -> None:
         """Nothing to copy: the engine samples from the training model."""
         self.model = model

@@ -38,7 +38,7 @@ from entropy_rl.models.build import (TinyModelSpec, build_tiny_model, enable_gra
                                      save_pretrained)
 from entropy_rl.models.char_tokenizer import build_char_tokenizer
 from entropy_rl.presets import flatten
-from entropy_rl.rollout.base import RolloutBatch, RolloutEngine, SamplingParams, make_engine
+from entropy_rl.rollout.base import RolloutBatch, RolloutEngine, SamplingParams, logp_diff_metrics, make_engine
 from entropy_rl.rollout.strategies import RolloutStrategy, make_strategy
 from entropy_rl.tasks import make_task
 from entropy_rl.tasks.base import DEFAULT_SCORE_RANGE, Problem, RewardResult, validate_result
@@ -318,6 +318,7 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
                                                                 sampling, group_size=G, step=step, reward_fn=reward_fn,
                                                                 score_chunk=micro)
             m.update(strategy_metrics)
+            run.engine.release()  # e.g. vLLM sleeps on GPU through scoring and the update; sync_weights wakes it
             with timed(m, "timing/reward_s"):
                 results = verify(batch.group_index.tolist(), batch.texts)
                 rewards = torch.tensor([r.score for r in results], dtype=torch.float32, device=batch.response_mask.device)
@@ -332,6 +333,7 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
 
             # ---- metrics of the rollout batch, before the update ----
             m.update(batch_metrics(batch, results, rewards, scored, t.high_entropy_threshold))
+            m.update(logp_diff_metrics(batch.sampling_logp, old_logp, batch.response_mask))
             run.law_points.append((m["entropy/token_mean"], m["reward/mean"]))
             m.update(law_metrics(run.law_points))
             if state is not None:  # first show the state this batch (anchors, histories), then take this step's values
