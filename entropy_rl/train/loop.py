@@ -333,7 +333,6 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
 
             # ---- metrics of the rollout batch, before the update ----
             m.update(batch_metrics(batch, results, rewards, scored, t.high_entropy_threshold))
-            m.update(logp_diff_metrics(batch.sampling_logp, old_logp, batch.response_mask))
             run.law_points.append((m["entropy/token_mean"], m["reward/mean"]))
             m.update(law_metrics(run.law_points))
             if state is not None:  # first show the state this batch (anchors, histories), then take this step's values
@@ -472,8 +471,10 @@ def rollout_metrics(batch: RolloutBatch, results: list, rewards: torch.Tensor, c
         "rollout/response_len_mean": float(lengths.mean()),
         "rollout/response_len_max": float(lengths.max()),
         "rollout/truncated_frac": float(batch.truncated.float().mean()),
-        "rollout/logp_mismatch": float(((batch.sampling_logp - old_logp).abs() * mask).sum() / mask.sum().clamp_min(1)),
         "train/tokens": float(mask.sum()),
     }
     m.update(distinct_answers_by_group([r.answer for r in results], correct.tolist(), batch.group_index.tolist()))
+    diff = logp_diff_metrics(batch.sampling_logp, old_logp, mask)  # engine vs trainer log-probs, computed once
+    m.update(diff)
+    m["rollout/logp_mismatch"] = diff["rollout/logp_diff_mean"]  # the older name of the same quantity
     return m
