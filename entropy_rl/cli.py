@@ -1,8 +1,8 @@
 """The `entropy-rl` command: demo | train | sft | eval | compare | report | methods | validate.
 
 Errors print one line `entropy-rl CMD: error: ...` and exit 2 for bad input (config, task or dataset,
-paths) or 1 when a run fails (disk full, a run that stopped itself); set ENTROPY_RL_DEBUG=1 to get the
-traceback instead. Any other exception is a bug and prints its traceback.
+paths, a missing or too-old optional extra) or 1 when a run fails (disk full, a run that stopped itself);
+set ENTROPY_RL_DEBUG=1 to get the traceback instead. Any other exception is a bug and prints its traceback.
 """
 
 from __future__ import annotations
@@ -380,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError) as e:
         if debug:  # bad paths, task and dataset errors (ValueError: a bad row, a bad task parameter)
+            raise
+        print(f"entropy-rl {args.command}: error: {clip(str(e))}{hint}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # a missing or too-old optional extra (vLLM, TRL, verl): the message names the fix
+        if debug:
             raise
         print(f"entropy-rl {args.command}: error: {clip(str(e))}{hint}", file=sys.stderr)
         return 2

@@ -112,8 +112,10 @@ def raise_from_validate(monkeypatch: pytest.MonkeyPatch, error: BaseException) -
         (NotADirectoryError(errno.ENOTDIR, "Not a directory", "/tmp/afile/sub"), 2, "/tmp/afile/sub"),
         (ValueError("jsonl: /data/d.jsonl:7: bad line: empty prompt"), 2, "/data/d.jsonl:7"),
         (RuntimeError("stopped at step 5: 3 consecutive steps had non-finite losses"), 1, "stopped at step 5"),
+        (ImportError("rollout.engine=vllm needs vLLM >= 0.32 (in-place weight reload), found 0.31.2: install "
+                     "entropy-rl[vllm]"), 2, "found 0.31.2: install entropy-rl[vllm]"),
     ],
-    ids=["disk-full", "io-error", "permission", "not-a-directory", "task-value-error", "run-stopped"],
+    ids=["disk-full", "io-error", "permission", "not-a-directory", "task-value-error", "run-stopped", "old-extra"],
 )
 def test_runtime_and_input_errors_print_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                                  error: BaseException, code: int, text: str) -> None:

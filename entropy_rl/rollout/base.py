@@ -10,7 +10,7 @@ from the current policy (a no-op for `hf`, which samples from the training model
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -154,15 +154,22 @@ class RolloutEngine(Protocol):
         ...
 
 
-EngineFactory = Callable[[PreTrainedModel, PreTrainedTokenizerBase], RolloutEngine]
+EngineFactory = Callable[[PreTrainedModel, PreTrainedTokenizerBase, Any], RolloutEngine]  # (model, tokenizer, params)
 ENGINES: Registry[EngineFactory] = Registry("rollout engine")
 
 
-def make_engine(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
-    """The engine registered as `name` (`rollout.engine`), built for this policy and tokenizer."""
+def make_engine(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                params: Mapping[str, Any] | None = None) -> RolloutEngine:
+    """The engine registered as `name` (`rollout.engine`), built for this policy and tokenizer.
+
+    Args:
+        params: the engine's settings (`rollout.engine_params`), checked against its registered Params class
+            (ParamsError naming `rollout.engine_params.<field>`); None or {} gives the defaults.
+    """
     import entropy_rl.rollout.hf  # noqa: F401  (registers the built-in engine)
 
-    return ENGINES.get(name).obj(model, tokenizer)
+    entry = ENGINES.get(name)
+    return entry.obj(model, tokenizer, entry.parse_params(params or {}, "rollout.engine_params"))
 
 
 def contiguous_groups(n_prompts: int, group_size: int, device: torch.device | None = None) -> Tensor:

@@ -169,8 +169,8 @@ class HfEngine:
     It holds no copy of the weights, so `sync_weights` only re-points it at the model it is given.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, params: HfParams | None = None) -> None:
+        self.model, self.tokenizer, self.params = model, tokenizer, params or HfParams()
 
     def generate(self, prompts: Prompts, sampling: SamplingParams, group_size: int = 1) -> RolloutBatch:
         """`group_size` responses per prompt, rows of a group contiguous; group_index = row // group_size."""

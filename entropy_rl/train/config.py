@@ -93,7 +93,8 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus mass
     top_k: int = 0  # 0 disables
     max_new_tokens: int = 16  # response length cap
-    engine: str = "hf"  # rollout engine (registry key): hf (Hugging Face generate on the training model)
+    engine: str = "hf"  # rollout engine (registry key): hf (Hugging Face generate on the training model) or vllm
+    engine_params: dict[str, Any] = field(default_factory=dict)  # its Params fields (e.g. vllm: gpu_memory_utilization)
     strategy: str = "plain"  # rollout strategy (registry key; `entropy-rl methods` lists them)
     strategy_params: dict[str, Any] = field(default_factory=dict)  # its Params fields
 
@@ -577,6 +578,10 @@ def validate(cfg: Config) -> None:
     need(r.engine in ENGINES, "rollout.engine", f"unknown rollout engine {brief(r.engine)}; valid: {', '.join(ENGINES.names())}")
     need(r.engine != "vllm" or importlib.util.find_spec("vllm") is not None, "rollout.engine",
          "the vllm engine needs vLLM: pip install entropy-rl[vllm]")
+    try:
+        ENGINES.get(r.engine).parse_params(r.engine_params, "rollout.engine_params")
+    except ParamsError as e:
+        raise ConfigError(str(e)) from None
     entries = {}
     for where, getter, name in (("algorithm.method", get_policy_loss, a.method),
                                 ("algorithm.advantage", get_advantage, a.advantage), ("task.name", TASKS.get, cfg.task.name)):

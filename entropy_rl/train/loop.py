@@ -262,7 +262,7 @@ def start_run(cfg: Config, run_dir: Path, progress: bool, resume: bool) -> Run:
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, o.warmup_steps)))
     run = Run(cfg, run_dir, log, task, method, params, state, model, tokenizer, ref_model, optimizer, scheduler,
-              make_engine(cfg.rollout.engine, model, tokenizer), make_strategy(cfg.rollout.strategy, cfg.rollout.strategy_params),
+              make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.engine_params), make_strategy(cfg.rollout.strategy, cfg.rollout.strategy_params),
               MultiSink([]),
               task.prompts("eval", cfg.train.eval_problems, seed=cfg.train.seed) if cfg.train.eval_every else [],
               UpdateGuard(model, optimizer))  # the guard rolls back an optimizer step that leaves anything non-finite

@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from entropy_rl.core.registry import RegistryError
+from entropy_rl.core.registry import ParamsError, RegistryError
 from entropy_rl.models import TinyModelSpec, build_char_tokenizer, build_tiny_model
 from entropy_rl.rollout import ENGINES, HfEngine, SamplingParams, generate, make_engine
-from entropy_rl.rollout.hf import concat_rollouts
+from entropy_rl.rollout.hf import HfParams, concat_rollouts
+from entropy_rl.train.config import ConfigError, load_config
+from tiny_setup import TINY  # noqa: E402  (tests/ is on sys.path via conftest)
 
 SPEC = TinyModelSpec(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64)
 
@@ -74,3 +76,15 @@ def test_per_token_temperature_and_group_checks(policy) -> None:
 def test_unknown_engine_is_a_clear_error(policy) -> None:
     with pytest.raises(RegistryError, match="unknown rollout engine 'vlm'"):
         make_engine("vlm", *policy)
+
+
+def test_engine_params_reach_the_engine_and_unknown_ones_are_named(policy) -> None:
+    engine = make_engine("hf", *policy, {})
+    assert isinstance(engine, HfEngine) and engine.params == HfParams()
+    with pytest.raises(ParamsError, match=r"rollout.engine_params: unknown parameter 'kv_cache_gib' of hf"):
+        make_engine("hf", *policy, {"kv_cache_gib": 1.0})
+
+
+def test_the_config_checks_engine_params_against_the_engine() -> None:
+    with pytest.raises(ConfigError, match=r"rollout.engine_params: unknown parameter 'sleep' of hf"):
+        load_config(None, [*TINY, "rollout.engine_params={sleep: false}"])

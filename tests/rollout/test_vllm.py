@@ -269,6 +269,14 @@ def test_the_config_refuses_the_vllm_engine_without_vllm_in_one_line(monkeypatch
         load_config(None, [*TINY, "rollout.engine=vllm"])
 
 
+def test_engine_params_are_set_and_checked_from_the_config() -> None:
+    cfg = load_config(None, [*TINY, "rollout.engine=vllm",
+                             "rollout.engine_params={kv_cache_gib: 0.0625, enforce_eager: true, sleep: false}"])
+    assert cfg.rollout.engine_params == {"kv_cache_gib": 0.0625, "enforce_eager": True, "sleep": False}
+    with pytest.raises(ConfigError, match=r"rollout.engine_params.*gpu_memory_utilization must be in \(0, 1\]"):
+        load_config(None, [*TINY, "rollout.engine=vllm", "rollout.engine_params={gpu_memory_utilization: 2.0}"])
+
+
 def test_a_vllm_older_than_the_weight_reload_is_refused(policy, monkeypatch: pytest.MonkeyPatch) -> None:
     vllm = pytest.importorskip("vllm")
     monkeypatch.setattr(vllm, "__version__", "0.31.2")
