@@ -183,7 +183,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     split_config_arg(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     compare(args.config, args.overrides, methods, args.seeds, args.out, jobs=args.jobs, methods_dir=args.methods_dir,
-            baseline=args.baseline)
+            baseline=args.baseline, equal_tokens=args.equal_tokens)
     return 0
 
 
@@ -335,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a directory of your own variants <name>.yaml (partial configs); they win over the packaged ones")
     p.add_argument("--baseline", default=None,
                    help="the method the summary compares the others with (default ppo_clip if compared, else the first)")
+    p.add_argument("--equal-tokens", action="store_true",
+                   help="summarise every run up to the smallest run's total of tokens generated (equal generation "
+                        "budget, e.g. across rollout strategies)")
     p.set_defaults(fn=cmd_compare)
 
     from entropy_rl.report.cli import cmd_report  # light import (argparse, pathlib only)

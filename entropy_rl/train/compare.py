@@ -46,7 +46,9 @@ from entropy_rl.presets import REGISTRY_SOURCE, Variant, check_name, flatten, re
 from entropy_rl.train.checkpoint import COMPLETE, latest_checkpoint
 from entropy_rl.train.config import Config, ConfigError, from_dict, load_config, save_config, to_dict, validate
 
-SUMMARY_KEYS = ("final_entropy", "final_reward", "pass@1", "pass@8", "steps_to_half_entropy", "wall_s")
+SUMMARY_KEYS = ("final_entropy", "final_reward", "pass@1", "pass@8", "steps_to_half_entropy", "wall_s",
+                "tokens_generated", "steps")
+TOKENS_KEY = "rollout/tokens_generated"  # every token the step's generation calls sampled (strategies' cost)
 IGNORED_KEYS = frozenset({"train.threads"})  # compare sets it from --jobs; a resumed run keeps its own value
 RESERVED_NAMES = frozenset({"report"})  # <out>/report is the HTML report, not a method's run directories
 SFT_DIR = "_sft"  # <out>/_sft/<hash>: warm starts (a method name cannot start with '_')
@@ -229,12 +231,40 @@ def run_one(spec: RunSpec) -> tuple[RunSpec, int, str]:
     return spec, proc.returncode, proc.stderr[-2000:]
 
 
-def summarize_run(run_dir: Path) -> dict[str, float | None]:
-    """Final entropy / reward (mean of the last 10 steps), last eval pass@1 / pass@8, steps until the entropy
-    first falls to half its first-5-step mean, and the summed step wall time."""
+def run_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The RL steps' metric rows of a run (step >= 1; step 0 is the warm start's eval); [] if it has none."""
     logged = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
-    rows = [r for r in logged if r.get("step", 0) >= 1]  # RL steps; step 0 is the warm start's eval
-    if not rows:  # the run failed before its first step
+    return [r for r in logged if r.get("step", 0) >= 1]
+
+
+def total_tokens(rows: list[dict[str, Any]]) -> float | None:
+    """Sum of `rollout/tokens_generated` over the rows, None when a row lacks it (a run from before the metric)."""
+    values = [r.get(TOKENS_KEY) for r in rows]
+    return float(sum(values)) if values and all(v is not None for v in values) else None
+
+
+def within_budget(rows: list[dict[str, Any]], budget: float) -> list[dict[str, Any]]:
+    """The leading rows whose cumulative `rollout/tokens_generated` stays <= budget (tokens)."""
+    kept, spent = [], 0.0
+    for r in rows:
+        spent += r.get(TOKENS_KEY, math.inf)
+        if spent > budget:
+            break
+        kept.append(r)
+    return kept
+
+
+def summarize_run(run_dir: Path, token_budget: float | None = None) -> dict[str, float | None]:
+    """Final entropy / reward (mean of the last 10 steps), last eval pass@1 / pass@8, steps until the entropy
+    first falls to half its first-5-step mean, the summed step wall time and the tokens generated.
+
+    With `token_budget` (tokens), only the steps up to the last one whose cumulative tokens generated stay
+    within it count (pass@k: the last eval among them): runs are compared at an equal generation budget.
+    """
+    rows = run_rows(run_dir)
+    if token_budget is not None:
+        rows = within_budget(rows, token_budget)
+    if not rows:  # the run failed before its first step (or its first step is over the budget)
         return {k: None for k in SUMMARY_KEYS}
     tail = rows[-10:]
     h0 = statistics.mean(r["entropy/token_mean"] for r in rows[:5])
@@ -247,7 +277,21 @@ def summarize_run(run_dir: Path) -> dict[str, float | None]:
         "pass@8": evals[-1].get("eval/pass@8") if evals else None,
         "steps_to_half_entropy": half,
         "wall_s": sum(r.get("timing/step_s", 0.0) for r in rows),
+        "tokens_generated": total_tokens(rows),
+        "steps": float(rows[-1]["step"]),
     }
+
+
+def equal_token_budget(run_dirs: list[Path]) -> float:
+    """The generation budget every run can be held to: the smallest total of tokens generated (ConfigError when
+    a run has no steps or lacks `rollout/tokens_generated`)."""
+    totals = []
+    for d in run_dirs:
+        total = total_tokens(run_rows(d))
+        if total is None:
+            raise ConfigError(f"--equal-tokens: {d} has no steps with {TOKENS_KEY} (failed, or from an older version)")
+        totals.append(total)
+    return min(totals)
 
 
 def finite(values: list[float | None]) -> list[float]:
@@ -354,7 +398,7 @@ def choose_baseline(methods: list[str], baseline: str | None) -> str:
 
 def _fmt(key: str) -> str:
     """Format spec of a summary key's values: whole steps and seconds, else 3 decimals."""
-    return ".0f" if key in ("wall_s", "steps_to_half_entropy") else ".3f"
+    return ".0f" if key in ("wall_s", "steps_to_half_entropy", "tokens_generated", "steps") else ".3f"
 
 
 def stats_cell(key: str, st: MetricStats, runs: int) -> str:
@@ -461,18 +505,20 @@ def describe(variant: Variant) -> str:
     return f"{variant.source}{what}: {', '.join(settings(variant.overrides))}"
 
 
-def write_summary(specs: list[RunSpec], out_dir: Path, baseline: str | None = None) -> str:
+def write_summary(specs: list[RunSpec], out_dir: Path, baseline: str | None = None, equal_tokens: bool = False) -> str:
     """Write summary.json and summary.md; return the markdown.
 
     summary.json, per method: what the name resolved to ("variant", "settings"), per run its seed, directory,
-    config hash and summary ("runs"), and the statistics over seeds ("stats", "vs_baseline": see summary_stats).
-    summary.md: the statistics (summary_markdown), then what each name resolved to. `baseline` as in
-    choose_baseline.
+    config hash and summary ("runs"), and the statistics over seeds ("stats", "vs_baseline": see summary_stats);
+    with `equal_tokens`, "token_budget" too. summary.md: the statistics (summary_markdown), then what each name
+    resolved to. `baseline` as in choose_baseline. `equal_tokens`: every run is summarised up to the smallest
+    total of tokens generated among them (equal_token_budget), so strategies are compared at equal cost.
     """
     results: dict[str, list[dict[str, float | None]]] = {}
     entries: dict[str, dict[str, Any]] = {}
+    budget = equal_token_budget([s.run_dir for s in specs]) if equal_tokens else None
     for spec in specs:
-        summary = summarize_run(spec.run_dir)
+        summary = summarize_run(spec.run_dir, budget)
         results.setdefault(spec.method, []).append(summary)
         entry = entries.setdefault(spec.method, {"variant": spec.variant.source, "settings": spec.variant.overrides,
                                                  "runs": []})
@@ -480,11 +526,14 @@ def write_summary(specs: list[RunSpec], out_dir: Path, baseline: str | None = No
                               "config_sha256": config_hash(to_dict(spec.cfg)), **summary})
     base = choose_baseline(list(results), baseline)
     for method, st in summary_stats(results, base).items():
-        entries[method].update(st)
+        entries[method].update(st, **({"token_budget": budget} if budget is not None else {}))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(entries, indent=2))
     variants = {s.method: s.variant for s in specs}
-    table = summary_markdown(results, base) + "\n\n" + "\n".join(f"- `{name}`: {describe(v)}"
+    held = (f"Held at an equal generation budget (--equal-tokens): {budget:.0f} tokens generated per run, the "
+            "smallest run's total; each run counts only its steps within it (`steps`), pass@k is its last eval "
+            "among them.\n\n" if budget is not None else "")
+    table = held + summary_markdown(results, base) + "\n\n" + "\n".join(f"- `{name}`: {describe(v)}"
                                                                     for name, v in variants.items())
     (out_dir / "summary.md").write_text(table + "\n")
     return table
@@ -492,7 +541,7 @@ def write_summary(specs: list[RunSpec], out_dir: Path, baseline: str | None = No
 
 def compare(config: str | None, overrides: list[str], methods: list[str], seeds: int, out_dir: str | Path | None = None,
             jobs: int = 1, methods_dir: str | Path | None = None, baseline: str | None = None,
-            log: Callable[[str], None] = print) -> Path:
+            equal_tokens: bool = False, log: Callable[[str], None] = print) -> Path:
     """Run methods x seeds (skipping finished runs), then write summary.json / summary.md (and a report).
 
     Everything is checked before anything is trained or written: the counts, the method names, every run's
@@ -508,6 +557,7 @@ def compare(config: str | None, overrides: list[str], methods: list[str], seeds:
         methods_dir: a directory of user variants (win over the packaged ones), or None.
         baseline: the method the summary compares the others with; None: ppo_clip if among `methods`, else the
             first.
+        equal_tokens: summarise every run at the smallest run's total of tokens generated (write_summary).
         log: where progress lines go.
 
     Returns:
@@ -545,7 +595,7 @@ def compare(config: str | None, overrides: list[str], methods: list[str], seeds:
             log(f"[{i}/{len(todo)}] {spec.method} seed {spec.seed}: {status} ({time.perf_counter() - t0:.0f} s elapsed)")
             if code != 0:
                 failures.append(f"{spec.method} seed {spec.seed}: {err.strip().splitlines()[-1] if err.strip() else code}")
-    table = write_summary(specs, out_dir, baseline)
+    table = write_summary(specs, out_dir, baseline, equal_tokens)
     log(table)
     try:
         from entropy_rl.report import write_report

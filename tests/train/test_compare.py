@@ -12,7 +12,8 @@ import pytest
 from entropy_rl.cli import main
 from entropy_rl.train import compare as compare_mod
 from entropy_rl.train.compare import (STATS_NOTE, SUMMARY_KEYS, choose_baseline, compare, config_diff, default_out_dir,
-                                      difference, difference_table, metric_stats, plan_runs, summarize_run,
+                                      difference, difference_table, equal_token_budget, metric_stats, plan_runs,
+                                      summarize_run,
                                       summary_markdown, summary_stats, summary_table)
 from entropy_rl.train.config import Config, ConfigError, load_config, save_config, to_dict
 
@@ -159,12 +160,44 @@ def test_summary_of_runs(tmp_path: Path) -> None:
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     runs = [summarize_run(tmp_path / "seed0"), summarize_run(tmp_path / "seed1"), summarize_run(tmp_path / "missing")]
     assert runs[0] == {"final_entropy": 0.4, "final_reward": 0.2, "pass@1": 0.3, "pass@8": 0.6,
-                       "steps_to_half_entropy": 6, "wall_s": 10.0}
+                       "steps_to_half_entropy": 6, "wall_s": 10.0, "tokens_generated": None, "steps": 20.0}
     assert runs[2]["final_reward"] is None  # a failed run does not break the table
     table = summary_table({"m": runs})
     # reward over the two finished seeds: mean 0.3, sample std 0.141; no CI with 2 values
     assert "| m | 3 | 0.400 ± 0.000, CI n/a (2/3) | 0.300 ± 0.141, CI n/a (2/3) |" in table
     assert "6 ± 0, CI n/a (2/3)" in table
+
+
+def write_costed_run(d: Path, tokens_per_step: float, steps: int = 10) -> None:
+    """A run whose step s has entropy 1/s, reward s/10, `tokens_per_step` tokens generated; evals at 4 and 8."""
+    d.mkdir(parents=True)
+    rows = [{"step": s, "entropy/token_mean": 1.0 / s, "reward/mean": s / 10, "timing/step_s": 1.0,
+             "rollout/tokens_generated": tokens_per_step} for s in range(1, steps + 1)]
+    for s in (4, 8):
+        rows[s - 1].update({"eval/pass@1": s / 100, "eval/pass@8": s / 10})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_equal_tokens_holds_every_run_to_the_smallest_generation_budget(tmp_path: Path) -> None:
+    write_costed_run(tmp_path / "plain", 100.0)  # 10 steps x 100 = 1000 tokens
+    write_costed_run(tmp_path / "branchy", 200.0)  # 10 steps x 200 = 2000 tokens
+    assert equal_token_budget([tmp_path / "plain", tmp_path / "branchy"]) == 1000.0
+    full = summarize_run(tmp_path / "branchy")
+    assert full["tokens_generated"] == 2000.0 and full["steps"] == 10.0 and full["pass@8"] == 0.8
+    held = summarize_run(tmp_path / "branchy", 1000.0)  # steps 1-5 cost 1000 tokens
+    assert held["tokens_generated"] == 1000.0 and held["steps"] == 5.0 and held["wall_s"] == 5.0
+    assert held["final_reward"] == pytest.approx(0.3)  # mean of steps 1-5's rewards
+    assert held["pass@1"] == 0.04 and held["pass@8"] == 0.4  # the eval at step 4, not the one at step 8
+    assert summarize_run(tmp_path / "plain", 1000.0) == summarize_run(tmp_path / "plain")
+    assert summarize_run(tmp_path / "branchy", 150.0)["final_entropy"] is None  # not one step fits
+
+
+def test_equal_tokens_refuses_runs_without_the_cost_metric(tmp_path: Path) -> None:
+    write_costed_run(tmp_path / "a", 100.0)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "metrics.jsonl").write_text(json.dumps({"step": 1, "entropy/token_mean": 1.0}) + "\n")
+    with pytest.raises(ConfigError, match="old has no steps with rollout/tokens_generated"):
+        equal_token_budget([tmp_path / "a", tmp_path / "old"])
 
 
 def runs_of(key: str, values: list[float | None]) -> list[dict[str, float | None]]:
