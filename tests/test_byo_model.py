@@ -15,6 +15,8 @@ import pytest
 from entropy_rl.metrics.sinks import read_jsonl
 from entropy_rl.train.checkpoint import latest_checkpoint
 
+from tiny_setup import import_extra  # noqa: E402  (tests/ is on sys.path via conftest)
+
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Bring your own model and data"
 
@@ -35,7 +37,7 @@ def test_the_install_command_names_the_math_extra() -> None:
 
 @pytest.mark.slow  # three processes that each import torch (~20 s on 2 busy cores)
 def test_readme_commands_train_a_local_checkpoint_on_a_jsonl_math_file(tmp_path: Path) -> None:
-    pytest.importorskip("math_verify")
+    import_extra("math_verify")
     _, commands = byo_commands()
     (tmp_path / "configs").symlink_to(ROOT / "configs")  # the commands run from a checkout's root
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}

@@ -4,6 +4,22 @@ A module of its own (not `conftest`): test folders have no __init__.py, so `impo
 another folder's conftest in a full run.
 """
 
+import importlib
+import os
+from types import ModuleType
+
+REQUIRE_EXTRAS_ENV = "ENTROPY_RL_REQUIRE_EXTRAS"  # comma-separated modules whose tests must run, never skip (CI)
+
+
+def import_extra(name: str) -> ModuleType:
+    """Import an optional extra's module for a test: skip the test without it, unless `name` is listed in
+    $ENTROPY_RL_REQUIRE_EXTRAS (CI sets it for the extras it installs), where a missing module is a failure."""
+    import pytest
+
+    if name in os.environ.get(REQUIRE_EXTRAS_ENV, "").split(","):
+        return importlib.import_module(name)
+    return pytest.importorskip(name)
+
 TASK = ["task.name=arithmetic", "task.params={ops: '+', max_digits: 1}"]
 TINY_MODEL = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
               "model.intermediate_size=64"]

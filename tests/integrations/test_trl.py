@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 import torch
 
-pytest.importorskip("trl")
+from tiny_setup import import_extra  # noqa: E402  (tests/ is on sys.path via conftest)
+
+import_extra("trl")
 
 from datasets import Dataset  # noqa: E402  (TRL's dependency)
 from trl import GRPOConfig  # noqa: E402

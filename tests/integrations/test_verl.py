@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("verl")
+from tiny_setup import import_extra  # noqa: E402  (tests/ is on sys.path via conftest)
+
+import_extra("verl")
 
 from tensordict import TensorDict  # noqa: E402  (verl's dependency)
 from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla, get_policy_loss_fn  # noqa: E402

@@ -30,7 +30,7 @@ from entropy_rl.train.config import ConfigError, load_config
 from entropy_rl.train.forward import score_in_chunks, score_responses
 from entropy_rl.train.loop import train
 
-from tiny_setup import TINY  # noqa: E402  (tests/ is on sys.path via conftest)
+from tiny_setup import TINY, import_extra  # noqa: E402  (tests/ is on sys.path via conftest)
 
 # head_dim 32: the smallest head size vLLM's CPU attention supports; 256 positions hold prompts longer than
 # the CPU backend's KV block of 128 tokens, so the prefix cache really caches them
@@ -59,7 +59,7 @@ def policy(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def engine(policy):
     """One engine for the module (starting vLLM is the slow part), with a note of the process state around it."""
-    pytest.importorskip("vllm")
+    import_extra("vllm")
     model, tok = policy
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     set_threads = torch.set_num_threads
@@ -278,7 +278,7 @@ def test_engine_params_are_set_and_checked_from_the_config() -> None:
 
 
 def test_a_vllm_older_than_the_weight_reload_is_refused(policy, monkeypatch: pytest.MonkeyPatch) -> None:
-    vllm = pytest.importorskip("vllm")
+    vllm = import_extra("vllm")
     monkeypatch.setattr(vllm, "__version__", "0.31.2")
     with pytest.raises(ImportError, match=r"needs vLLM >= 0.32 .*found 0.31.2: install entropy-rl\[vllm\]"):
         VllmEngine(*policy)

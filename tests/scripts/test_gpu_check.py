@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny_setup import import_extra  # noqa: E402  (tests/ is on sys.path via conftest)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_gpu_check_runs_in_its_reduced_cpu_mode(tmp_path: Path) -> None:
-    pytest.importorskip("vllm")
-    pytest.importorskip("math_verify")
+    import_extra("vllm")
+    import_extra("math_verify")
     if torch.cuda.is_available():
         pytest.skip("with CUDA the script runs the full 0.5B check (minutes): run it by hand")
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}

@@ -16,7 +16,9 @@ from entropy_rl.tasks.chat import ChatPrompt
 from entropy_rl.tasks.math import MAX_ANSWER_CHARS, extract_answer
 from entropy_rl.tasks.math_grader import grade
 
-pytest.importorskip("math_verify")
+from tiny_setup import import_extra  # noqa: E402  (tests/ is on sys.path via conftest)
+
+import_extra("math_verify")
 
 
 def write(path: Path, rows: list) -> Path:
