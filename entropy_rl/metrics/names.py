@@ -134,7 +134,7 @@ METRICS: dict[str, str] = {
     # ---- timing and throughput ----
     "timing/generate_s": "wall time of rollout generation in the step (seconds)",
     "timing/reward_s": "wall time of the verifier (reward scoring) in the step (seconds)",
-    "timing/score_s": "wall time of the pre-update forward pass (old log-probs, H_old, reference log-probs) (seconds)",
+    "timing/score_s": "wall time of the pre-update forward pass (old log-probs, H_old, reference log-probs; on probed steps also the dynamics probe's backward of H, fused with it) (seconds)",
     "timing/update_s": "wall time of the optimizer update(s): selection, forward, backward, steps (seconds)",
     "timing/eval_s": "wall time of the step's eval (step 0 and eval steps only) (seconds)",
     "timing/step_s": "wall time of the whole step, its eval included (seconds)",

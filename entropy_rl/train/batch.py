@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 from entropy_rl.core.policy_loss import FeatureFn
 from entropy_rl.core.types import PolicyInputs
 from entropy_rl.rollout.base import RolloutBatch
+from entropy_rl.train.entropy_probe import EntropyProbe, score_and_probe
 from entropy_rl.train.forward import score_in_chunks
 
 # Every random stream of a step, by kind. The formulas are kept as they were when the golden metrics were
@@ -100,13 +101,22 @@ def scoring_temperature(batch: RolloutBatch) -> float | Tensor:
 
 
 def score_batch(model: PreTrainedModel, ref_model: PreTrainedModel | None, batch: RolloutBatch, chunk: int,
-                features: tuple[tuple[str, FeatureFn], ...], params: Any) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor | None]:
-    """The pre-update pass: (old_logp, H_old, features, ref_logp), each [B, T], no grad, in chunks of rows."""
+                features: tuple[tuple[str, FeatureFn], ...], params: Any, probe_with: torch.optim.Optimizer | None = None,
+                ) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor | None, EntropyProbe | None]:
+    """The pre-update pass: (old_logp, H_old, features, ref_logp), each [B, T], in chunks of rows, and the
+    entropy-change probe's first half when `probe_with` (the optimizer) is given: then the same forward also
+    takes the gradient of H over `batch.loss_mask` (`entropy_probe.score_and_probe`); the values are the same."""
     tau = scoring_temperature(batch)
     ids, attn, P, mask = batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1], batch.response_mask  # every sampled token
-    old_logp, old_entropy, extras = score_in_chunks(model, ids, attn, P, tau, chunk, features, params, mask=mask)
+    probe = None
+    if probe_with is None:
+        old_logp, old_entropy, extras = score_in_chunks(model, ids, attn, P, tau, chunk, features, params, mask=mask)
+    else:
+        (old_logp, old_entropy, extras), probe = score_and_probe(model, probe_with, ids, attn, P, tau, mask,
+                                                                 batch.loss_mask, chunk, features, params)
+    assert old_entropy is not None  # want_entropy defaults to True
     ref_logp = None if ref_model is None else score_in_chunks(ref_model, ids, attn, P, tau, chunk, mask=mask)[0]
-    return old_logp, old_entropy, extras, ref_logp
+    return old_logp, old_entropy, extras, ref_logp, probe
 
 
 def per_token_advantages(adv: Tensor, mask: Tensor) -> Tensor:

@@ -14,16 +14,19 @@ the same rollout batch. Then:
                   section 1): first order in logit space, validates the instrument;
   - dH_per_bonus = predicted dH of adding an entropy bonus of coefficient 1 to this step's gradient under the
                   current Adam preconditioner: lr (1 - b1) / (1 - b1^t) * sum g_H^2 / (sqrt(v_hat) + eps).
-Costs one extra forward + backward before and, after the step, two forwards (new weights, and theta_old again for
-the identity's old logits, so no [B, T, V] tensor is kept across the update) plus one forward-mode JVP (run with
-eager attention: fused attention kernels have no forward-mode derivative); `train.dynamics_every` sets how often.
+Cost: the gradient of H is taken in the pre-update scoring pass itself (`score_and_probe`: that pass runs with
+gradient and backpropagates H chunk by chunk, so the probe adds one backward, not a forward + backward); after
+the step, one forward at the new weights (H_new, and the new logits for the identity) and one forward-mode JVP at
+theta_old, whose primal output is theta_old's logits: the identity reads those, so theta_old is not run a second
+time and no [B, T, V] tensor is kept across the update. The JVP runs with eager attention (fused attention
+kernels have no forward-mode derivative). `train.dynamics_every` sets how often. Measured split: docs/LOG.md.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -31,9 +34,8 @@ from torch.func import functional_call, jvp
 from transformers import PreTrainedModel
 
 from entropy_rl.core.entropy import token_entropy
-from entropy_rl.core.token_stats import token_stats
 from entropy_rl.metrics.dynamics import entropy_change_identity
-from entropy_rl.train.forward import position_ids_from_mask, response_logits
+from entropy_rl.train.forward import Features, logits_of, position_ids_from_mask, response_scores, score_in_chunks, stats_of
 
 
 @dataclass
@@ -65,35 +67,48 @@ def adam_bonus_sensitivity(optimizer: torch.optim.Optimizer, grads: list[Tensor]
     return total
 
 
-def probe_before_update(
+def score_and_probe(
     model: PreTrainedModel, optimizer: torch.optim.Optimizer, input_ids: Tensor, attn: Tensor, prompt_len: int,
-    temperature: float, mask: Tensor, chunk: int,
-) -> EntropyProbe:
-    """Gradient of the batch token-mean entropy and a snapshot of the parameters (grads are left zeroed)."""
+    temperature: float | Tensor, score_mask: Tensor, probe_mask: Tensor, chunk: int, features: Features = (),
+    params: Any = None,
+) -> tuple[tuple[Tensor, Tensor, dict[str, Tensor]], EntropyProbe]:
+    """The pre-update scoring pass fused with the probe's gradient pass (grads are left zeroed).
+
+    Args:
+        model: the policy, at theta_old.
+        optimizer: its optimizer (zeroed; read for dH_per_bonus).
+        input_ids: [B, P + T]; attn: [B, P + T]; prompt_len: P.
+        temperature: tau, a float or [B, T].
+        score_mask: [B, T] tokens the scoring pass computes (every sampled token).
+        probe_mask: [B, T] tokens of the probe's H (the trained ones), nonzero only where `score_mask` is.
+        chunk: sequences per forward.
+        features: the method's pre-update features; params: its params.
+
+    Returns:
+        (logp [B, T], entropy [B, T], {feature: [B, T]}) exactly as `score_in_chunks` gives them, and the probe.
+    """
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    was_training = model.training
-    model.eval()
     optimizer.zero_grad(set_to_none=True)
-    n_tokens = mask.sum().clamp_min(1.0)
-    h_sum = 0.0
-    for i in range(0, input_ids.shape[0], chunk):
-        ids = input_ids[i : i + chunk]
-        logits = response_logits(model, ids, attn[i : i + chunk], prompt_len)
-        h = (response_entropy(logits, ids[:, prompt_len:], temperature) * mask[i : i + chunk]).sum() / n_tokens
-        h_sum += h.detach().item()
-        h.backward()
+    logp, entropy, extras = score_in_chunks(model, input_ids, attn, prompt_len, temperature, chunk, features, params,
+                                            mask=score_mask, entropy_grad_mask=probe_mask)
+    assert entropy is not None  # want_entropy defaults to True
     grads = {n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for n, p in named.items()}
     optimizer.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return EntropyProbe(grads, {n: p.detach().clone() for n, p in named.items()}, h_sum,
-                        adam_bonus_sensitivity(optimizer, list(grads.values()), list(named.values())))
+    n_tokens = probe_mask.sum().clamp_min(1.0)
+    chunk = chunk or input_ids.shape[0]
+    h_old = sum(float((entropy[i : i + chunk] * probe_mask[i : i + chunk]).sum() / n_tokens)
+                for i in range(0, input_ids.shape[0], chunk))
+    probe = EntropyProbe(grads, {n: p.detach().clone() for n, p in named.items()}, h_old,
+                         adam_bonus_sensitivity(optimizer, list(grads.values()), list(named.values())))
+    return (logp, entropy, extras), probe
 
 
-def response_entropy(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
-    """Tempered entropy [B, T] fp32 of response logits [B, T, V], chunked over tokens; grad as the caller's mode."""
-    entropy = token_stats(logits, tokens, temperature).entropy
-    assert entropy is not None  # want_entropy defaults to True
-    return entropy
+def probe_before_update(
+    model: PreTrainedModel, optimizer: torch.optim.Optimizer, input_ids: Tensor, attn: Tensor, prompt_len: int,
+    temperature: float | Tensor, mask: Tensor, chunk: int,
+) -> EntropyProbe:
+    """The probe's half before the step on its own: `score_and_probe` scoring just `mask`, its scores dropped."""
+    return score_and_probe(model, optimizer, input_ids, attn, prompt_len, temperature, mask, mask, chunk)[1]
 
 
 def response_logits_at(
@@ -160,22 +175,27 @@ def measure_after_update(
 ) -> dict[str, float]:
     """dynamics/dH_actual, dH_pred, dH_pred_lin, dH_identity (and dH_per_bonus when Adam has moments) for this step.
 
-    Chunk by chunk it scores the new weights and, for the identity, theta_old again (the same forward as before
-    the step, so the old logits are those the probe saw); each chunk's logits are dropped before the next.
+    Chunk by chunk: one forward at the new weights (H_new through the same scoring path as the pre-update pass,
+    and the new logits), one JVP at theta_old along the update (its primal output is theta_old's logits, which
+    the identity compares the new ones with); each chunk's logits are dropped before the next.
     """
     delta = {n: p.detach() - probe.theta_old[n] for n, p in model.named_parameters() if p.requires_grad}
     dh_pred = sum(float((probe.grad_h[n] * d).sum()) for n, d in delta.items())
     was_training = model.training
     model.eval()
     n_tokens = float(mask.sum().clamp_min(1.0))
-    h_new, identity = 0.0, 0.0
-    for i in range(0, input_ids.shape[0], chunk):
-        ids, a, m = input_ids[i : i + chunk], attn[i : i + chunk], mask[i : i + chunk]
-        logits = response_logits(model, ids, a, prompt_len).float()
-        h_new += float((response_entropy(logits, ids[:, prompt_len:], temperature) * m).sum()) / n_tokens
-        old_logits = response_logits_at(model, probe.theta_old, ids, a, prompt_len).float()
-        identity += entropy_change_identity(old_logits, logits, m, temperature) * float(m.sum()) / n_tokens
-    dh_lin = linearised_entropy_change(model, probe.theta_old, delta, input_ids, attn, prompt_len, temperature, mask, chunk)
+    h_new, identity, dh_lin = 0.0, 0.0, 0.0
+    for i in range(0, input_ids.shape[0], chunk or input_ids.shape[0]):
+        j = i + (chunk or input_ids.shape[0])
+        ids, a, m = input_ids[i:j], attn[i:j], mask[i:j]
+        x, head = response_scores(model, ids, a, prompt_len)
+        entropy = stats_of(x, head, ids[:, prompt_len:], temperature, mask=m).entropy
+        assert entropy is not None  # want_entropy defaults to True
+        h_new += float((entropy * m).sum()) / n_tokens
+        logits = logits_of(x, head).float()
+        z, dz = linearised_logit_change(model, probe.theta_old, delta, ids, a, prompt_len)  # z: theta_old's logits
+        identity += entropy_change_identity(z, logits, m, temperature) * float(m.sum()) / n_tokens
+        dh_lin += float(((token_entropy(z + dz, temperature) - token_entropy(z, temperature)) * m).sum()) / n_tokens
     model.train(was_training)
     out = {"dynamics/dH_actual": h_new - probe.h_old, "dynamics/dH_pred": dh_pred, "dynamics/dH_pred_lin": dh_lin,
            "dynamics/dH_identity": identity}

@@ -1,7 +1,14 @@
-"""Policy forward passes over prompt + response: per-token log-probs and entropies of the response."""
+"""Policy forward passes over prompt + response: per-token log-probs and entropies of the response.
+
+The statistics come from `core.token_stats` on the response's final hidden states and the LM-head weight (the
+`lm_head_stats` kernel: no [B, T, V] logits, no logits for prompt positions) whenever the model's logits are
+exactly `lm_head(last_hidden_state)`: `plain_lm_head` by config, then `check_lm_head` on a few tokens, once per
+model. Models that transform their logits (soft-capping, scaling) are scored from their logits.
+"""
 
 from __future__ import annotations
 
+import weakref
 from functools import partial
 from typing import Any
 
@@ -10,7 +17,11 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from entropy_rl.core.policy_loss import FeatureFn, PolicyLossMethod
-from entropy_rl.core.token_stats import ChunkFeature, WantEntropy, token_stats
+from entropy_rl.core.token_stats import ChunkFeature, TokenStats, WantEntropy, token_stats
+from entropy_rl.models.lm_head import LMHead, check_lm_head, final_hidden_states, plain_lm_head
+
+# model -> whether hidden states + its LM head give its logits (checked once: the check is one small forward)
+_HEAD_CHECKED: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
@@ -22,6 +33,52 @@ def response_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask: T
     """Logits predicting each response token: [B, T, V] for input [B, P + T] with P = prompt_len."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
     return out.logits[:, prompt_len - 1 : -1]  # position t-1 predicts token t
+
+
+def scoring_head(model: PreTrainedModel) -> LMHead | None:
+    """The model's LM head when its logits are exactly hidden @ weight.T + bias, else None (score from logits).
+
+    Decided once per model object (`plain_lm_head` by config, then `check_lm_head` on 8 tokens); the returned head
+    holds the model's own parameters, so it follows their updates.
+    """
+    ok = _HEAD_CHECKED.get(model)
+    if ok is None:
+        try:
+            check_lm_head(model, plain_lm_head(model))
+            ok = True
+        except ValueError:
+            ok = False
+        _HEAD_CHECKED[model] = ok
+    return plain_lm_head(model) if ok else None
+
+
+def response_hidden(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, prompt_len: int) -> Tensor:
+    """Final hidden states predicting each response token: [B, T, d] for input [B, P + T] with P = prompt_len."""
+    hidden = final_hidden_states(model, input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=position_ids_from_mask(attention_mask))
+    return hidden[:, prompt_len - 1 : -1]  # position t-1 predicts token t
+
+
+def response_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, prompt_len: int,
+                    use_kernel: bool = True) -> tuple[Tensor, LMHead | None]:
+    """What `token_stats` scores the response from: hidden states [B, T, d] and the LM head when `scoring_head`
+    allows it (and `use_kernel`), else the logits [B, T, V] and None."""
+    head = scoring_head(model) if use_kernel else None
+    if head is None:
+        return response_logits(model, input_ids, attention_mask, prompt_len), None
+    return response_hidden(model, input_ids, attention_mask, prompt_len), head
+
+
+def stats_of(x: Tensor, head: LMHead | None, tokens: Tensor, temperature: float | Tensor, **kwargs: Any) -> TokenStats:
+    """`token_stats` of what `response_scores` returned: hidden states + head, or logits (head None)."""
+    if head is None:
+        return token_stats(x, tokens, temperature, **kwargs)
+    return token_stats(x, tokens, temperature, lm_head_weight=head.weight, lm_head_bias=head.bias, **kwargs)
+
+
+def logits_of(x: Tensor, head: LMHead | None) -> Tensor:
+    """The logits [B, T, V] of what `response_scores` returned (x itself when head is None)."""
+    return x if head is None else torch.nn.functional.linear(x, head.weight, head.bias)
 
 
 Features = tuple[tuple[str, FeatureFn], ...]
@@ -52,12 +109,14 @@ def score_responses(
     *,
     want_entropy: WantEntropy = True,
     mask: Tensor | None = None,
+    use_kernel: bool = True,
 ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
     """Tempered log-probs, full-vocab entropies and method features of the response tokens, fp32 [B, T] each.
 
     Runs with whatever grad mode the caller set; logp and features carry gradient when grad is enabled, the
     entropy as `want_entropy` says (False gives None: the update pass asks for it only when the method reads
-    H_cur). The statistics come from `token_stats`, chunk by chunk; the model still returns its logits.
+    H_cur). The statistics come from `token_stats`, chunk by chunk, on hidden states + LM head where
+    `scoring_head` allows (equal to the logits path to fp32 rounding), else on the model's logits.
 
     Args:
         model: causal LM.
@@ -69,17 +128,17 @@ def score_responses(
         params: the method's params, passed to each feature.
         want_entropy: see `token_stats`.
         mask: [B, T] response mask; tokens off it are skipped and read 0 (None computes every position).
+        use_kernel: False always scores from the model's logits.
 
     Returns:
         logp [B, T], entropy [B, T] or None, {feature name: [B, T]}.
     """
-    logits = response_logits(model, input_ids, attention_mask, prompt_len)
-    stats = token_stats(logits, input_ids[:, prompt_len:], temperature, want_entropy=want_entropy,
-                        features=bind_features(features, params), mask=mask)
+    x, head = response_scores(model, input_ids, attention_mask, prompt_len, use_kernel)
+    stats = stats_of(x, head, input_ids[:, prompt_len:], temperature, want_entropy=want_entropy,
+                     features=bind_features(features, params), mask=mask)
     return stats.logp, stats.entropy, stats.features
 
 
-@torch.no_grad()
 def score_in_chunks(
     model: PreTrainedModel,
     input_ids: Tensor,
@@ -92,20 +151,43 @@ def score_in_chunks(
     *,
     want_entropy: bool = True,
     mask: Tensor | None = None,
+    entropy_grad_mask: Tensor | None = None,
+    use_kernel: bool = True,
 ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
-    """No-grad `score_responses` over the batch, `chunk` sequences at a time. Returns logp, entropy, extras."""
+    """`score_responses` over the batch in eval mode, `chunk` sequences at a time; returns detached logp, entropy,
+    extras.
+
+    Without `entropy_grad_mask` it runs without gradient. With it ([B, T], nonzero only where `mask` is), it also
+    accumulates into the parameters' `.grad` the gradient of the entropy's token mean over that mask,
+    sum_t m_t H_t / sum_t m_t, one backward per chunk (the dynamics probe's gradient pass fused with this
+    forward); the returned values are those of the no-grad pass.
+
+    Raises:
+        ValueError: `entropy_grad_mask` is nonzero off `mask`, or given with want_entropy=False.
+    """
+    if entropy_grad_mask is not None:
+        if not want_entropy:
+            raise ValueError("entropy_grad_mask needs the entropy: want_entropy must be True")
+        if mask is not None and bool(((entropy_grad_mask != 0) & (mask == 0)).any()):
+            raise ValueError("entropy_grad_mask is nonzero on tokens the scoring mask skips")
     was_training = model.training
     model.eval()  # no dropout in the scoring pass (tiny models have none; real checkpoints may)
     chunk = chunk or input_ids.shape[0]
+    n_grad = None if entropy_grad_mask is None else entropy_grad_mask.sum().clamp_min(1.0)
 
     def rows(t: Tensor | float | None, i: int) -> Any:
         return t[i : i + chunk] if isinstance(t, Tensor) else t
 
-    parts = [
-        score_responses(model, input_ids[i : i + chunk], attention_mask[i : i + chunk], prompt_len, rows(temperature, i),
-                        features, params, want_entropy=want_entropy, mask=rows(mask, i))
-        for i in range(0, input_ids.shape[0], chunk)
-    ]
+    parts = []
+    for i in range(0, input_ids.shape[0], chunk):
+        with torch.set_grad_enabled(n_grad is not None):
+            logp, ent, extras = score_responses(
+                model, input_ids[i : i + chunk], attention_mask[i : i + chunk], prompt_len, rows(temperature, i),
+                features, params, want_entropy="grad" if n_grad is not None else want_entropy, mask=rows(mask, i),
+                use_kernel=use_kernel)
+            if n_grad is not None and ent is not None:
+                ((ent * rows(entropy_grad_mask, i)).sum() / n_grad).backward()
+        parts.append((logp.detach(), None if ent is None else ent.detach(), {k: v.detach() for k, v in extras.items()}))
     model.train(was_training)
     extras = {name: torch.cat([p[2][name] for p in parts]) for name, _ in features}
     entropy = torch.cat([p[1] for p in parts if p[1] is not None]) if want_entropy else None

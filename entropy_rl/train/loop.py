@@ -44,7 +44,7 @@ from entropy_rl.tasks import make_task
 from entropy_rl.tasks.base import DEFAULT_SCORE_RANGE, Problem, RewardResult, validate_result
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, ConfigError, check_context, save_config, to_dict
-from entropy_rl.train.entropy_probe import measure_after_update, probe_before_update
+from entropy_rl.train.entropy_probe import measure_after_update
 from entropy_rl.train.batch import ScoredBatch, batch_advantages, score_batch, scoring_temperature, seed_for
 from entropy_rl.train.evaluate import eval_at_step
 from entropy_rl.train.guard import UpdateGuard
@@ -323,10 +323,13 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
                 results = verify(batch.group_index.tolist(), batch.texts)
                 rewards = torch.tensor([r.score for r in results], dtype=torch.float32, device=batch.response_mask.device)
 
-            # ---- pre-update pass (entropy metrics are measured here), advantages ----
-            with timed(m, "timing/score_s"):
-                old_logp, old_entropy, extras, ref_logp = score_batch(model, run.ref_model, batch, micro, features, params)
+            # ---- pre-update pass (entropy metrics are measured here; on probed steps it also takes the gradient of
+            # H for the entropy-change probe, timed as timing/score_s), advantages ----
             mask = batch.loss_mask  # [B, T] the trained tokens (a branch's copied prefix is trained once, in its source)
+            probing = bool(t.dynamics_every) and step % t.dynamics_every == 0
+            with timed(m, "timing/score_s"):
+                old_logp, old_entropy, extras, ref_logp, probe = score_batch(
+                    model, run.ref_model, batch, micro, features, params, probe_with=run.optimizer if probing else None)
             adv = batch_advantages(cfg.algorithm.advantage, cfg.algorithm.advantage_params, rewards, batch, mask, old_entropy)
             scored = ScoredBatch(batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1], scoring_temperature(batch),
                                  mask, old_logp, old_entropy, adv, ref_logp, extras)
@@ -342,9 +345,6 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
                 save_token_entropies(run.run_dir, step, old_entropy, mask)
 
             # ---- update, bracketed by the entropy-change probe; then the engine gets the new weights ----
-            with timed(m, "timing/dynamics_s"):
-                probe = probe_before_update(model, run.optimizer, scored.input_ids, scored.attention_mask, scored.prompt_len,
-                                            scored.temperature, mask, micro) if t.dynamics_every and step % t.dynamics_every == 0 else None
             with timed(m, "timing/update_s"):
                 update = update_policy(model, run.optimizer, method, params, ctx, scored, cfg, step, run.guard)
                 run.scheduler.step()

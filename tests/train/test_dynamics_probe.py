@@ -15,8 +15,9 @@ from entropy_rl.train.entropy_probe import (
     linearised_logit_change,
     measure_after_update,
     probe_before_update,
+    score_and_probe,
 )
-from entropy_rl.train.forward import response_logits
+from entropy_rl.train.forward import response_logits, score_in_chunks
 
 P, T, B, TAU = 5, 6, 6, 0.8  # prompt length, response length, rows, sampling temperature
 
@@ -65,6 +66,27 @@ def test_probe_leaves_weights_grads_and_mode_untouched(setup) -> None:
     assert probe.dh_per_bonus is None  # Adam has no second moments before its first step
 
 
+def test_fused_scoring_pass_gives_the_scores_and_the_probe(setup) -> None:
+    """score_and_probe = the no-grad scoring pass (values bit-identical, features included) + the probe's gradient of
+    the batch entropy over the probe mask (a subset of the scoring mask), with h_old the probe mask's token mean."""
+    model, opt, ids, attn, mask = setup
+    from entropy_rl.core.policy_loss import get_policy_loss
+
+    lp_reg = get_policy_loss("lp_reg")
+    feats, params = lp_reg.obj.old_features, lp_reg.make_params()
+    probe_mask = mask.clone()
+    probe_mask[2, :3] = 0
+    plain = score_in_chunks(model, ids, attn, P, TAU, 4, feats, params, mask=mask)
+    h0 = batch_entropy(model, ids, attn, probe_mask)
+    grads = torch.autograd.grad(h0, list(model.parameters()))
+    (logp, ent, extras), probe = score_and_probe(model, opt, ids, attn, P, TAU, mask, probe_mask, 4, feats, params)
+    assert torch.equal(logp, plain[0]) and torch.equal(ent, plain[1]) and torch.equal(extras["lp_proxy"], plain[2]["lp_proxy"])
+    assert probe.h_old == pytest.approx(float(h0), rel=1e-6)
+    for (name, p), g in zip(model.named_parameters(), grads):
+        torch.testing.assert_close(probe.grad_h[name], g, rtol=1e-4, atol=1e-7)
+        assert torch.equal(probe.theta_old[name], p.detach()) and p.grad is None
+
+
 def test_measured_and_first_order_changes_match_autograd(setup) -> None:
     model, opt, ids, attn, mask = setup
     h0 = batch_entropy(model, ids, attn, mask)
@@ -91,8 +113,8 @@ def test_probe_keeps_only_parameter_sized_tensors_across_the_update(setup) -> No
 
 @pytest.mark.parametrize("chunk", [2, B])
 def test_identity_equals_the_one_from_logits_kept_across_the_update(setup, chunk: int) -> None:
-    """The old logits recomputed at theta_old after the step are those of the pre-update forward: dH_identity is
-    bit-identical to the probe that kept them."""
+    """The old logits the identity reads after the step (the JVP's primal output at theta_old, eager attention) are
+    those of the pre-update forward to fp32 rounding: dH_identity equals the one from logits kept across the step."""
     model, opt, ids, attn, mask = setup
     with torch.no_grad():
         old = [response_logits(model, ids[i : i + chunk], attn[i : i + chunk], P).float() for i in range(0, B, chunk)]
@@ -106,7 +128,8 @@ def test_identity_equals_the_one_from_logits_kept_across_the_update(setup, chunk
             m = mask[i : i + chunk]
             new = response_logits(model, ids[i : i + chunk], attn[i : i + chunk], P).float()
             expected += entropy_change_identity(old[k], new, m, TAU) * float(m.sum()) / n_tokens
-    assert out["dynamics/dH_identity"] == expected
+    assert out["dynamics/dH_identity"] == pytest.approx(expected, rel=1e-5)
+    assert out["dynamics/dH_identity"] != pytest.approx(0.0, abs=1e-5)  # a real change, not two zeros
 
 
 def test_all_predictors_agree_for_a_small_step(setup) -> None:
