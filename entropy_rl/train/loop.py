@@ -256,7 +256,7 @@ def start_run(cfg: Config, run_dir: Path, progress: bool, resume: bool) -> Run:
     ref_model = None
     if cfg.algorithm.kl_coef > 0:  # the reference is the policy RL starts from (after SFT)
         ref_src = run_dir / "sft" / "model" if (run_dir / "sft" / ckpt.COMPLETE).is_file() else cfg.model.path
-        ref_model = load_pretrained(ref_src)[0].to(device).eval() if ref_src else copy.deepcopy(model).eval()
+        ref_model = load_pretrained(ref_src, cfg.model.dtype)[0].to(device).eval() if ref_src else copy.deepcopy(model).eval()
         ref_model.requires_grad_(False)
     o = cfg.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)

@@ -12,7 +12,7 @@ from entropy_rl.metrics.names import is_known
 from entropy_rl.metrics.sinks import read_jsonl
 from entropy_rl.train import update
 from entropy_rl.train.checkpoint import latest_checkpoint, list_checkpoints
-from entropy_rl.train.loop import TrainingStopped, train
+from entropy_rl.train.loop import TrainingStopped, start_run, train
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -107,6 +107,13 @@ def test_off_policy_updates_run_and_clip(tiny_config, run_dir: Path) -> None:
 def test_kl_to_reference_is_logged(tiny_config, run_dir: Path) -> None:
     train(tiny_config("algorithm.kl_coef=0.1", "optim.mini_batches=2"), run_dir, progress=False)
     assert all("policy/kl_ref" in r for r in read_jsonl(run_dir / "metrics.jsonl"))
+
+
+def test_the_reference_model_has_the_policy_dtype(tiny_config, run_dir: Path) -> None:
+    run = start_run(tiny_config("algorithm.kl_coef=0.1", "model.dtype=bfloat16"), run_dir, progress=False, resume=False)
+    run.sinks.close()
+    assert run.model.dtype == torch.bfloat16
+    assert run.ref_model.dtype == torch.bfloat16  # it was loaded as float32: twice the memory, other numerics
 
 
 @pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
