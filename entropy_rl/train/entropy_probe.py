@@ -14,6 +14,14 @@ the same rollout batch. Then:
                   section 1): first order in logit space, validates the instrument;
   - dH_per_bonus = predicted dH of adding an entropy bonus of coefficient 1 to this step's gradient under the
                   current Adam preconditioner: lr (1 - b1) / (1 - b1^t) * sum g_H^2 / (sqrt(v_hat) + eps).
+Beside the update's change it separates the drift caused by the rollout/trainer mismatch (`sampler` given):
+  - H_rollout   = token mean of the entropy of the distribution the rollout sampled from, on the same tokens and
+                  logits: softmax(z / tau_sampling) with `rollout.top_k` / `top_p` replayed (Hugging Face's warpers,
+                  as the `hf` engine applies them); a strategy's own truncation rule (top_h) is not replayed;
+  - H_mismatch  = H_rollout - H(theta_old): what the sampler's entropy differs from the trainer's (0 to fp32
+                  rounding when the sampler is the trainer's softmax(z / tau));
+  - dH_rollout_actual = H_rollout(theta_new) - H_rollout(theta_old): the update's change as the sampler sees it.
+Numerical differences of a separate engine (vLLM's kernels) are not replayed: rollout_corr/* measures them.
 Costs one extra forward + backward before and, after the step, two forwards (new weights, and theta_old again for
 the identity's old logits, so no [B, T, V] tensor is kept across the update) plus one forward-mode JVP (run with
 eager attention: fused attention kernels have no forward-mode derivative); `train.dynamics_every` sets how often.
@@ -32,7 +40,10 @@ from transformers import PreTrainedModel
 
 from entropy_rl.core.entropy import token_entropy
 from entropy_rl.core.token_stats import token_stats
+from entropy_rl.core.entropy import entropy_from_logp
 from entropy_rl.metrics.dynamics import entropy_change_identity
+from entropy_rl.rollout.base import SamplingParams
+from entropy_rl.rollout.stepwise import StepChoice, step_distribution
 from entropy_rl.train.forward import position_ids_from_mask, response_logits
 
 
@@ -44,6 +55,40 @@ class EntropyProbe:
     theta_old: dict[str, Tensor]
     h_old: float
     dh_per_bonus: float | None
+    sampler: "Sampler | None" = None
+    h_rollout: float | None = None
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """The rollout's sampling distribution as the trainer replays it.
+
+    Attributes:
+        temperature: the sampling temperature, a float or [B, T] per response token (`RolloutBatch.temperature`).
+        sampling: the run's sampling settings (top_k / top_p are replayed; its temperature is not used).
+    """
+
+    temperature: float | Tensor
+    sampling: SamplingParams
+
+
+def rollout_entropy(logits: Tensor, temperature: float | Tensor, sampling: SamplingParams, mask: Tensor) -> Tensor:
+    """Entropy [B, T] fp32 (nats, 0 off the mask) of the sampling distribution: softmax of logits / tau after
+    top-k / top-p, as the `hf` engine samples. No gradient.
+
+    Args:
+        logits: [B, T, V] raw response logits.
+        temperature: tau, a float or [B, T].
+        sampling: top_k / top_p to replay (0 / 1 disable).
+        mask: [B, T] response mask; only these tokens are computed.
+    """
+    keep = mask.bool()
+    z = logits.detach()[keep].float()  # [n, V]
+    tau = temperature[keep] if isinstance(temperature, Tensor) else torch.full((z.shape[0],), float(temperature))
+    h = entropy_from_logp(step_distribution(z, StepChoice(tau.float().to(z.device)), sampling))  # [n]
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+    out[keep] = h
+    return out
 
 
 def adam_bonus_sensitivity(optimizer: torch.optim.Optimizer, grads: list[Tensor], params: list[Tensor]) -> float | None:
@@ -67,26 +112,39 @@ def adam_bonus_sensitivity(optimizer: torch.optim.Optimizer, grads: list[Tensor]
 
 def probe_before_update(
     model: PreTrainedModel, optimizer: torch.optim.Optimizer, input_ids: Tensor, attn: Tensor, prompt_len: int,
-    temperature: float, mask: Tensor, chunk: int,
+    temperature: float, mask: Tensor, chunk: int, sampler: Sampler | None = None,
 ) -> EntropyProbe:
-    """Gradient of the batch token-mean entropy and a snapshot of the parameters (grads are left zeroed)."""
+    """Gradient of the batch token-mean entropy and a snapshot of the parameters (grads are left zeroed); with
+    `sampler`, also the token mean of the sampling distribution's entropy on the same logits (`rollout_entropy`)."""
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     was_training = model.training
     model.eval()
     optimizer.zero_grad(set_to_none=True)
     n_tokens = mask.sum().clamp_min(1.0)
-    h_sum = 0.0
+    h_sum, h_rollout = 0.0, 0.0
     for i in range(0, input_ids.shape[0], chunk):
         ids = input_ids[i : i + chunk]
         logits = response_logits(model, ids, attn[i : i + chunk], prompt_len)
         h = (response_entropy(logits, ids[:, prompt_len:], temperature) * mask[i : i + chunk]).sum() / n_tokens
         h_sum += h.detach().item()
+        if sampler is not None:
+            h_rollout += float(sampled_entropy_sum(logits, sampler, mask, i, chunk) / n_tokens)
         h.backward()
     grads = {n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for n, p in named.items()}
     optimizer.zero_grad(set_to_none=True)
     model.train(was_training)
     return EntropyProbe(grads, {n: p.detach().clone() for n, p in named.items()}, h_sum,
-                        adam_bonus_sensitivity(optimizer, list(grads.values()), list(named.values())))
+                        adam_bonus_sensitivity(optimizer, list(grads.values()), list(named.values())), sampler,
+                        h_rollout if sampler is not None else None)
+
+
+def sampled_entropy_sum(logits: Tensor, sampler: Sampler, mask: Tensor, start: int, chunk: int) -> Tensor:
+    """Sum over the masked tokens of rows start:start+chunk of `rollout_entropy` (logits are those rows'). []."""
+    tau = sampler.temperature
+    rows = slice(start, start + chunk)
+    tau_rows = tau[rows] if isinstance(tau, Tensor) else tau
+    with torch.no_grad():
+        return rollout_entropy(logits, tau_rows, sampler.sampling, mask[rows]).sum()
 
 
 def response_entropy(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
@@ -158,7 +216,8 @@ def measure_after_update(
     model: PreTrainedModel, probe: EntropyProbe, input_ids: Tensor, attn: Tensor, prompt_len: int,
     temperature: float, mask: Tensor, chunk: int,
 ) -> dict[str, float]:
-    """dynamics/dH_actual, dH_pred, dH_pred_lin, dH_identity (and dH_per_bonus when Adam has moments) for this step.
+    """dynamics/dH_actual, dH_pred, dH_pred_lin, dH_identity (and dH_per_bonus when Adam has moments) for this step;
+    dynamics/H_rollout, H_mismatch and dH_rollout_actual when the probe was given the sampler.
 
     Chunk by chunk it scores the new weights and, for the identity, theta_old again (the same forward as before
     the step, so the old logits are those the probe saw); each chunk's logits are dropped before the next.
@@ -168,11 +227,13 @@ def measure_after_update(
     was_training = model.training
     model.eval()
     n_tokens = float(mask.sum().clamp_min(1.0))
-    h_new, identity = 0.0, 0.0
+    h_new, identity, h_rollout_new = 0.0, 0.0, 0.0
     for i in range(0, input_ids.shape[0], chunk):
         ids, a, m = input_ids[i : i + chunk], attn[i : i + chunk], mask[i : i + chunk]
         logits = response_logits(model, ids, a, prompt_len).float()
         h_new += float((response_entropy(logits, ids[:, prompt_len:], temperature) * m).sum()) / n_tokens
+        if probe.sampler is not None:
+            h_rollout_new += float(sampled_entropy_sum(logits, probe.sampler, mask, i, chunk)) / n_tokens
         old_logits = response_logits_at(model, probe.theta_old, ids, a, prompt_len).float()
         identity += entropy_change_identity(old_logits, logits, m, temperature) * float(m.sum()) / n_tokens
     dh_lin = linearised_entropy_change(model, probe.theta_old, delta, input_ids, attn, prompt_len, temperature, mask, chunk)
@@ -181,4 +242,8 @@ def measure_after_update(
            "dynamics/dH_identity": identity}
     if probe.dh_per_bonus is not None:
         out["dynamics/dH_per_bonus"] = probe.dh_per_bonus
+    if probe.h_rollout is not None:
+        out["dynamics/H_rollout"] = probe.h_rollout
+        out["dynamics/H_mismatch"] = probe.h_rollout - probe.h_old
+        out["dynamics/dH_rollout_actual"] = h_rollout_new - probe.h_rollout
     return out
