@@ -128,6 +128,13 @@ def _number(text: str, what: str) -> float:
 def parse_bounds(spec: float | str, what: str) -> tuple[float | None, float]:
     """A threshold `C` or `"lower_upper"` (verl's grammar) -> (lower or None, upper), both finite and > 0.
 
+    Args:
+        spec: the threshold as configured.
+        what: the key named in error messages.
+
+    Returns:
+        (lower bound or None, upper bound).
+
     Raises:
         ValueError: a bool, a non-number, a bound <= 0 or non-finite, or lower > upper; naming `what`.
     """
@@ -192,8 +199,9 @@ def parse_correction(
         raise ValueError(f"rollout_rs_threshold: required with rollout_rs={rollout_rs!r} (e.g. '0.5_2.0' for *_k1)")
     specs = [s.strip() for s in str(rollout_rs_threshold).split(",") if s.strip()]
     if len(specs) not in (1, len(names)):
-        raise ValueError(f"rollout_rs_threshold: give one threshold or {len(names)} (one per rollout_rs option), "
-                         f"got {len(specs)}")
+        raise ValueError(
+            f"rollout_rs_threshold: give one threshold or {len(names)} (one per rollout_rs option), got {len(specs)}"
+        )
     options = []
     for name, spec in zip(names, specs * len(names) if len(specs) == 1 else specs):
         lower, upper = parse_bounds(spec, f"rollout_rs_threshold ({name})")
@@ -219,8 +227,10 @@ def _row_mean(values: Tensor, mask: Tensor) -> Tensor:
 def rollout_log_ratio(old_logp: Tensor, sampling_logp: Tensor, mask: Tensor) -> Tensor:
     """log r = log pi_old - log q per token, fp32, detached, 0 off the mask. [B, T] each -> [B, T] (nats)."""
     if old_logp.shape != sampling_logp.shape or old_logp.shape != mask.shape:
-        raise ValueError(f"old_logp {tuple(old_logp.shape)}, sampling_logp {tuple(sampling_logp.shape)} and mask "
-                         f"{tuple(mask.shape)} must have the same [B, T] shape")
+        raise ValueError(
+            f"old_logp {tuple(old_logp.shape)}, sampling_logp {tuple(sampling_logp.shape)} and mask "
+            f"{tuple(mask.shape)} must have the same [B, T] shape"
+        )
     return ((old_logp.detach().float() - sampling_logp.detach().float()) * mask).detach()
 
 
@@ -231,6 +241,9 @@ def raw_is_weights(log_ratio: Tensor, mask: Tensor, level: str) -> Tensor:
         log_ratio: [B, T] log pi_old - log q (0 off the mask).
         mask: [B, T] float response mask.
         level: "token" or "sequence"; log-ratios (or their sequence sums) are clamped to [-20, 20] first.
+
+    Returns:
+        [B, T] weights.
     """
     if level == "token":
         return torch.exp(log_ratio.clamp(-SAFETY_BOUND, SAFETY_BOUND)) * mask
@@ -363,6 +376,9 @@ def is_metrics(weights: Tensor, raw: Tensor, log_ratio: Tensor, mask: Tensor, sp
         log_ratio: [B, T] log pi_old - log q (0 off the mask).
         mask: [B, T] float response mask.
         spec: the IS spec.
+
+    Returns:
+        Scalar tensors.
     """
     lower = 1.0 / spec.upper if spec.lower is None else spec.lower
     if spec.level == "sequence":
@@ -404,7 +420,8 @@ def rollout_correction(old_logp: Tensor, sampling_logp: Tensor, mask: Tensor, sp
         metrics.update(is_metrics(weights, raw, lr, mask, spec.rollout_is))
         if spec.rollout_is.batch_normalize:
             weights, metrics["rollout_corr/rollout_is_batch_norm_factor"] = normalize_weights(
-                weights, mask, spec.rollout_is.level)
+                weights, mask, spec.rollout_is.level
+            )
     else:
         metrics["rollout_corr/rollout_is_eff_sample_size"] = ess(raw_is_weights(lr, mask, "token"), mask)
     zero = torch.zeros((), device=mask.device)
