@@ -304,15 +304,15 @@ def trl_terms(per_token: Tensor, logp: Tensor, old_logp: Tensor, batch: Mapping[
         ([B, T] loss, {"kl": [B, T] detached KL} when beta > 0).
     """
     extra: dict[str, Tensor] = {}
+    ratio = batch.get("importance_sampling_ratio")
+    if ratio is not None:  # TRL weights the policy loss first, then adds the KL term unweighted
+        per_token = per_token * ratio
     if beta != 0.0:
         kl = kl_k3(logp, batch["ref_per_token_logps"])
         if bias_correction:
             kl = kl * torch.exp(logp - old_logp)
         per_token = per_token + beta * kl
         extra["kl"] = kl.detach()
-    ratio = batch.get("importance_sampling_ratio")
-    if ratio is not None:
-        per_token = per_token * ratio
     return per_token, extra
 
 

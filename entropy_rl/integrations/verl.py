@@ -36,8 +36,10 @@ response_mask are our logp, old_logp, adv, mask; the aggregation is verl's `loss
 mini-batch normalisers (`config.global_batch_info`: tokens and sequences of the global mini-batch, times
 dp_size, which FSDP divides back out when it averages gradients over data-parallel ranks), so summing the
 micro-batch losses of every rank gives our mini-batch loss exactly. verl's `token-sum` mode is not one of
-ours and is refused, as are rollout-correction weights (`rollout_is_weights`), which our methods do not
-define. Selections see one micro-batch only: see `method_tier`.
+ours and is refused. verl's rollout-correction weights (`rollout_is_weights`, from its
+`algorithm.rollout_correction`) multiply the method's per-token loss before aggregation, as our trainer applies
+its own (`algorithm.rollout_correction`, train/update.py); verl's rejection reaches us as the response mask.
+Selections see one micro-batch only: see `method_tier`.
 """
 
 from __future__ import annotations
@@ -251,7 +253,8 @@ def verl_policy_loss(
         response_mask: [B, T] response mask (bool or 0/1).
         loss_agg_mode: verl's `actor.loss_agg_mode`; one of our AGG_MODES.
         config: verl's ActorConfig (or any object with `policy_loss` and `global_batch_info`); None = defaults.
-        rollout_is_weights: must be None (rollout correction is refused).
+        rollout_is_weights: [B, T] verl's detached rollout-correction weights, or None; they multiply the method's
+            per-token loss (as in our trainer).
 
     Returns:
         (loss, metrics): the micro-batch's share of the mini-batch loss, times dp_size as verl's `agg_loss`
@@ -263,10 +266,6 @@ def verl_policy_loss(
     policy_loss_cfg = getattr(config, "policy_loss", None) or {}
     params = method_params(name, policy_loss_cfg.get("entropy_rl", None))
     scope = policy_loss_cfg.get("selection_scope", "minibatch")
-    if rollout_is_weights is not None:
-        raise VerlIntegrationError(
-            f"{PREFIX}{name}: verl passed rollout-correction weights (algorithm.rollout_correction); entropy-rl "
-            "methods do not define them: disable rollout correction for this run")
     if loss_agg_mode not in AGG_MODES:
         raise VerlIntegrationError(
             f"{PREFIX}{name}: actor.loss_agg_mode '{loss_agg_mode}' is not one of entropy-rl's: {', '.join(AGG_MODES)}")
@@ -298,7 +297,8 @@ def verl_policy_loss(
             "or make one micro-batch the whole mini-batch on a single rank")
     sel = run_select(entry, params, x, ctx, None)
     out = entry.obj.loss(x, params, sel, ctx)
-    loss = ctx.agg.reduce(out.per_token, mask) * dp_size
+    per_token = out.per_token if rollout_is_weights is None else out.per_token * rollout_is_weights.detach()
+    loss = ctx.agg.reduce(per_token, mask) * dp_size
     metrics = {k: float(v.detach()) for k, v in {**out.metrics, **sel.metrics}.items()}
     return loss, metrics
 

@@ -2,8 +2,8 @@
 
 `docs/metrics.md` is generated from this file (`python -m entropy_rl.metrics.names > docs/metrics.md`) and a
 test fails when it goes stale. A new metric key means one new line here. Keys are namespaced
-(`entropy/`, `dynamics/`, `policy/`, `reward/`, `rollout/`, `adv/`, `eval/`, `timing/`, `train/`,
-`method/<name>/`); families of keys are listed in `PATTERNS`.
+(`entropy/`, `dynamics/`, `policy/`, `reward/`, `rollout/`, `rollout_corr/`, `adv/`, `eval/`, `timing/`,
+`train/`, `method/<name>/`); families of keys are listed in `PATTERNS`.
 """
 
 from __future__ import annotations
@@ -65,6 +65,20 @@ METRICS: dict[str, str] = {
         "-mean over response tokens of STEER's Omega = A (1 - p)(log p + H_old), on-policy; > 0 predicts entropy "
         "rises; compare by correlation (arXiv:2510.10150) (nats x advantage units)"
     ),
+    "dynamics/H_rollout": (
+        "token mean of the entropy of the distribution the rollout sampled from, on the same tokens and pre-update "
+        "logits as entropy/token_mean: softmax(z / tau_sampling) after rollout.top_k / top_p (replayed as the hf "
+        "engine applies them; a strategy's own truncation rule and a separate engine's numerics are not) (nats)"
+    ),
+    "dynamics/H_mismatch": (
+        "dynamics/H_rollout - the probe's H(theta_old) on the same tokens: the entropy drift caused by the rollout/"
+        "trainer mismatch (truncation, another sampling temperature), apart from the update; 0 to fp32 rounding "
+        "when the sampler is the trainer's softmax(z / tau) (nats)"
+    ),
+    "dynamics/dH_rollout_actual": (
+        "dynamics/H_rollout of the same batch re-scored after the optimizer step minus before: the update's entropy "
+        "change as the sampler sees it (equals dynamics/dH_actual without truncation) (nats)"
+    ),
     "dynamics/law_a": "a of the running least-squares fit R = -a exp(H) + b over logged steps (reward units)",
     "dynamics/law_b": "b of the running fit R = -a exp(H) + b (reward units)",
     "dynamics/law_r2": "coefficient of determination R^2 of the running fit R = -a exp(H) + b (unitless)",
@@ -110,6 +124,52 @@ METRICS: dict[str, str] = {
         "large values mean the rollout engine and the trainer disagree (stale weights, numerics) (nats)"
     ),
     "rollout/logp_diff_max": "max over response tokens of |engine sampling log-prob - trainer log-prob| (nats)",
+    # ---- rollout correction (verl 0.9.1 names; r_t = pi_old(o_t) / q(o_t), q the engine's sampling distribution,
+    # pi_old the trainer's pre-update pass; over response tokens; log r clamped to [-20, 20] where noted) ----
+    "rollout_corr/kl": "mean over response tokens of log q - log pi_old: k1 estimate of KL(q || pi_old) (nats)",
+    "rollout_corr/k3_kl": "mean over response tokens of r - log r - 1: k3 estimate of KL(q || pi_old), >= 0 (nats)",
+    "rollout_corr/chi2_token": "mean over response tokens of r^2 - 1 (log r clamped): token chi^2(pi_old || q) (unitless)",
+    "rollout_corr/chi2_seq": (
+        "mean over responses of (prod_t r_t)^2 - 1 (the log of the product clamped): sequence chi^2 (unitless)"
+    ),
+    "rollout_corr/training_ppl": "mean over responses of exp(-token mean of log pi_old): trainer perplexity (perplexity)",
+    "rollout_corr/training_log_ppl": "mean over responses of -token mean of log pi_old (nats)",
+    "rollout_corr/rollout_ppl": "mean over responses of exp(-token mean of log q): engine perplexity (perplexity)",
+    "rollout_corr/rollout_log_ppl": (
+        "mean over responses of -token mean of log q: a Monte Carlo estimate of the sampler's entropy (nats)"
+    ),
+    "rollout_corr/log_ppl_diff": "mean over responses of (token mean of log q - token mean of log pi_old) (nats)",
+    "rollout_corr/log_ppl_abs_diff": "mean over responses of |token mean of log q - token mean of log pi_old| (nats)",
+    "rollout_corr/ppl_ratio": (
+        "mean over responses of exp(log_ppl_diff of the response): training perplexity / rollout perplexity (ratio)"
+    ),
+    "rollout_corr/rollout_is_eff_sample_size": (
+        "1 / mean_t (w_t / mean w)^2 over response tokens, w the IS weights applied (clamped to [0, upper]); with "
+        "rollout_is off, w = the raw token ratios r_t (what untruncated token IS would weigh with); 1 = no mismatch "
+        "(fraction)"
+    ),
+    "rollout_corr/rollout_is_mean": "mean over response tokens of the applied IS weight, before batch normalisation (ratio)",
+    "rollout_corr/rollout_is_ratio_fraction_high": (
+        "fraction of response tokens (sequences, at sequence level) whose raw IS ratio exceeds the upper threshold "
+        "(fraction)"
+    ),
+    "rollout_corr/rollout_is_ratio_fraction_low": (
+        "fraction of response tokens (sequences, at sequence level) whose raw IS ratio is below the lower threshold "
+        "(1 / upper when none) (fraction)"
+    ),
+    "rollout_corr/rollout_is_batch_norm_factor": (
+        "batch mean the IS weights were divided by (rollout_is_batch_normalize only; 1 when <= 1e-8) (ratio)"
+    ),
+    "rollout_corr/rollout_rs_masked_fraction": (
+        "fraction of response tokens the rejection criteria (rollout_rs) removed from the loss; 0 when off (fraction)"
+    ),
+    "rollout_corr/rollout_rs_seq_masked_fraction": (
+        "fraction of responses with at least one rejected token; 0 when rollout_rs is off (fraction)"
+    ),
+    "rollout_corr/structural_mismatch": (
+        "1 when the sampler truncates (rollout.top_p < 1 or top_k > 0), which the trainer does not replay, so the "
+        "mismatch is structural; else 0 (flag)"
+    ),
     "policy/loss": "policy loss of the step, mean over optimizer mini-batches of the aggregated loss (loss units)",
     "policy/clipfrac": "fraction of response tokens whose ratio was clipped at either bound (fraction)",
     "policy/clipfrac_low": "fraction of response tokens clipped at the lower bound 1 - eps_low (A < 0) (fraction)",

@@ -47,12 +47,14 @@ class ScoredBatch:
         attention_mask: [B, P + T].
         prompt_len: P.
         temperature: the sampling temperature tau (a float), or [B, T] when it varies per token.
-        mask: response mask (float).
+        mask: the trained tokens (float): the response mask less what the strategy does not train and what the
+            rollout correction rejects (`algorithm.rollout_correction.rollout_rs`).
         old_logp: tempered log-probs of the sampled tokens under the rollout policy (no grad).
         old_entropy: H_old, tempered full-vocabulary entropy (no grad).
         adv: per-token advantages (0 off the mask).
         ref_logp: reference-model log-probs, or None without a KL penalty.
         extras: the method's features from the pre-update pass, by name.
+        is_weights: detached rollout-correction IS weights that multiply every token's policy loss, or None (off).
     """
 
     input_ids: Tensor
@@ -65,6 +67,7 @@ class ScoredBatch:
     adv: Tensor
     ref_logp: Tensor | None
     extras: Mapping[str, Tensor]
+    is_weights: Tensor | None = None
 
     @property
     def n_seqs(self) -> int:

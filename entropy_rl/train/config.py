@@ -100,6 +100,22 @@ class RolloutConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    """`algorithm.rollout_correction`: verl 0.9.1's option names and semantics (core/rollout_correction.py).
+
+    Off by default, as in verl: the `hf` engine samples from the training model itself at the trainer's
+    temperature, so without top-k / top-p the weights are 1 up to fp32 rounding and a correction would only
+    perturb bit-exact runs; the rollout_corr/* metrics are logged at every step either way.
+    """
+
+    rollout_is: str | None = None  # null (off) | token | sequence; TRL names: token_truncate | token_mask | sequence_truncate | sequence_mask
+    rollout_is_threshold: str | float = 2.0  # C: weights truncated at C (TIS); "lower_upper": zeroed outside (IcePop). TRL's cap is 3.0
+    rollout_is_batch_normalize: bool = False  # divide the IS weights by their batch mean
+    rollout_rs: str | None = None  # null | comma list of token_k1..3, seq_sum_k1..3, seq_mean_k1..3, seq_max_k2..3 (MIS: seq_sum_k1, Geo-RS: seq_mean_k1)
+    rollout_rs_threshold: str | float | None = None  # per option (comma list) or shared: "lower_upper" ratio bounds for *_k1, an upper bound for k2 / k3
+
+
+@dataclass
 class AlgorithmConfig:
     advantage: str = "grpo"  # advantage estimator (registry key)
     advantage_params: dict[str, Any] = field(default_factory=dict)  # its Params fields
@@ -109,6 +125,7 @@ class AlgorithmConfig:
     selection_scope: str = "minibatch"  # where token selection runs: minibatch (default) | microbatch (paper repro)
     kl_coef: float = 0.0  # weight of the KL-to-reference penalty (0 = off, no reference model kept)
     kl_estimator: str = "k3"  # k1 | k2 | k3
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)  # engine vs trainer mismatch
 
 
 @dataclass
@@ -570,6 +587,7 @@ def validate(cfg: Config) -> None:
     need(a.selection_scope in ("minibatch", "microbatch"), "algorithm.selection_scope",
          f"must be minibatch or microbatch, got {brief(a.selection_scope)}")
     need(a.kl_estimator in KL_ESTIMATORS, "algorithm.kl_estimator", f"must be one of {', '.join(KL_ESTIMATORS)}")
+    correction_spec(cfg)
     need(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown dtype {brief(cfg.model.dtype)}")
 
     from entropy_rl.rollout.base import ENGINES
@@ -609,6 +627,22 @@ def validate(cfg: Config) -> None:
     positions = check_model(cfg.model, vocab=len(task.alphabet) + 3)
     check_context(cfg, task, policy_tokenizer(cfg, task), positions)
     validate_method_requirements(cfg)
+
+
+def correction_spec(cfg: Config) -> Any:
+    """The parsed `algorithm.rollout_correction` (a core.rollout_correction.CorrectionSpec).
+
+    Raises:
+        ConfigError: an unknown `rollout_is` level or `rollout_rs` option, or a malformed threshold, naming the key.
+    """
+    from entropy_rl.core.rollout_correction import parse_correction
+
+    c = cfg.algorithm.rollout_correction
+    try:
+        return parse_correction(c.rollout_is, c.rollout_is_threshold, c.rollout_is_batch_normalize, c.rollout_rs,
+                                c.rollout_rs_threshold)
+    except ValueError as e:
+        raise ConfigError(f"algorithm.rollout_correction.{e}") from None
 
 
 def check_strategy(name: str, params: dict[str, Any]) -> None:

@@ -14,6 +14,15 @@ the same rollout batch. Then:
                   section 1): first order in logit space, validates the instrument;
   - dH_per_bonus = predicted dH of adding an entropy bonus of coefficient 1 to this step's gradient under the
                   current Adam preconditioner: lr (1 - b1) / (1 - b1^t) * sum g_H^2 / (sqrt(v_hat) + eps).
+Beside the update's change it separates the drift caused by the rollout/trainer mismatch (`sampler` given):
+  - H_rollout   = token mean of the entropy of the distribution the rollout sampled from, on the same tokens and
+                  logits: softmax(z / tau_sampling) with `rollout.top_k` / `top_p` replayed (Hugging Face's warpers,
+                  as the `hf` engine applies them); a strategy's own truncation rule (top_h) is not replayed;
+  - H_mismatch  = H_rollout - H(theta_old): what the sampler's entropy differs from the trainer's (0 to fp32
+                  rounding when the sampler is the trainer's softmax(z / tau));
+  - dH_rollout_actual = H_rollout(theta_new) - H_rollout(theta_old): the update's change as the sampler sees it.
+The sampler's entropies come from the logits the probe computes after the step anyway (theta_old's from
+the JVP's primal output, theta_new's from the new forward). Numerical differences of a separate engine (vLLM's kernels) are not replayed: rollout_corr/* measures them.
 Cost: the gradient of H is taken in the pre-update scoring pass itself (`score_and_probe`: that pass runs with
 gradient and backpropagates H chunk by chunk, so the probe adds one backward, not a forward + backward); after
 the step, one forward at the new weights (H_new, and the new logits for the identity) and one forward-mode JVP at
@@ -25,7 +34,7 @@ kernels have no forward-mode derivative). `train.dynamics_every` sets how often.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import torch
@@ -33,8 +42,10 @@ from torch import Tensor
 from torch.func import functional_call, jvp
 from transformers import PreTrainedModel
 
-from entropy_rl.core.entropy import token_entropy
+from entropy_rl.core.entropy import entropy_from_logp, token_entropy
 from entropy_rl.metrics.dynamics import entropy_change_identity
+from entropy_rl.rollout.base import SamplingParams
+from entropy_rl.rollout.stepwise import StepChoice, step_distribution
 from entropy_rl.train.forward import Features, logits_of, position_ids_from_mask, response_scores, score_in_chunks, stats_of
 
 
@@ -46,6 +57,39 @@ class EntropyProbe:
     theta_old: dict[str, Tensor]
     h_old: float
     dh_per_bonus: float | None
+    sampler: "Sampler | None" = None
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """The rollout's sampling distribution as the trainer replays it.
+
+    Attributes:
+        temperature: the sampling temperature, a float or [B, T] per response token (`RolloutBatch.temperature`).
+        sampling: the run's sampling settings (top_k / top_p are replayed; its temperature is not used).
+    """
+
+    temperature: float | Tensor
+    sampling: SamplingParams
+
+
+def rollout_entropy(logits: Tensor, temperature: float | Tensor, sampling: SamplingParams, mask: Tensor) -> Tensor:
+    """Entropy [B, T] fp32 (nats, 0 off the mask) of the sampling distribution: softmax of logits / tau after
+    top-k / top-p, as the `hf` engine samples. No gradient.
+
+    Args:
+        logits: [B, T, V] raw response logits.
+        temperature: tau, a float or [B, T].
+        sampling: top_k / top_p to replay (0 / 1 disable).
+        mask: [B, T] response mask; only these tokens are computed.
+    """
+    keep = mask.bool()
+    z = logits.detach()[keep].float()  # [n, V]
+    tau = temperature[keep] if isinstance(temperature, Tensor) else torch.full((z.shape[0],), float(temperature))
+    h = entropy_from_logp(step_distribution(z, StepChoice(tau.float().to(z.device)), sampling))  # [n]
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+    out[keep] = h
+    return out
 
 
 def adam_bonus_sensitivity(optimizer: torch.optim.Optimizer, grads: list[Tensor], params: list[Tensor]) -> float | None:
@@ -103,12 +147,23 @@ def score_and_probe(
     return (logp, entropy, extras), probe
 
 
+def sampled_entropy_sum(logits: Tensor, sampler: Sampler, mask: Tensor, start: int, chunk: int) -> Tensor:
+    """Sum over the masked tokens of rows start:start+chunk of `rollout_entropy` (logits are those rows'). []."""
+    tau = sampler.temperature
+    rows = slice(start, start + chunk)
+    tau_rows = tau[rows] if isinstance(tau, Tensor) else tau
+    with torch.no_grad():
+        return rollout_entropy(logits, tau_rows, sampler.sampling, mask[rows]).sum()
+
+
 def probe_before_update(
     model: PreTrainedModel, optimizer: torch.optim.Optimizer, input_ids: Tensor, attn: Tensor, prompt_len: int,
-    temperature: float | Tensor, mask: Tensor, chunk: int,
+    temperature: float | Tensor, mask: Tensor, chunk: int, sampler: Sampler | None = None,
 ) -> EntropyProbe:
-    """The probe's half before the step on its own: `score_and_probe` scoring just `mask`, its scores dropped."""
-    return score_and_probe(model, optimizer, input_ids, attn, prompt_len, temperature, mask, mask, chunk)[1]
+    """The probe's half before the step on its own: `score_and_probe` scoring just `mask`, its scores dropped;
+    with `sampler`, `measure_after_update` also reports the sampler's entropy (H_rollout, ...)."""
+    probe = score_and_probe(model, optimizer, input_ids, attn, prompt_len, temperature, mask, mask, chunk)[1]
+    return probe if sampler is None else replace(probe, sampler=sampler)
 
 
 def response_logits_at(
@@ -173,7 +228,8 @@ def measure_after_update(
     model: PreTrainedModel, probe: EntropyProbe, input_ids: Tensor, attn: Tensor, prompt_len: int,
     temperature: float, mask: Tensor, chunk: int,
 ) -> dict[str, float]:
-    """dynamics/dH_actual, dH_pred, dH_pred_lin, dH_identity (and dH_per_bonus when Adam has moments) for this step.
+    """dynamics/dH_actual, dH_pred, dH_pred_lin, dH_identity (and dH_per_bonus when Adam has moments) for this step;
+    dynamics/H_rollout, H_mismatch and dH_rollout_actual when the probe carries the sampler.
 
     Chunk by chunk: one forward at the new weights (H_new through the same scoring path as the pre-update pass,
     and the new logits), one JVP at theta_old along the update (its primal output is theta_old's logits, which
@@ -184,9 +240,10 @@ def measure_after_update(
     was_training = model.training
     model.eval()
     n_tokens = float(mask.sum().clamp_min(1.0))
-    h_new, identity, dh_lin = 0.0, 0.0, 0.0
-    for i in range(0, input_ids.shape[0], chunk or input_ids.shape[0]):
-        j = i + (chunk or input_ids.shape[0])
+    h_new, identity, dh_lin, h_rollout_old, h_rollout_new = 0.0, 0.0, 0.0, 0.0, 0.0
+    step = chunk or input_ids.shape[0]
+    for i in range(0, input_ids.shape[0], step):
+        j = i + step
         ids, a, m = input_ids[i:j], attn[i:j], mask[i:j]
         x, head = response_scores(model, ids, a, prompt_len)
         entropy = stats_of(x, head, ids[:, prompt_len:], temperature, mask=m).entropy
@@ -196,9 +253,16 @@ def measure_after_update(
         z, dz = linearised_logit_change(model, probe.theta_old, delta, ids, a, prompt_len)  # z: theta_old's logits
         identity += entropy_change_identity(z, logits, m, temperature) * float(m.sum()) / n_tokens
         dh_lin += float(((token_entropy(z + dz, temperature) - token_entropy(z, temperature)) * m).sum()) / n_tokens
+        if probe.sampler is not None:
+            h_rollout_old += float(sampled_entropy_sum(z, probe.sampler, mask, i, step)) / n_tokens
+            h_rollout_new += float(sampled_entropy_sum(logits, probe.sampler, mask, i, step)) / n_tokens
     model.train(was_training)
     out = {"dynamics/dH_actual": h_new - probe.h_old, "dynamics/dH_pred": dh_pred, "dynamics/dH_pred_lin": dh_lin,
            "dynamics/dH_identity": identity}
     if probe.dh_per_bonus is not None:
         out["dynamics/dH_per_bonus"] = probe.dh_per_bonus
+    if probe.sampler is not None:
+        out["dynamics/H_rollout"] = h_rollout_old
+        out["dynamics/H_mismatch"] = h_rollout_old - probe.h_old
+        out["dynamics/dH_rollout_actual"] = h_rollout_new - h_rollout_old
     return out

@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -26,6 +26,7 @@ from entropy_rl.core.advantage import group_stats
 from entropy_rl.core.aggregate import Aggregation
 from entropy_rl.core.policy_loss import MethodState, PolicyLossMethod, get_policy_loss, step_context
 from entropy_rl.core.registry import Entry
+from entropy_rl.core.rollout_correction import CorrectionSpec, rollout_correction
 from entropy_rl.metrics.dynamics import (
     cov_logp_adv,
     distinct_answers_by_group,
@@ -43,8 +44,8 @@ from entropy_rl.rollout.strategies import RolloutStrategy, make_strategy
 from entropy_rl.tasks import make_task
 from entropy_rl.tasks.base import DEFAULT_SCORE_RANGE, Problem, RewardResult, validate_result
 from entropy_rl.train import checkpoint as ckpt
-from entropy_rl.train.config import Config, ConfigError, check_context, save_config, to_dict
-from entropy_rl.train.entropy_probe import measure_after_update
+from entropy_rl.train.config import Config, ConfigError, check_context, correction_spec, save_config, to_dict
+from entropy_rl.train.entropy_probe import Sampler, measure_after_update
 from entropy_rl.train.batch import ScoredBatch, batch_advantages, score_batch, scoring_temperature, seed_for
 from entropy_rl.train.evaluate import eval_at_step
 from entropy_rl.train.guard import UpdateGuard
@@ -216,6 +217,7 @@ class Run:
     law_points: list[tuple[float, float]] = field(default_factory=list)
     last: dict[str, float] = field(default_factory=dict)  # the newest logged metrics (the step-0 eval before step 1)
     guard_reason: str = ""  # why the last update was skipped or rolled back (for the stop message)
+    correction: CorrectionSpec = field(default_factory=CorrectionSpec)  # algorithm.rollout_correction, parsed
 
     def save(self, step: int) -> None:
         """Checkpoint the model, optimizer, scheduler, RNG and method state at `step`."""
@@ -278,6 +280,11 @@ def start_run(cfg: Config, run_dir: Path, progress: bool, resume: bool) -> Run:
         log(f"resumed from {latest} at step {run.start_step}")
     elif resume:
         truncate_jsonl(run_dir / "metrics.jsonl", 0)
+    run.correction = correction_spec(cfg)
+    if structural_mismatch(cfg):
+        log(f"warning: rollout.top_p={cfg.rollout.top_p:g} / top_k={cfg.rollout.top_k} truncate the sampling distribution and "
+            "the trainer does not replay it, so sampling and trainer log-probs differ by construction (rollout_corr/* "
+            "measures it; algorithm.rollout_correction corrects for it)")
     run.sinks = make_sinks(cfg, run_dir, progress)
     logged = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     # (entropy, reward) pairs of every step so far, for the running R = -a exp(H) + b fit (rebuilt on resume)
@@ -330,12 +337,19 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
             with timed(m, "timing/score_s"):
                 old_logp, old_entropy, extras, ref_logp, probe = score_batch(
                     model, run.ref_model, batch, micro, features, params, probe_with=run.optimizer if probing else None)
-            adv = batch_advantages(cfg.algorithm.advantage, cfg.algorithm.advantage_params, rewards, batch, mask, old_entropy)
+            if probe is not None:  # the probe also reports the sampler's entropy and its change (H_rollout, ...)
+                probe = replace(probe, sampler=Sampler(batch.temperature, sampling))
+            # rollout correction (engine vs trainer log-probs): IS weights, rejected tokens, rollout_corr/* metrics
+            corr = rollout_correction(old_logp, batch.sampling_logp, batch.response_mask, run.correction)
+            train_mask = mask if corr.keep is None else mask * corr.keep  # rejection leaves the loss (as verl)
+            adv = batch_advantages(cfg.algorithm.advantage, cfg.algorithm.advantage_params, rewards, batch, train_mask,
+                                   old_entropy)
             scored = ScoredBatch(batch.input_ids, batch.attention_mask, batch.prompt_ids.shape[1], scoring_temperature(batch),
-                                 mask, old_logp, old_entropy, adv, ref_logp, extras)
+                                 train_mask, old_logp, old_entropy, adv, ref_logp, extras, corr.weights)
 
             # ---- metrics of the rollout batch, before the update ----
-            m.update(batch_metrics(batch, results, rewards, scored, t.high_entropy_threshold))
+            m.update(batch_metrics(batch, results, rewards, scored, t.high_entropy_threshold, entropy_mask=mask))
+            m.update(correction_metrics(corr.metrics, structural_mismatch(cfg)))
             run.law_points.append((m["entropy/token_mean"], m["reward/mean"]))
             m.update(law_metrics(run.law_points))
             if state is not None:  # first show the state this batch (anchors, histories), then take this step's values
@@ -404,12 +418,30 @@ def law_metrics(points: list[tuple[float, float]]) -> dict[str, float]:
     return {} if law is None else {f"dynamics/law_{k}": law[k] for k in ("a", "b", "r2", "ceiling")}
 
 
+def structural_mismatch(cfg: Config) -> bool:
+    """Whether the sampler truncates (rollout.top_p < 1 or top_k > 0), which the trainer's softmax(z / T) does not."""
+    return cfg.rollout.top_p < 1.0 or cfg.rollout.top_k > 0
+
+
+def correction_metrics(metrics: dict[str, torch.Tensor], structural: bool) -> dict[str, float]:
+    """The rollout correction's rollout_corr/* scalars as floats (one device sync), with the structural flag."""
+    keys = list(metrics)
+    values = torch.stack([metrics[k].detach().double().reshape(()) for k in keys]).cpu().tolist() if keys else []
+    return {**dict(zip(keys, values)), "rollout_corr/structural_mismatch": float(structural)}
+
+
 def batch_metrics(batch: RolloutBatch, results: list, rewards: torch.Tensor, scored: ScoredBatch,
-                  high_threshold: float) -> dict[str, float]:
-    """Everything logged about the rollout batch before the update: rollout, reward, entropy, dynamics, adv."""
+                  high_threshold: float, entropy_mask: torch.Tensor | None = None) -> dict[str, float]:
+    """Everything logged about the rollout batch before the update: rollout, reward, entropy, dynamics, adv.
+
+    Entropy statistics are over `entropy_mask` (default `scored.mask`): the trainer passes the tokens before the
+    rollout correction's rejection, so `entropy/*` keeps its definition (response tokens) whatever is rejected;
+    the update's statistics (cov_logp_adv, steer_omega, adv/*) are over the trained tokens `scored.mask`.
+    """
     mask, adv, correct = scored.mask, scored.adv, rewards > 0.5
     m = rollout_metrics(batch, results, rewards, correct, scored.old_logp)
-    m.update(entropy_stats(scored.old_entropy, mask, adv, correct, high_threshold=high_threshold))
+    m.update(entropy_stats(scored.old_entropy, mask if entropy_mask is None else entropy_mask, adv, correct,
+                           high_threshold=high_threshold))
     m["dynamics/cov_logp_adv"] = cov_logp_adv(scored.old_logp, adv, mask)
     m["dynamics/steer_omega"] = steer_omega_signal(scored.old_logp, adv, scored.old_entropy, mask)
     valid_adv = adv[mask.bool()]

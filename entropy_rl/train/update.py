@@ -4,6 +4,13 @@ Selection runs once per mini-batch (token choice never depends on the micro-batc
 are aggregated with the mini-batch normalisers and accumulate gradients; a mini-batch whose loss or gradient
 is not finite is skipped, and one whose optimizer step leaves anything non-finite is rolled back (`guard`).
 Metrics stay tensors (fp64 sums) until the caller syncs them once per step (`MetricSums.means`).
+
+Rollout correction (`ScoredBatch.is_weights`, detached) multiplies the method's per-token loss before the
+KL-to-reference penalty is added, whatever the method: the loss as the method returns it, so a regularizer a
+method folds into its per-token loss (entropy_bonus's -c H) is weighted too, where verl and TRL weight only the
+policy-gradient term (their entropy bonus and KL loss are separate terms). Rejected tokens are already off
+`batch.mask`, so they leave selection, the method's metrics and the aggregation denominators (verl's modified
+`response_mask`); a zero IS weight (IcePop) keeps its token in them (verl's `rollout_is_weights`).
 """
 
 from __future__ import annotations
@@ -112,6 +119,8 @@ def update_policy(model: PreTrainedModel, optimizer: torch.optim.Optimizer, meth
                     else run_select(method, params, x, mb_ctx, gen)
                 out = method.obj.loss(x, params, micro_sel, mb_ctx)
                 per_token = out.per_token
+                if batch.is_weights is not None:  # rollout correction: engine vs trainer log-probs, detached
+                    per_token = per_token * batch.is_weights[r]
                 if x.ref_logp is not None:
                     kl = kl_estimate(logp, x.ref_logp, a.kl_estimator)
                     per_token = per_token + a.kl_coef * kl

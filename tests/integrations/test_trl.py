@@ -215,7 +215,8 @@ def test_trl_terms_add_kl_and_importance_ratio_as_trl_does() -> None:
     out, extra = adapter.trl_terms(per_token, logp, old, batch,
                                    beta=0.1, bias_correction=True)
     k3 = torch.exp(ref - logp) - (ref - logp) - 1  # TRL's per_token_kl
-    torch.testing.assert_close(out, (per_token + 0.1 * k3 * torch.exp(logp - old)) * ratio)
+    # TRL 1.16 `_compute_loss`: per_token_loss * importance_sampling_ratio, then + beta * per_token_kl (unweighted)
+    torch.testing.assert_close(out, per_token * ratio + 0.1 * k3 * torch.exp(logp - old))
     torch.testing.assert_close(extra["kl"], k3 * torch.exp(logp - old))
     plain, none = adapter.trl_terms(per_token, logp, old, {}, beta=0.0, bias_correction=True)
     assert plain is per_token and none == {}

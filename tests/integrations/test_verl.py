@@ -192,6 +192,28 @@ def test_ppo_clip_equals_verls_own_vanilla_loss() -> None:
         assert_same(mine, theirs, mb2, mb)
 
 
+def test_rollout_correction_weights_multiply_the_loss_as_in_verls_vanilla() -> None:
+    """verl's `rollout_is_weights` (its algorithm.rollout_correction): ppo_clip with them == verl's vanilla with them."""
+    for mode in AGG_MODES:
+        mb = micro_batch(seed=5)
+        w = torch.rand(mb.mask.shape, generator=torch.Generator().manual_seed(5), dtype=mb.logp.dtype) * 2
+        info = {"dp_size": DP, "batch_num_tokens": float(mb.mask.sum()) * DP + 5, "global_batch_size": GLOBAL_SEQS,
+                "loss_scale_factor": SCALE}
+        cfg = ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=2, clip_ratio_low=0.2,
+                          clip_ratio_high=0.2, clip_ratio_c=3.0, loss_agg_mode=mode)
+        cfg.global_batch_info.update(info)
+        theirs, _ = compute_policy_loss_vanilla(mb.old_logp, mb.logp, mb.adv, mb.mask.bool(), mode, cfg, w)
+        mb2 = micro_batch(seed=5)
+        cfg2 = actor_config("ppo_clip", mode)
+        cfg2.global_batch_info.update(info)
+        mine, _ = get_policy_loss_fn("entropy_rl.ppo_clip")(mb2.old_logp, mb2.logp, mb2.adv, mb2.mask.bool(), mode,
+                                                            cfg2, w)
+        assert_same(mine, theirs, mb2, mb)
+        unweighted, _ = get_policy_loss_fn("entropy_rl.ppo_clip")(mb2.old_logp, mb2.logp, mb2.adv, mb2.mask.bool(),
+                                                                  mode, cfg2)
+        assert abs(float(unweighted) - float(mine)) > 1e-6  # the weights did something
+
+
 def test_other_loss_modes_run_unchanged_through_the_wrapped_worker_loss() -> None:
     mb, mb2 = micro_batch(seed=4), micro_batch(seed=4)
     cfg = ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=2)
@@ -251,8 +273,6 @@ def test_missing_inputs_and_unsupported_settings_raise_with_the_fix() -> None:
         losses.ppo_loss(actor_config("erc", calculate_entropy=True), mb.model_output, mb.data)
     with pytest.raises(ev.VerlIntegrationError, match="only to its worker loss"):
         get_policy_loss_fn("entropy_rl.erc")(mb.old_logp, mb.logp, mb.adv, mb.mask, "token-mean", None, None)
-    with pytest.raises(ev.VerlIntegrationError, match="rollout-correction"):
-        get_policy_loss_fn("entropy_rl.ppo_clip")(mb.old_logp, mb.logp, mb.adv, mb.mask, "token-mean", None, mb.mask)
     with pytest.raises(ev.VerlIntegrationError, match="'token-sum' is not one of"):
         get_policy_loss_fn("entropy_rl.ppo_clip")(mb.old_logp, mb.logp, mb.adv, mb.mask, "token-sum", None, None)
 

@@ -216,6 +216,7 @@ def test_training_with_vllm_matches_the_trainer_every_step_checkpoints_and_resum
     assert [r["step"] for r in full] == [1, 2, 3]
     assert all(math.isfinite(v) for r in full for v in r.values())
     assert all(r["rollout/logp_mismatch"] < FP32_TOL for r in full)  # the engine samples the weights being trained
+    assert all(abs(r["rollout_corr/kl"]) < FP32_TOL and abs(r["dynamics/H_mismatch"]) < 1e-4 for r in full)
     assert [c.name for c in list_checkpoints(tmp_path / "full")] == ["step_000002", "step_000003"]  # keep 2
     cut = tmp_path / "cut"
     train_with_vllm(cut)
@@ -237,6 +238,8 @@ def test_training_without_weight_sync_is_caught_by_the_mismatch(small_kv_cache, 
     rows = train_with_vllm(tmp_path / "run")
     assert len(calls) == 4 and rows[0]["rollout/logp_mismatch"] < FP32_TOL
     assert all(r["rollout/logp_mismatch"] > 100 * FP32_TOL for r in rows[1:])
+    # the rollout-correction diagnostics see the drift too (k3 > 0 whenever any log-prob differs)
+    assert all(r["rollout_corr/k3_kl"] > 0 and r["rollout_corr/rollout_is_eff_sample_size"] < 1 for r in rows[1:])
 
 
 def test_a_policy_vllm_cannot_run_fails_when_the_engine_is_built(engine) -> None:
