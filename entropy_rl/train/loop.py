@@ -44,7 +44,7 @@ from entropy_rl.rollout.strategies import RolloutStrategy, make_strategy
 from entropy_rl.tasks import make_task
 from entropy_rl.tasks.base import DEFAULT_SCORE_RANGE, Problem, RewardResult, validate_result
 from entropy_rl.train import checkpoint as ckpt
-from entropy_rl.train.config import Config, ConfigError, check_context, correction_spec, save_config, to_dict
+from entropy_rl.train.config import Config, ConfigError, check_context, correction_spec, from_dict, save_config, to_dict
 from entropy_rl.train.entropy_probe import Sampler, measure_after_update
 from entropy_rl.train.batch import ScoredBatch, batch_advantages, score_batch, scoring_temperature, seed_for
 from entropy_rl.train.evaluate import eval_at_step
@@ -76,6 +76,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def with_defaults(saved: Any) -> Any:
+    """A saved config dict with every key a newer version added filled with its default (`to_dict(from_dict(...))`),
+    so resuming a run saved before a new setting existed compares equal; a dict that no longer validates is
+    returned as it is (the comparison then names what differs)."""
+    if not isinstance(saved, dict):
+        return saved
+    try:
+        return to_dict(from_dict(Config, saved))
+    except ConfigError:
+        return saved
+
+
 def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, kind: str = "train",
                     log: Callable[[str], None] = print) -> RunLock:
     """Check, lock and mark the run directory (train/rundir.py), refuse a different config on resume, save it.
@@ -88,7 +100,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, k
         if resume and cfg_path.exists():
             import yaml
 
-            saved, new = yaml.safe_load(cfg_path.read_text()), to_dict(cfg)
+            saved, new = with_defaults(yaml.safe_load(cfg_path.read_text())), to_dict(cfg)
             if saved != new:
                 a, b = flatten(saved if isinstance(saved, dict) else {}), flatten(new)
                 keys = ", ".join(sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))[:5])

@@ -86,6 +86,19 @@ def test_existing_run_dir_is_protected(tiny_config, run_dir: Path) -> None:
     train(tiny_config("train.steps=1"), run_dir, overwrite=True, progress=False)
 
 
+def test_a_run_saved_before_a_new_setting_existed_resumes(tiny_config, run_dir: Path) -> None:
+    import yaml
+
+    cfg = tiny_config("train.steps=2", "train.save_every=1")
+    train(cfg, run_dir, progress=False)
+    shutil.rmtree(latest_checkpoint(run_dir))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del saved["algorithm"]["rollout_correction"]  # as written by a version without that section
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    train(cfg, run_dir, resume=True, progress=False)  # the missing section is its default: the same config
+    assert [r["step"] for r in metrics(run_dir)] == [1, 2]
+
+
 def test_micro_batch_size_does_not_change_training(tiny_config, tmp_path: Path) -> None:
     whole = tiny_config("train.steps=2")
     split = tiny_config("train.steps=2", "optim.micro_batch_size=4")
