@@ -183,7 +183,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     split_config_arg(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     compare(args.config, args.overrides, methods, args.seeds, args.out, jobs=args.jobs, methods_dir=args.methods_dir,
-            baseline=args.baseline, equal_tokens=args.equal_tokens)
+            baseline=args.baseline, equal_tokens=args.equal_tokens, pool_law=args.pool_law)
     return 0
 
 
@@ -338,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--equal-tokens", action="store_true",
                    help="summarise every run up to the smallest run's total of tokens generated (equal generation "
                         "budget, e.g. across rollout strategies)")
+    p.add_argument("--pool-law", action="store_true",
+                   help="in the report, fit R = -a exp(H) + b once over all runs (one model and task), not per run")
     p.set_defaults(fn=cmd_compare)
 
     from entropy_rl.report.cli import cmd_report  # light import (argparse, pathlib only)
@@ -347,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default RUN_DIR/report, or <common parent>/report)")
     p.add_argument("--labels", default=None, help="comma-separated legend names, one per run (default: directory names)")
     p.add_argument("--summary", default=None, help="markdown table file to include, e.g. a compare summary.md")
+    p.add_argument("--pool-law", action="store_true",
+                   help="fit R = -a exp(H) + b once per model and task, pooling the runs' points (default: per run)")
+    p.add_argument("--smooth", type=int_at_least(0), default=None,
+                   help="EMA span in steps for curves along training (default: automatic; 0 = raw curves only)")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("methods", help="list method variants, methods, advantage estimators, rollout strategies and tasks with defaults")

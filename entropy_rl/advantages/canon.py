@@ -8,24 +8,27 @@ Paper: Chen et al. 2025, "Conditional Advantage Estimation" (CANON, arXiv:2509.2
     mu-, mu+ = mean reward of C-, C+
     i in C+: A_i = [lam (r_i - alpha mu- + beta) + (1 - lam)(r_i - mu+)] / L_max
     i in C-: A_i = [lam (alpha r_i - mu+ - beta) + (1 - lam)(r_i - mu-)] / L_max
-    singletons (n = 1): A = 0 (a departure, below).  No std normalisation; the sequence advantage is broadcast
-    by the trainer.
+    singletons (n = 1): A = 0 by default (a departure, below); singleton="reward" gives the official (r + lam beta)
+    / L_max.  No std normalisation; the sequence advantage is broadcast by the trainer.
 
 With lam = 0.5, alpha = 1, beta = 0 and even n this is (r_i - mu)/L_max, the repository's Dr.GRPO. Pitfall kept:
 1/L_max (8192 in the paper's runs) shrinks advantages ~1e4x versus GRPO, which breaks methods with absolute windows
 (Clip-Cov) or floors (STEER). The annealed / cosine / random / length variants of the repository are not
 implemented. Ties in s are broken by position in the batch (stable sort), as Python's sort does.
 
-Departure from the official code (deliberate): a group of one response gets A = 0 here, the toolkit's singleton
-rule (a lone response carries no relative signal). The official
-`compute_dr_entropy_per_token_group_outcome_advantage` (read at f3ee9fc) puts a singleton in C+ (m = 0) with
-both half means set to 0, so it gets A = (r + lam beta) / L_max.
+Departure from the official code (deliberate, opt-out with singleton="reward"): a group of one response gets A = 0
+here, the toolkit's singleton rule (a lone response carries no relative signal), as `grpo`, `dr_grpo` and `rloo`
+do. The official `compute_dr_entropy_per_token_group_outcome_advantage` (read at f3ee9fc) puts a singleton in C+
+(m = 0, every index >= mid) and sets both half means to 0, so it gets A = [lam (r + beta) + (1 - lam) r] / L_max
+= (r + lam beta) / L_max; singleton="reward" reproduces that.
 
 Params:
     lam (1.0): weight of the inter-group term (repository `scripts/setups.sh`: 1.0, pure inter-group).
     alpha (1.0): scale of the other half's mean (C+) / of the own reward (C-).
     beta (0.0): offset added to C+ and subtracted from C-.
     max_length (None): L_max; None uses T (the mask's width). The paper's runs use 8192.
+    singleton ("zero"): advantage of a group of one response: "zero" (toolkit rule) or "reward" (official code:
+        (r + lam beta) / L_max).
 """
 
 from __future__ import annotations
@@ -44,10 +47,13 @@ class Params:
     alpha: float = 1.0
     beta: float = 0.0
     max_length: int | None = None  # L_max; None -> T of the mask
+    singleton: str = "zero"  # "zero" or "reward" (official code: (r + lam beta) / L_max)
 
     def __post_init__(self) -> None:
         if self.max_length is not None and self.max_length <= 0:
             raise ValueError(f"max_length must be > 0 (or None), got {self.max_length}")
+        if self.singleton not in ("zero", "reward"):
+            raise ValueError(f"singleton must be 'zero' or 'reward', got '{self.singleton}'")
 
 
 def response_entropy(old_entropy: Tensor, mask: Tensor) -> Tensor:
@@ -68,8 +74,10 @@ def canon(x: AdvantageInputs, p: Params) -> Tensor:
     for g in torch.unique(x.group_index):
         idx = (x.group_index == g).nonzero(as_tuple=True)[0]  # batch order
         n = idx.numel()
-        if n < 2:
-            continue  # singleton: A = 0
+        if n < 2:  # a singleton: A = 0, or the official code's (both half means 0, the response in C+)
+            if p.singleton == "reward":
+                adv[idx] = p.lam * (r[idx] + p.beta) + (1 - p.lam) * r[idx]
+            continue
         order = idx[torch.sort(s[idx], stable=True).indices]
         m = n // 2
         low, high = order[:m], order[m:]

@@ -38,10 +38,12 @@ def aggregate(
       a constant length, by default T, replaces |o_i|), as verl 0.9.1 (`loss_scale_factor`; older verl
       omitted the 1/num_seqs).
 
-    num_seqs counts every response, a fully masked (empty) one included; it adds 0 to the sum. verl 0.9.1's
-    trainer does the same (`global_batch_size` = ppo_mini_batch_size * rollout.n), but its `agg_loss` called
-    without `global_batch_size` divides by the number of non-empty responses instead. The two differ only
-    when a response has no token in the mask; `num_seqs` = that count reproduces the latter.
+    num_seqs counts every response, a fully masked (empty) one included; it adds 0 to the sum. Decision: keep
+    this. verl 0.9.1's trainer does the same (`global_batch_size` = ppo_mini_batch_size * rollout.n), and it
+    gives each response the weight 1/B whatever the other responses of the mini-batch hold. verl's `agg_loss`
+    called without `global_batch_size` divides by the number of non-empty responses instead (the verl adapter
+    does so in that case); `num_seqs` = that count reproduces it. The two differ only when a response has no
+    token in the mask (tests/core/test_aggregate.py, and tests/integrations/test_verl.py against verl's code).
 
     Args:
         per_token: [B, T] loss per token.

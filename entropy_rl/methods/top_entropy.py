@@ -7,9 +7,9 @@ Reasoning", arXiv:2506.01939 (NeurIPS 2025). Official code: Shenzhi-Wang/Beyond-
 Selection (`select`, over the valid tokens of the optimizer mini-batch):
     k = max(1, ceil(rho * N_valid)) tokens with the highest entropy, by torch.topk (exactly k: ties at the
     threshold are broken by topk, like the official code). TRL's `H >= torch.quantile(H, 1 - rho)` (trl 1.16
-    `get_high_entropy_mask`) keeps 1 + floor(rho (N_valid - 1)) tokens of distinct entropy: the same k when
-    rho = 1/m (0.2, 0.1, 0.5, ...), one fewer when frac(rho N_valid) lies in (0, rho) (rho 0.3, N_valid 7: 2
-    against 3), and every token tied at its threshold besides (then more).
+    `get_high_entropy_mask`) never keeps more for distinct entropies: 1 + floor(rho (N_valid - 1)) tokens, the
+    same k when rho = 1/m (0.2, 0.1, 0.5, ...) and one fewer when frac(rho N_valid) lies in (0, rho) (rho 0.3,
+    N_valid 7: 2 against 3). Only ties make it keep more: every token tied at its threshold is kept.
     threshold = the k-th largest entropy (logged).
 Loss (`loss`, per micro-batch): l_t = 1[t selected] * scale * PPO clipped loss (clip-higher and dual clip), where
     normalize="all_tokens" (paper objective, TRL): scale = 1; the trainer's token-mean divides by all valid tokens.
@@ -25,7 +25,8 @@ Departures from the official code (deliberate):
     - Selection over the whole optimizer mini-batch, not per micro-batch (toolkit rule).
     - Default entropy source is H_old (official: H_cur); the `top_entropy_official` variant reproduces the code.
     - Default normaliser is the paper's (all tokens); the official code's is offered as "selected_tokens".
-    - k uses ceil(rho * N_valid - 1e-6), so float noise (0.7 * 10 = 7.000000000000001) does not add a token.
+    - k uses ceil(rho * N_valid - 1e-6), so float noise (0.7 * 10 = 7.000000000000001) does not add a token; the
+      official int(rho N_valid + 0.9999) keeps one token fewer when frac(rho N_valid) lies in (1e-6, 1e-4].
 
 Variants (entropy_rl/presets/methods/, `entropy-rl compare --methods NAME`):
     top_entropy            the defaults: paper objective, H_old (toolkit default)

@@ -1,7 +1,7 @@
 """Metrics: entropy statistics and dynamics (`dynamics`), every key's definition (`names`), sinks (`sinks`).
 
 Imports torch, the standard library and `entropy_rl.core` only; TensorBoard and W&B are imported lazily by
-their sinks.
+their sinks, scipy by the law fit.
 """
 
 from entropy_rl.metrics.dynamics import (
@@ -9,6 +9,7 @@ from entropy_rl.metrics.dynamics import (
     distinct_answers,
     entropy_stats,
     fit_entropy_performance_law,
+    law_fit_problems,
     mean_pass_at_k,
     pass_at_k,
     quantiles,
@@ -50,6 +51,7 @@ __all__ = [
     "entropy_stats",
     "fit_entropy_performance_law",
     "is_known",
+    "law_fit_problems",
     "mean_pass_at_k",
     "pass_at_k",
     "quantiles",

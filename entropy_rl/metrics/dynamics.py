@@ -8,7 +8,7 @@ Python floats (one host sync each). Every entropy is in nats. Key definitions li
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -23,6 +23,7 @@ __all__ = [
     "distinct_answers_by_group",
     "entropy_stats",
     "fit_entropy_performance_law",
+    "law_fit_problems",
     "mean_pass_at_k",
     "pass_at_k",
     "quantiles",
@@ -275,49 +276,105 @@ def distinct_answers_by_group(answers: Sequence[str | None], correct: Sequence[b
     }
 
 
-def fit_entropy_performance_law(H: Sequence[float], R: Sequence[float]) -> dict[str, float] | None:
-    """Least-squares fit of R = -a * exp(H) + b (Cui et al. 2025, arXiv:2505.22617, eq. 3).
+LAW_CONFIDENCE = 0.95  # level of the ceiling's confidence interval
+LAW_MIN_POINTS = 5  # fewer (H, R) points: a fit has <= 2 residual degrees of freedom and is flagged
+LAW_MIN_R2 = 0.1  # below: entropy explains almost none of R's variation; the fit is flagged
 
-    Linear regression of R on x = exp(H). The predicted ceiling is the performance at H = 0 (entropy fully
-    spent): ceiling = b - a. Fit in fp64 with plain Python (inputs are a handful of logged points). Points whose H
-    or R is not finite (a step with a NaN entropy, say), or whose exp(H) overflows, are skipped: a running fit must
-    not stop a run.
+
+def _law(h: Any, a: float, b: float) -> Any:
+    """R = -a exp(H) + b on an array of entropies (the model curve_fit fits)."""
+    import numpy as np
+
+    return b - a * np.exp(h)
+
+
+def _law_jacobian(h: Any, a: float, b: float) -> Any:
+    """d/d(a, b) of `_law`: columns -exp(H) and 1 ([n, 2])."""
+    import numpy as np
+
+    return np.stack([-np.exp(h), np.ones_like(h)], axis=-1)
+
+
+def fit_entropy_performance_law(H: Sequence[float], R: Sequence[float]) -> dict[str, float] | None:
+    """Least-squares fit of R = -a * exp(H) + b (Cui et al. 2025, arXiv:2505.22617, eq. 3), with a CI of the ceiling.
+
+    scipy.optimize.curve_fit (the model is linear in a and b, so this is ordinary least squares on x = exp(H)).
+    The predicted ceiling is the performance at H = 0 (entropy fully spent): ceiling = b - a. Its standard error
+    comes from curve_fit's covariance of (a, b), scaled by the residual variance (absolute_sigma=False):
+    se^2 = Var(a) + Var(b) - 2 Cov(a, b); the 95% CI is ceiling +- t(0.975, n - 2) se. That assumes independent
+    residuals: points along one training run are autocorrelated and the law is only approximate, so read the CI
+    as a lower bound on the uncertainty. Points whose H or R is not finite (a step with a NaN entropy, say), or
+    whose exp(H) overflows, are skipped: a running fit must not stop a run.
 
     Args:
         H: entropies in nats (e.g. `entropy/token_mean` per step).
         R: matching performance values (e.g. `eval/accuracy` or `reward/mean`).
 
     Returns:
-        `{"a", "b", "r2", "ceiling", "n"}` as floats (n = points used), or None when the fit is undetermined:
-        fewer than 3 usable points or exp(H) constant. r2 = 1 - SS_res / SS_tot, defined as 1.0 when R is
-        constant (then the fit is exact).
+        `{"a", "b", "r2", "ceiling", "n", "a_se", "b_se", "ceiling_se", "ceiling_low", "ceiling_high"}` as floats
+        (n = points used), or None when the fit is undetermined: fewer than 3 usable points or exp(H) constant.
+        r2 = 1 - SS_res / SS_tot, defined as 1.0 when R is constant (then the fit is exact).
 
     Raises:
         ValueError: if H and R differ in length.
     """
     if len(H) != len(R):
         raise ValueError(f"H ({len(H)}) and R ({len(R)}) differ in length")
-    xs, ys = [], []
+    hs, ys = [], []
     for h, r in zip(H, R):
         h, r = float(h), float(r)
         if math.isfinite(h) and math.isfinite(r) and h < 709.0:  # exp(709.8) is the largest finite double
-            xs.append(math.exp(h))
+            hs.append(h)
             ys.append(r)
-    n = len(xs)
+    n = len(hs)
     if n < 3:
         return None
-    mx, my = sum(xs) / n, sum(ys) / n
+    xs = [math.exp(h) for h in hs]
+    mx = sum(xs) / n
     sxx = sum((x - mx) ** 2 for x in xs)
     if sxx <= 1e-300 or sxx <= (1e-12 * mx) ** 2 * n:  # exp(H) constant up to rounding: slope undetermined
         return None
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    slope = sxy / sxx
-    a = -slope
-    b = my - slope * mx
-    ss_res = sum((y - (b - a * x)) ** 2 for x, y in zip(xs, ys))
-    ss_tot = sum((y - my) ** 2 for y in ys)
+    import warnings
+
+    import numpy as np
+    from scipy import stats
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    h_arr, y_arr = np.asarray(hs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    with warnings.catch_warnings():  # a perfect fit has a zero covariance: that is the answer, not a problem
+        warnings.simplefilter("ignore", OptimizeWarning)
+        try:
+            (a, b), cov = curve_fit(_law, h_arr, y_arr, p0=(0.0, float(y_arr.mean())), jac=_law_jacobian)
+        except RuntimeError:  # no convergence (not seen on this linear model): the running fit must not stop a run
+            return None
+    a, b = float(a), float(b)
+    ss_res = float(np.sum((y_arr - _law(h_arr, a, b)) ** 2))
+    ss_tot = float(np.sum((y_arr - y_arr.mean()) ** 2))
     r2 = 1.0 if ss_tot == 0.0 else 1.0 - ss_res / ss_tot
-    return {"a": a, "b": b, "r2": r2, "ceiling": b - a, "n": float(n)}
+    grad = np.array([-1.0, 1.0])  # d(b - a)/d(a, b)
+    cov = np.where(np.isfinite(cov), cov, 0.0) if ss_res == 0.0 else cov
+    ceiling_se = float(np.sqrt(max(float(grad @ cov @ grad), 0.0)))
+    half = float(stats.t.ppf(0.5 + LAW_CONFIDENCE / 2, n - 2)) * ceiling_se
+    ceiling = b - a
+    return {"a": a, "b": b, "r2": r2, "ceiling": ceiling, "n": float(n), "a_se": float(np.sqrt(max(cov[0, 0], 0.0))),
+            "b_se": float(np.sqrt(max(cov[1, 1], 0.0))), "ceiling_se": ceiling_se, "ceiling_low": ceiling - half,
+            "ceiling_high": ceiling + half}
+
+
+def law_fit_problems(fit: dict[str, float] | None, min_points: int = LAW_MIN_POINTS,
+                     min_r2: float = LAW_MIN_R2) -> list[str]:
+    """Why a fit of R = -a exp(H) + b means nothing ([] when it may be read): undetermined, too few points,
+    a < 0 (R rises with entropy: the law's premise fails and b - a is no ceiling), or R^2 near 0."""
+    if fit is None:
+        return ["undetermined: fewer than 3 points, or the entropy never changed"]
+    out = []
+    if fit["n"] < min_points:
+        out.append(f"only {fit['n']:.0f} points (a fit needs {min_points}+)")
+    if fit["a"] < 0:
+        out.append(f"a = {fit['a']:.3g} < 0: R rises with entropy here, so b - a is no ceiling")
+    if fit["r2"] < min_r2:
+        out.append(f"R² = {fit['r2']:.2f} (< {min_r2}): entropy explains almost none of R")
+    return out
 
 
 def entropy_change_identity(old_logits: Tensor, new_logits: Tensor, mask: Tensor, temperature: float = 1.0) -> float:

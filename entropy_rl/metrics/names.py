@@ -79,7 +79,8 @@ METRICS: dict[str, str] = {
         "dynamics/H_rollout of the same batch re-scored after the optimizer step minus before: the update's entropy "
         "change as the sampler sees it (equals dynamics/dH_actual without truncation) (nats)"
     ),
-    "dynamics/law_a": "a of the running least-squares fit R = -a exp(H) + b over logged steps (reward units)",
+    "dynamics/law_a": "a of the running least-squares fit R = -a exp(H) + b of reward/mean on entropy/token_mean over "
+    "logged steps; the report's law fit uses eval/accuracy instead, as the paper (reward units)",
     "dynamics/law_b": "b of the running fit R = -a exp(H) + b (reward units)",
     "dynamics/law_r2": "coefficient of determination R^2 of the running fit R = -a exp(H) + b (unitless)",
     "dynamics/law_ceiling": "predicted performance ceiling b - a (R at H = 0) of the running fit (reward units)",

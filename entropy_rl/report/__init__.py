@@ -1,7 +1,9 @@
 """`entropy-rl report`: a self-contained HTML page (figures embedded as PNG data URIs) for one or more runs.
 
 `write_report(run_dirs, out_dir)` reads each run's metrics.jsonl, config.yaml and token_entropy/*.json,
-draws seven figures with matplotlib (Agg backend) into `out_dir`, and writes `out_dir/report.html`. Every
+draws seven figures with matplotlib (Agg backend) into `out_dir`, and writes `out_dir/report.html`. Curves along
+training are smoothed (an EMA over the faint raw series); the entropy-performance law is fitted to eval accuracy
+per run, or pooled over runs of one model and task (`pool_law`). Every
 number on the page is computed from the logged metrics; a run missing some metrics still gets a page, with
 a visible note where a figure or a run was skipped.
 """
@@ -15,7 +17,7 @@ __all__ = ["write_report"]
 
 
 def write_report(run_dirs: list[Path], out_dir: Path, labels: list[str] | None = None,
-                 summary_md: str | None = None) -> Path:
+                 summary_md: str | None = None, pool_law: bool = False, smooth: int | None = None) -> Path:
     """Write report.html and its PNGs for the given runs.
 
     Args:
@@ -23,6 +25,9 @@ def write_report(run_dirs: list[Path], out_dir: Path, labels: list[str] | None =
         out_dir: where report.html and the fig*.png files go (created).
         labels: legend / table name of each run; default the run directories' names (made unique).
         summary_md: a markdown table (from `entropy-rl compare`) shown as an HTML table, if given.
+        pool_law: fit R = -a exp(H) + b once per group of runs with the same model and task (their points pooled,
+            as Cui et al. pool algorithms on one model) instead of once per run.
+        smooth: EMA span (logged steps) of the curves along training; None = automatic, 0 = raw only.
 
     Returns:
         The path of report.html.
@@ -31,7 +36,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, labels: list[str] | None =
         ValueError: if there are no runs, or labels and run_dirs differ in length.
     """
     from entropy_rl.report.data import load_run
-    from entropy_rl.report.figures import FIGURES
+    from entropy_rl.report.figures import FIGURES, ReportOptions
     from entropy_rl.report.page import render_page
 
     run_dirs = [Path(d) for d in run_dirs]
@@ -44,7 +49,10 @@ def write_report(run_dirs: list[Path], out_dir: Path, labels: list[str] | None =
     for old in out_dir.glob("fig[0-9]_*.png"):  # a figure skipped this time must not leave a stale PNG behind
         old.unlink()
     runs = [load_run(d, label) for d, label in zip(run_dirs, labels or default_labels(run_dirs))]
-    figures = [draw(runs, out_dir) for draw in FIGURES]
+    if smooth is not None and smooth < 0:
+        raise ValueError(f"smooth must be >= 0 (0 = no smoothing), got {smooth}")
+    opts = ReportOptions(smooth=smooth, pool_law=pool_law)
+    figures = [draw(runs, out_dir, opts) for draw in FIGURES]
     page = out_dir / "report.html"
     page.write_text(render_page(runs, figures, summary_md), encoding="utf-8")
     return page

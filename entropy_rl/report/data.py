@@ -20,15 +20,17 @@ from typing import Any
 
 import yaml
 
-from entropy_rl.metrics.dynamics import fit_entropy_performance_law, pearson
+from entropy_rl.metrics.dynamics import fit_entropy_performance_law, law_fit_problems, pearson
 from entropy_rl.metrics.sinks import read_jsonl
 from entropy_rl.report.external_verl import load_verl_run
 from entropy_rl.report.trl_log import is_trl_run, load_trl_rows
 
 __all__ = ["RunData", "load_run", "series", "paired", "pass_keys", "headline", "HEADLINE_COLUMNS",
-           "CORR_KEYS", "window", "load_completions", "pass_story"]
+           "CORR_KEYS", "window", "load_completions", "pass_story", "LawPoint", "LawFit", "law_points", "law_fits",
+           "law_group"]
 
 H, R = "entropy/token_mean", "reward/mean"
+ACC = "eval/accuracy"  # the law's R: mean fraction of eval samples correct
 D_ACTUAL = "dynamics/dH_actual"
 # Signals compared with dH_actual by Pearson r: (metric key, short name).
 CORR_KEYS: tuple[tuple[str, str], ...] = (
@@ -200,10 +202,83 @@ def window(n_rows: int) -> int:
     return max(1, min(10, n_rows // 2))
 
 
-def law_fit(rows: list[dict[str, Any]]) -> dict[str, float] | None:
-    """fit_entropy_performance_law over every step with finite entropy and reward (None if undetermined)."""
-    hs, rs = paired(rows, H, R)
-    return fit_entropy_performance_law(hs, rs)
+@dataclass(frozen=True)
+class LawPoint:
+    """One (entropy, eval accuracy) point of the law fit: the policy evaluated at `step` of run `run`."""
+
+    h: float  # entropy/token_mean of that policy (nats)
+    r: float  # eval/accuracy (fraction correct)
+    step: int
+    run: str
+
+
+def law_points(run: RunData) -> list[LawPoint]:
+    """(H, eval/accuracy) of every evaluated policy of a run, the pairs Cui et al. fit R = -a exp(H) + b to.
+
+    The eval at step s runs after step s's update; the entropy of those same parameters is the pre-update
+    `entropy/token_mean` logged at step s + 1 (for the step-0 eval of the warm start: step 1's). The last eval,
+    with no step after it, takes its own step's entropy (one update older). Evals without either are skipped.
+    """
+    entropy_at = {r["step"]: float(r[H]) for r in run.rows if _finite(r.get(H))}
+    points = []
+    for r in run.rows:
+        h = entropy_at.get(r["step"] + 1, entropy_at.get(r["step"]))
+        if _finite(r.get(ACC)) and h is not None:
+            points.append(LawPoint(h, float(r[ACC]), int(r["step"]), run.label))
+    return points
+
+
+@dataclass
+class LawFit:
+    """A fit of R = -a exp(H) + b to the points of one run, or of several pooled (`law_fits(..., pool=True)`).
+
+    Attributes:
+        name: the run's label, or the pooled group's name.
+        runs: labels of the runs whose points were fitted.
+        points: the fitted points.
+        fit: fit_entropy_performance_law's dict (a, b, r2, ceiling and its 95% CI, ...), or None if undetermined.
+        problems: why the fit means nothing (law_fit_problems); [] when it may be read.
+    """
+
+    name: str
+    runs: list[str]
+    points: list[LawPoint]
+    fit: dict[str, float] | None
+    problems: list[str]
+
+
+def fit_points(name: str, runs: list[str], points: list[LawPoint]) -> LawFit:
+    """LawFit of the given points."""
+    fit = fit_entropy_performance_law([p.h for p in points], [p.r for p in points])
+    return LawFit(name, runs, points, fit, law_fit_problems(fit))
+
+
+def law_group(config: dict[str, Any]) -> str:
+    """What runs must share to be pooled: the model (its path, else the tiny model's shape) and the task."""
+    model, task = config.get("model"), config.get("task")
+    if not isinstance(model, dict) or not isinstance(task, dict) or "name" not in task:
+        return "model and task not recorded"
+    if model.get("path"):
+        what = f"model {Path(str(model['path'])).name}"
+    else:
+        shape = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
+        what = "tiny model " + "/".join(str(model.get(k, "?")) for k in shape)
+    params = json.dumps(task.get("params") or {}, sort_keys=True)
+    return f"{what}, task {task['name']}" + ("" if params == "{}" else f" {params}")
+
+
+def law_fits(runs: list[RunData], pool: bool = False) -> list[LawFit]:
+    """One fit per run, or with `pool` one per group of runs with the same model and task (`law_group`), as the
+    paper pools runs of different algorithms on one model. Runs without any point are left out."""
+    have = [(run, law_points(run)) for run in runs]
+    have = [(run, pts) for run, pts in have if pts]
+    if not pool:
+        return [fit_points(run.label, [run.label], pts) for run, pts in have]
+    groups: dict[str, list[tuple[RunData, list[LawPoint]]]] = {}
+    for run, pts in have:
+        groups.setdefault(law_group(run.config), []).append((run, pts))
+    return [fit_points(f"pooled: {name}", [run.label for run, _ in members], [p for _, pts in members for p in pts])
+            for name, members in groups.items()]
 
 
 def correlations(rows: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -211,32 +286,41 @@ def correlations(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     return {name: pearson(*paired(rows, key, D_ACTUAL)) for key, name in CORR_KEYS}
 
 
-HEADLINE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("steps", "RL steps logged (the step-0 eval row not counted)"),
-    ("n", "steps averaged as first / last (10, or half a shorter run)"),
-    ("H_first", "mean entropy/token_mean over the first n steps (nats)"),
-    ("H_last", "mean entropy/token_mean over the last n steps (nats)"),
-    ("H_drop_pct", "100 (H_first - H_last) / H_first (%)"),
-    ("R_first", "mean reward/mean over the first n steps"),
-    ("R_last", "mean reward/mean over the last n steps"),
-    ("pass@1_start", "eval/pass@1 at step 0: the warm start, before any RL update"),
-    ("pass@1", "eval/pass@1 at the last eval"),
-    ("pass@8_start", "eval/pass@8 at step 0: the warm start, before any RL update"),
-    ("pass@8", "eval/pass@8 at the last eval"),
-    ("r(dH_pred)", "Pearson r of dynamics/dH_pred with dynamics/dH_actual over probed steps"),
-    ("r(dH_pred_lin)", "Pearson r of dynamics/dH_pred_lin with dynamics/dH_actual over probed steps"),
-    ("r(dH_identity)", "Pearson r of dynamics/dH_identity with dynamics/dH_actual"),
-    ("r(cov)", "Pearson r of dynamics/cov_logp_adv with dH_actual (negative expected: cov > 0 predicts a fall)"),
-    ("r(steer_omega)", "Pearson r of dynamics/steer_omega with dH_actual (positive expected)"),
-    ("law_R2", "R^2 of R = -a exp(H) + b fitted to (entropy/token_mean, reward/mean) over all steps"),
-    ("law_ceiling", "predicted ceiling b - a of that fit (reward units)"),
-    ("wall_s", "sum of timing/step_s (seconds)"),
+# (key, plain name, unit, definition) of each headline column; the table shows "plain name (unit)" over the key.
+HEADLINE_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
+    ("steps", "RL steps", "", "RL steps logged (the step-0 eval row not counted)"),
+    ("n", "steps averaged", "", "steps averaged as first / last (10, or half a shorter run)"),
+    ("H_first", "entropy at start", "nats", "mean entropy/token_mean over the first n steps"),
+    ("H_last", "entropy at end", "nats", "mean entropy/token_mean over the last n steps"),
+    ("H_drop_pct", "entropy drop", "%", "100 (H_first - H_last) / H_first"),
+    ("R_first", "reward at start", "reward", "mean reward/mean over the first n steps (rollout batches)"),
+    ("R_last", "reward at end", "reward", "mean reward/mean over the last n steps (rollout batches)"),
+    ("pass@1_start", "pass@1, warm start", "prob.", "eval/pass@1 at step 0: the warm start, before any RL update"),
+    ("pass@1", "pass@1, last eval", "prob.", "eval/pass@1 at the last eval"),
+    ("pass@8_start", "pass@8, warm start", "prob.", "eval/pass@8 at step 0: the warm start, before any RL update"),
+    ("pass@8", "pass@8, last eval", "prob.", "eval/pass@8 at the last eval"),
+    ("r(dH_pred)", "r, gradient prediction", "Pearson", "Pearson r of dynamics/dH_pred (grad H . dtheta) with "
+     "dynamics/dH_actual over probed steps"),
+    ("r(dH_pred_lin)", "r, linearised prediction", "Pearson", "Pearson r of dynamics/dH_pred_lin with "
+     "dynamics/dH_actual over probed steps"),
+    ("r(dH_identity)", "r, covariance identity", "Pearson", "Pearson r of dynamics/dH_identity with "
+     "dynamics/dH_actual"),
+    ("r(cov)", "r, Cov(log p, A)", "Pearson", "Pearson r of dynamics/cov_logp_adv with dH_actual (negative "
+     "expected: cov > 0 predicts a fall)"),
+    ("r(steer_omega)", "r, STEER omega", "Pearson", "Pearson r of dynamics/steer_omega with dH_actual (positive "
+     "expected)"),
+    ("law_R2", "law fit R²", "", "R^2 of R = -a exp(H) + b fitted to (entropy, eval/accuracy) of the run's evaluated "
+     "policies (law_points)"),
+    ("law_ceiling", "law ceiling b − a", "accuracy", "predicted accuracy at H = 0 of that fit; '-' when the fit is "
+     "flagged as meaningless (the law section says why)"),
+    ("wall_s", "wall time", "s", "sum of timing/step_s"),
 )
 
 
-def headline(rows: list[dict[str, Any]]) -> dict[str, float | int | None]:
+def headline(run: RunData) -> dict[str, float | int | None]:
     """The headline numbers of one run (keys = HEADLINE_COLUMNS names), all computed from its logged rows."""
-    out: dict[str, float | int | None] = {name: None for name, _ in HEADLINE_COLUMNS}
+    rows = run.rows
+    out: dict[str, float | int | None] = {name: None for name, *_ in HEADLINE_COLUMNS}
     out["steps"] = sum(1 for r in rows if r["step"] >= 1)
     _, hs = series(rows, H)
     _, rs = series(rows, R)
@@ -258,9 +342,10 @@ def headline(rows: list[dict[str, Any]]) -> dict[str, float | int | None]:
             out["pass@8_start"] = evals[0].get("eval/pass@8")
     for name, r in correlations(rows).items():
         out[f"r({name})"] = r
-    law = law_fit(rows)
-    if law is not None:
-        out["law_R2"], out["law_ceiling"] = law["r2"], law["ceiling"]
+    law = fit_points(run.label, [run.label], law_points(run))
+    if law.fit is not None:
+        out["law_R2"] = law.fit["r2"]
+        out["law_ceiling"] = None if law.problems else law.fit["ceiling"]
     _, ts = series(rows, "timing/step_s")
     out["wall_s"] = sum(ts) if ts else None
     return out

@@ -1,8 +1,10 @@
 """The report's figures: one function per figure, each drawing from `RunData` and saving a PNG.
 
-Every function returns a `Figure` record: the file it wrote (None when there was nothing to draw), a caption
-with the numbers shown, and notes about runs it had to skip. Matplotlib runs on the Agg backend (no window
-is ever opened); figures are closed after saving.
+Every function takes the runs, the output directory and the `ReportOptions`, and returns a `Figure` record: the
+file it wrote (None when there was nothing to draw), a caption with the numbers shown, notes about runs it had to
+skip or fits it would not draw, and optionally a table. Curves along training are drawn raw and faint with an
+exponential moving average over them (`ema`, scipy.signal.lfilter), the smoothing named in the legend.
+Matplotlib runs on the Agg backend (no window is ever opened); figures are closed after saving.
 """
 
 from __future__ import annotations
@@ -18,13 +20,42 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from entropy_rl.metrics.dynamics import pearson  # noqa: E402
-from entropy_rl.report.data import D_ACTUAL, H, R, RunData, law_fit, paired, pass_keys, pass_story, series  # noqa: E402
+from entropy_rl.metrics.dynamics import LAW_CONFIDENCE, pearson  # noqa: E402
+from entropy_rl.report.data import (  # noqa: E402
+    D_ACTUAL,
+    H,
+    R,
+    LawFit,
+    RunData,
+    law_fits,
+    law_points,
+    paired,
+    pass_keys,
+    pass_story,
+    series,
+)
 
-__all__ = ["Figure", "FIGURES"]
+__all__ = ["Figure", "FIGURES", "ReportOptions", "ema", "smoothing_span"]
 
 DPI = 110
 NATS = "nats"
+AUTO_SMOOTH_MIN_POINTS = 30  # shorter series are drawn raw (with markers): a moving average would hide them
+AUTO_SMOOTH_POINTS_PER_SPAN = 20  # auto span: one twentieth of the series, at least 3
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """How the figures are drawn.
+
+    Attributes:
+        smooth: EMA span in logged points for curves along training: None = automatic (`smoothing_span`), 0 or 1
+            = raw curves only.
+        pool_law: fit R = -a exp(H) + b once per group of runs with the same model and task (pooled points),
+            instead of once per run.
+    """
+
+    smooth: int | None = None
+    pool_law: bool = False
 
 
 @dataclass
@@ -35,13 +66,15 @@ class Figure:
         title: section heading.
         png: the PNG written, or None when nothing could be drawn.
         caption: what the figure shows, with its numbers (plain text; escaped by the page).
-        notes: runs or data that were skipped and why (plain text).
+        notes: runs or data that were skipped and why, fits that were not drawn and why (plain text).
+        table: (header, rows) of plain-text cells shown under the figure, or None.
     """
 
     title: str
     png: Path | None = None
     caption: str = ""
     notes: list[str] = field(default_factory=list)
+    table: tuple[list[str], list[list[str]]] | None = None  # (header, rows) of plain text shown under the figure
 
 
 def mpl_text(label: str) -> str:
@@ -61,13 +94,14 @@ def fmt_r(r: float | None) -> str:
     return "n/a" if r is None else f"{r:+.3f}"
 
 
-def run_legend(fig, ax, entries: list[tuple[str, object]], ls: str = "-", marker: str | None = None) -> None:
-    """Legend of run colours: inside `ax` for up to 6 runs, else below the figure in columns."""
+def run_legend(fig, ax, entries: list[tuple[str, object]], ls: str = "-", marker: str | None = None,
+               loc: str = "best") -> None:
+    """Legend of run colours: inside `ax` (at `loc`) for up to 6 runs, else below the figure in columns."""
     if not entries:
         return
     handles = [Line2D([], [], color=c, ls=ls, marker=marker, label=mpl_text(label)) for label, c in entries]
     if len(handles) <= 6:
-        ax.add_artist(ax.legend(handles=handles, fontsize=8, framealpha=0.8, loc="best"))
+        ax.add_artist(ax.legend(handles=handles, fontsize=8, framealpha=0.8, loc=loc))
     else:
         fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=7, frameon=False)
 
@@ -81,6 +115,53 @@ def style_legend(ax, entries: list[tuple[str, dict]], loc: str = "lower right") 
 def integer_steps(ax) -> None:
     """Integer ticks on a step axis."""
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def smoothing_span(n_points: int, requested: int | None) -> int:
+    """The EMA span for a series of n points: `requested` if given, else automatic (1 = no smoothing below
+    AUTO_SMOOTH_MIN_POINTS points, else n / AUTO_SMOOTH_POINTS_PER_SPAN, at least 3)."""
+    if requested is not None:
+        return max(1, requested)
+    if n_points < AUTO_SMOOTH_MIN_POINTS:
+        return 1
+    return max(3, round(n_points / AUTO_SMOOTH_POINTS_PER_SPAN))
+
+
+def ema(values: list[float], span: int) -> list[float]:
+    """Exponential moving average y_t = alpha x_t + (1 - alpha) y_(t-1), alpha = 2 / (span + 1), started at the
+    first value (no pull towards 0); span 1 returns the values. Computed by scipy.signal.lfilter."""
+    if span <= 1 or not values:
+        return list(values)
+    import numpy as np
+    from scipy.signal import lfilter
+
+    alpha = 2.0 / (span + 1.0)
+    x = np.asarray(values, dtype=np.float64)
+    y, _ = lfilter([alpha], [1.0, alpha - 1.0], x, zi=[(1.0 - alpha) * x[0]])
+    return [float(v) for v in y]
+
+
+def smoothing_label(span: int) -> str:
+    """The legend text of the smoothed curves."""
+    return f"EMA, span {span} steps (α = {2 / (span + 1):.2f})"
+
+
+def plot_smoothed(ax, xs: list[float], ys: list[float], color, span: int) -> None:
+    """The raw series faint and thin, its EMA over it; with span 1 the raw series alone (markers if short)."""
+    if span <= 1:
+        ax.plot(xs, ys, color=color, lw=1.4, marker="." if len(xs) < AUTO_SMOOTH_MIN_POINTS else None)
+        return
+    ax.plot(xs, ys, color=color, lw=0.8, alpha=0.25)
+    ax.plot(xs, ema(ys, span), color=color, lw=1.6)
+
+
+def smoothing_legend(ax, span: int, loc: str = "upper right") -> str:
+    """Legend entries for raw vs smoothed lines (none when nothing was smoothed); returns the caption sentence."""
+    if span <= 1:
+        return " Curves are raw (not smoothed)."
+    style_legend(ax, [("raw (faint)", {"lw": 0.8, "alpha": 0.35}), (smoothing_label(span), {"lw": 1.6})], loc=loc)
+    return (f" Faint: the raw values per step; solid: their exponential moving average over a span of {span} "
+            "logged steps (alpha = 2 / (span + 1)).")
 
 
 def new_figure(w: float, h: float, n_runs: int, rows: int = 1, cols: int = 1, **kw):
@@ -115,30 +196,31 @@ def missing(runs: list[RunData], keys: tuple[str, ...]) -> list[str]:
             if not any(series(run.rows, k)[0] for k in keys)]
 
 
-def fig_entropy_reward(runs: list[RunData], out: Path) -> Figure:
-    """1. entropy/token_mean and reward/mean vs step, runs overlaid."""
+def fig_entropy_reward(runs: list[RunData], out: Path, opts: ReportOptions) -> Figure:
+    """1. entropy/token_mean and reward/mean vs step, runs overlaid, raw faint with an EMA over it."""
     f = Figure("Entropy and reward", notes=missing(runs, (H,)))
     have = [(run.label, run, c) for run, c in zip(runs, colors(len(runs))) if series(run.rows, H)[0]]
     if not have:
         return f
     fig, axes = new_figure(12, 4.2, len(have), cols=2)
     ax1, ax2 = axes[0]
+    span = smoothing_span(max(len(series(run.rows, H)[0]) for _, run, _ in have), opts.smooth)  # one for all runs
     for _, run, c in have:
-        marker = "." if len(run.rows) < 30 else None
-        ax1.plot(*series(run.rows, H), color=c, lw=1.4, marker=marker)
-        ax2.plot(*series(run.rows, R), color=c, lw=1.4, marker=marker)
+        for ax, key in ((ax1, H), (ax2, R)):
+            plot_smoothed(ax, *series(run.rows, key), c, span)
     ax1.set(xlabel="step", ylabel=f"entropy/token_mean ({NATS})", title="Policy entropy (pre-update pass)")
     ax2.set(xlabel="step", ylabel="reward/mean (reward units)", title="Mean reward of the rollout batch")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         integer_steps(ax)
     run_legend(fig, ax1, [(label, c) for label, _, c in have])
+    smoothing = smoothing_legend(ax2, span)
     f.png = save(fig, out / "fig1_entropy_reward.png")
-    f.caption = "Token-mean entropy (nats) and mean reward per training step."
+    f.caption = "Token-mean entropy (nats) and mean reward per training step." + smoothing
     return f
 
 
-def fig_quantiles(runs: list[RunData], out: Path) -> Figure:
+def fig_quantiles(runs: list[RunData], out: Path, opts: ReportOptions) -> Figure:
     """2. entropy quantile bands per run: p10-p90 shaded, p50 line, token mean dashed."""
     keys = ("entropy/p10", "entropy/p50", "entropy/p90")
     f = Figure("Entropy quantiles", notes=missing(runs, keys))
@@ -165,7 +247,7 @@ def fig_quantiles(runs: list[RunData], out: Path) -> Figure:
     return f
 
 
-def fig_dh_scatter(runs: list[RunData], out: Path) -> Figure:
+def fig_dh_scatter(runs: list[RunData], out: Path, opts: ReportOptions) -> Figure:
     """3. dH_pred, dH_pred_lin and dH_identity vs dH_actual, pooled over runs, Pearson r in the titles."""
     f = Figure("Predicted vs actual entropy change")
     panels = (("dynamics/dH_pred", "dH_pred: ∇H · Δθ"), ("dynamics/dH_pred_lin", "dH_pred_lin: H(z + JΔθ) − H(z)"),
@@ -205,8 +287,8 @@ def fig_dh_scatter(runs: list[RunData], out: Path) -> Figure:
     return f
 
 
-def fig_covariance(runs: list[RunData], out: Path) -> Figure:
-    """4. dynamics/cov_logp_adv vs step, runs overlaid."""
+def fig_covariance(runs: list[RunData], out: Path, opts: ReportOptions) -> Figure:
+    """4. dynamics/cov_logp_adv vs step, runs overlaid, raw faint with an EMA over it."""
     key = "dynamics/cov_logp_adv"
     f = Figure("Covariance of log-probability and advantage", notes=missing(runs, (key,)))
     have = [(run, c) for run, c in zip(runs, colors(len(runs))) if series(run.rows, key)[0]]
@@ -214,57 +296,117 @@ def fig_covariance(runs: list[RunData], out: Path) -> Figure:
         return f
     fig, axes = new_figure(12, 4, len(have))
     ax = axes[0][0]
+    span = smoothing_span(max(len(series(run.rows, key)[0]) for run, _ in have), opts.smooth)  # one for all runs
     for run, c in have:
-        ax.plot(*series(run.rows, key), color=c, lw=1.3, marker="." if len(run.rows) < 30 else None)
+        plot_smoothed(ax, *series(run.rows, key), c, span)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set(xlabel="step", ylabel=f"cov_logp_adv ({NATS} × adv. units)",
            title="Cov(log π(a), A) over response tokens (> 0 predicts falling entropy)")
     ax.grid(alpha=0.3)
     integer_steps(ax)
     run_legend(fig, ax, [(run.label, c) for run, c in have])
+    smoothing = smoothing_legend(ax, span, loc="lower right")
     f.png = save(fig, out / "fig4_covariance.png")
-    f.caption = f"{key}: population covariance of token log-probability and advantage per step (pre-update pass)."
+    f.caption = (f"{key}: population covariance of token log-probability and advantage per step (pre-update pass)."
+                 + smoothing)
     return f
 
 
-def fig_law(runs: list[RunData], out: Path) -> Figure:
-    """5. (entropy, reward) scatter with the per-run fit R = -a exp(H) + b, its R^2 and ceiling b - a."""
+def fmt_fit(v: float) -> str:
+    """A fitted number for the law table (4 significant digits)."""
+    return f"{v:.4g}"
+
+
+def law_table(fits: list[LawFit]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the law-fit table: one row per fit, its status in words."""
+    pct = f"{LAW_CONFIDENCE:.0%}"
+    header = ["fit", "runs", "points", "a (accuracy)", "b (accuracy)", "R²", "ceiling b − a (accuracy)",
+              f"{pct} CI of the ceiling", "status"]
+    rows = []
+    for lf in fits:
+        f = lf.fit
+        nums = ["-"] * 5 if f is None else [fmt_fit(f["a"]), fmt_fit(f["b"]), f"{f['r2']:.3f}", f"{f['ceiling']:.3f}",
+                                            f"[{f['ceiling_low']:.3f}, {f['ceiling_high']:.3f}]"]
+        status = "no curve drawn: " + "; ".join(lf.problems) if lf.problems else "ok"
+        rows.append([lf.name, str(len(lf.runs)), str(len(lf.points)), *nums, status])
+    return header, rows
+
+
+def fig_law(runs: list[RunData], out: Path, opts: ReportOptions) -> Figure:
+    """5. (entropy, eval accuracy) of each evaluated policy, with the fit R = -a exp(H) + b per run (or per pooled
+    group of runs with the same model and task), its R^2, and the predicted ceiling b - a at H = 0 with its CI;
+    a fit that means nothing gets a visible warning instead of a curve."""
     f = Figure("Entropy–performance law R = −a·exp(H) + b")
-    entries, captions = [], []
+    for run in runs:
+        if not law_points(run):
+            f.notes.append(f"{run.label}: no eval/accuracy with an entropy logged (train.eval_every = 0?); "
+                           "not in the law fit")
+    fits = law_fits(runs, pool=opts.pool_law)
+    if not fits:
+        return f
     fig, axes = new_figure(11, 5.5, len(runs))
     ax = axes[0][0]
-    for run, c in zip(runs, colors(len(runs))):
-        hs, rs = paired(run.rows, H, R)
-        if not hs:
-            f.notes.append(f"{run.label}: no entropy/reward logged; skipped")
+    run_color = dict(zip([run.label for run in runs], colors(len(runs))))
+    entries = []
+    for run in runs:
+        pts = law_points(run)
+        if not pts:
             continue
-        ax.scatter(hs, rs, s=12, color=c, alpha=0.6)
-        law = law_fit(run.rows)
-        label = run.label
-        if law is None:
-            f.notes.append(f"{run.label}: fit undetermined ({len(hs)} points; needs 3+ with varying entropy); points only")
-        else:
-            lo, hi = min(hs), max(hs)
-            xs = [lo + (hi - lo) * i / 100 for i in range(101)]
-            ax.plot(xs, [-law["a"] * math.exp(h) + law["b"] for h in xs], color=c, lw=1.8)
-            ax.axhline(law["ceiling"], color=c, ls="--", lw=1)
-            label += f": R² = {law['r2']:.3f}, ceiling = {law['ceiling']:.3f}"
-            captions.append(f"{run.label}: a = {law['a']:.4g}, b = {law['b']:.4g}, R² = {law['r2']:.3f}, "
-                            f"ceiling b − a = {law['ceiling']:.3f} ({law['n']:.0f} steps)")
-        entries.append((label, c))
-    if not entries:
-        plt.close(fig)
-        return f
-    ax.set(xlabel=f"entropy/token_mean H ({NATS})", ylabel="reward/mean R (reward units)",
-           title="Fit of R = −a·exp(H) + b over all steps; dashed: predicted ceiling b − a (R at H = 0)")
+        c = run_color[run.label]
+        ax.scatter([p.h for p in pts], [p.r for p in pts], s=16, color=c, alpha=0.7)
+        start = [p for p in pts if p.step == 0]
+        ax.scatter([p.h for p in start], [p.r for p in start], s=130, marker="*", color=c, edgecolor="black", zorder=3)
+        entries.append((run.label, c))
+    h_max = max(p.h for lf in fits for p in lf.points)
+    warnings, captions = [], []
+    pooled_styles = iter(["-", "--", "-.", ":"] * 10)
+    lines = []
+    for lf in fits:
+        c = "black" if opts.pool_law else run_color[lf.runs[0]]
+        if lf.problems:
+            warnings.append(f"{lf.name}: no fitted curve: {'; '.join(lf.problems)}")
+            continue
+        law = lf.fit
+        ls = next(pooled_styles) if opts.pool_law else "-"
+        lo, hi = min(p.h for p in lf.points), max(p.h for p in lf.points)
+        grid_in = [lo + (hi - lo) * i / 100 for i in range(101)]
+        grid_out = [lo * i / 40 for i in range(41)]
+        ax.plot(grid_in, [law["b"] - law["a"] * math.exp(h) for h in grid_in], color=c, lw=1.8, ls=ls)
+        ax.plot(grid_out, [law["b"] - law["a"] * math.exp(h) for h in grid_out], color=c, lw=1.2, ls=":")
+        err = [[law["ceiling"] - law["ceiling_low"]], [law["ceiling_high"] - law["ceiling"]]]
+        ax.errorbar([0.0], [law["ceiling"]], yerr=err, fmt="D", color=c, ms=6, capsize=4, zorder=4)
+        ci = f"[{law['ceiling_low']:.3f}, {law['ceiling_high']:.3f}]"
+        lines.append((f"{lf.name}: R² = {law['r2']:.3f}, ceiling {law['ceiling']:.3f} {ci}", c, ls))
+        captions.append(f"{lf.name}: a = {law['a']:.4g}, b = {law['b']:.4g}, R² = {law['r2']:.3f}, ceiling b − a = "
+                        f"{law['ceiling']:.3f}, {LAW_CONFIDENCE:.0%} CI {ci} ({len(lf.points)} points)")
+    f.notes += warnings
+    if warnings:  # visible on the figure itself, not only under it
+        ax.text(0.5, 0.02, "\n".join("⚠ " + mpl_text(w) for w in warnings), transform=ax.transAxes, fontsize=8,
+                va="bottom", ha="center", wrap=True, bbox={"facecolor": "#fff4e0", "edgecolor": "#e69500", "alpha": 0.95},
+                zorder=5)
+    ax.set_xlim(left=-0.03 * h_max, right=1.05 * h_max)  # H = 0, where the ceiling sits, inside the frame
+    ax.set(xlabel=f"entropy/token_mean of the evaluated policy H ({NATS})",
+           ylabel="eval/accuracy R (fraction correct)",
+           title=("Fit of R = −a·exp(H) + b " + ("pooled per model and task" if opts.pool_law else "per run") +
+                  "; ◆ = predicted ceiling b − a at H = 0 with its CI"))
     ax.grid(alpha=0.3)
-    run_legend(fig, ax, entries, marker="o")
+    run_legend(fig, ax, entries, ls="none", marker="o", loc="upper right")
+    if lines:  # the data run from upper left (low H, high R) to lower right: the lower left is free
+        handles = [Line2D([], [], color=c, ls=ls, lw=1.8, label=mpl_text(label)) for label, c, ls in lines]
+        ax.add_artist(ax.legend(handles=handles, fontsize=7, framealpha=0.8, loc="lower left"))
     f.png = save(fig, out / "fig5_entropy_law.png")
-    f.caption = "; ".join(captions) if captions else "No run had a determined fit (points only)."
+    f.table = law_table(fits)
+    f.caption = (("; ".join(captions) + ". ") if captions else "No fit could be drawn (see the warnings). ") + (
+        "Points: eval/accuracy of each evaluated policy against its token-mean entropy (the pre-update entropy of "
+        "the next step: the same parameters); star: the warm start (step 0). Least squares (scipy curve_fit); "
+        f"the ceiling's {LAW_CONFIDENCE:.0%} CI is ceiling ± t(n − 2) × its standard error from curve_fit's "
+        "covariance, which assumes independent residuals: points along training are not, so it is a lower bound "
+        "on the uncertainty. Dotted: the fit extrapolated to H = 0. No curve is drawn for a fit with fewer than 5 "
+        "points, a < 0 or R² < 0.1.")
     return f
 
 
-def fig_pass_at_k(runs: list[RunData], out: Path) -> Figure:
+def fig_pass_at_k(runs: list[RunData], out: Path, opts: ReportOptions) -> Figure:
     """6. pass@k vs k at the first (dashed; step 0 = the warm start) and last (solid) eval, and pass@1 /
     pass@k_max vs step, with the step-0 eval of the warm start drawn as a star."""
     f = Figure("pass@k")
@@ -317,7 +459,7 @@ def fig_pass_at_k(runs: list[RunData], out: Path) -> Figure:
     return f
 
 
-def fig_token_hist(runs: list[RunData], out: Path) -> Figure:
+def fig_token_hist(runs: list[RunData], out: Path, opts: ReportOptions) -> Figure:
     """7. per run: histogram of per-token entropy of the first vs the last saved batch."""
     f = Figure("Per-token entropy at the start and the end")
     have = []

@@ -139,17 +139,29 @@ def config_table(runs: list[RunData]) -> str:
 
 
 def headline_table(runs: list[RunData]) -> str:
-    """One row per run of the headline numbers, each column header carrying its definition as a tooltip."""
-    head = '<tr><th class="l">run</th>' + "".join(f'<th title="{e(doc)}">{e(name)}</th>'
-                                                  for name, doc in HEADLINE_COLUMNS) + "</tr>"
+    """One row per run of the headline numbers; each column header is its plain name and unit over the short key,
+    with the definition as a tooltip and in the list below the table."""
+    head = '<tr><th class="l">run</th>' + "".join(
+        f'<th title="{e(doc)}">{e(name)}{f" ({e(unit)})" if unit else ""}<br><code>{e(key)}</code></th>'
+        for key, name, unit, doc in HEADLINE_COLUMNS) + "</tr>"
     rows = []
     for run in runs:
-        h = headline(run.rows)
+        h = headline(run)
         rows.append(f'<tr><td class="l">{e(run.label)}</td>' +
-                    "".join(f"<td>{e(fmt(h[name]))}</td>" for name, _ in HEADLINE_COLUMNS) + "</tr>")
-    legend = "".join(f"<li><b>{e(name)}</b>: {e(doc)}</li>" for name, doc in HEADLINE_COLUMNS)
+                    "".join(f"<td>{e(fmt(h[key]))}</td>" for key, *_ in HEADLINE_COLUMNS) + "</tr>")
+    legend = "".join(f"<li><code>{e(key)}</code> ({e(name)}{f', {unit}' if unit else ''}): {e(doc)}</li>"
+                     for key, name, unit, doc in HEADLINE_COLUMNS)
     return ('<div class="wide"><table>\n' + "\n".join([head, *rows]) + "\n</table></div>\n"
             f'<details><summary class="caption">column definitions</summary><ul class="caption">{legend}</ul></details>')
+
+
+def plain_table(header: list[str], rows: list[list[str]]) -> str:
+    """An escaped HTML table of plain-text cells (the first column left-aligned)."""
+    def row(cells: list[str], tag: str) -> str:
+        return "<tr>" + "".join(f'<{tag} class="l">{e(c)}</{tag}>' if i == 0 else f"<{tag}>{e(c)}</{tag}>"
+                                for i, c in enumerate(cells)) + "</tr>"
+    return ('<div class="wide"><table>\n' + "\n".join([row(header, "th"), *(row(r, "td") for r in rows)]) +
+            "\n</table></div>")
 
 
 def data_uri(png: Path) -> str:
@@ -166,6 +178,8 @@ def figure_section(fig: Figure) -> str:
             parts.append(f'<p class="caption">{e(fig.caption)}</p>')
     else:
         parts.append('<p class="note">Figure skipped: no run has the data for it.</p>')
+    if fig.table is not None:
+        parts.append(plain_table(*fig.table))
     parts += [f'<p class="note">{e(note)}</p>' for note in fig.notes]
     return "\n".join(parts)
 
@@ -238,7 +252,7 @@ def render_page(runs: list[RunData], figures: list[Figure], summary_md: str | No
     body += [f'<p class="note">{e(run.label)}: {e(p)}</p>' for run in runs for p in run.problems]
     body += ["<h2>Headline numbers</h2>", headline_table(runs)]
     if summary_md:
-        body += ["<h2>Comparison summary (mean ± std over seeds)</h2>", markdown_table_to_html(summary_md)]
+        body += ["<h2>Comparison summary over seeds</h2>", markdown_table_to_html(summary_md)]
     body += [figure_section(fig) for fig in figures]
     body.append(completions_section(runs))
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

@@ -49,6 +49,10 @@ from entropy_rl.train.config import Config, ConfigError, from_dict, load_config,
 SUMMARY_KEYS = ("final_entropy", "final_reward", "pass@1", "pass@8", "steps_to_half_entropy", "wall_s",
                 "tokens_generated", "steps")
 TOKENS_KEY = "rollout/tokens_generated"  # every token the step's generation calls sampled (strategies' cost)
+# The summary table's column headers: a plain name with its unit, the short key beside it.
+SUMMARY_HEADERS = {"final_entropy": "final entropy, nats", "final_reward": "final reward", "pass@1": "pass@1, prob.",
+                   "pass@8": "pass@8, prob.", "steps_to_half_entropy": "steps until entropy halves",
+                   "wall_s": "wall time, s", "tokens_generated": "tokens generated", "steps": "steps summarised"}
 IGNORED_KEYS = frozenset({"train.threads"})  # compare sets it from --jobs; a resumed run keeps its own value
 RESERVED_NAMES = frozenset({"report"})  # <out>/report is the HTML report, not a method's run directories
 SFT_DIR = "_sft"  # <out>/_sft/<hash>: warm starts (a method name cannot start with '_')
@@ -416,7 +420,7 @@ def stats_cell(key: str, st: MetricStats, runs: int) -> str:
 
 def summary_table(results: dict[str, list[dict[str, float | None]]]) -> str:
     """Markdown table: one row per method, per summary key mean ± std, 95% CI and IQM over seeds (stats_cell)."""
-    head = "| method | seeds | " + " | ".join(SUMMARY_KEYS) + " |"
+    head = "| method | seeds | " + " | ".join(f"{SUMMARY_HEADERS[k]} ({k})" for k in SUMMARY_KEYS) + " |"
     lines = [head, "|" + "---|" * (len(SUMMARY_KEYS) + 2)]
     for method, runs in results.items():
         cells = [stats_cell(key, metric_stats([r[key] for r in runs]), len(runs)) for key in SUMMARY_KEYS]
@@ -541,7 +545,7 @@ def write_summary(specs: list[RunSpec], out_dir: Path, baseline: str | None = No
 
 def compare(config: str | None, overrides: list[str], methods: list[str], seeds: int, out_dir: str | Path | None = None,
             jobs: int = 1, methods_dir: str | Path | None = None, baseline: str | None = None,
-            equal_tokens: bool = False, log: Callable[[str], None] = print) -> Path:
+            equal_tokens: bool = False, log: Callable[[str], None] = print, pool_law: bool = False) -> Path:
     """Run methods x seeds (skipping finished runs), then write summary.json / summary.md (and a report).
 
     Everything is checked before anything is trained or written: the counts, the method names, every run's
@@ -559,6 +563,8 @@ def compare(config: str | None, overrides: list[str], methods: list[str], seeds:
             first.
         equal_tokens: summarise every run at the smallest run's total of tokens generated (write_summary).
         log: where progress lines go.
+        pool_law: the report fits R = -a exp(H) + b once over the runs' pooled points (they share model and task)
+            instead of once per run.
 
     Returns:
         The output directory.
@@ -603,7 +609,7 @@ def compare(config: str | None, overrides: list[str], methods: list[str], seeds:
         pass
     else:
         write_report([s.run_dir for s in specs], out_dir / "report", labels=[f"{s.method}/seed{s.seed}" for s in specs],
-                     summary_md=table)
+                     summary_md=table, pool_law=pool_law)
         log(f"report: {out_dir / 'report' / 'report.html'}")
     if failures:
         raise RuntimeError("some runs failed:\n  " + "\n  ".join(failures))

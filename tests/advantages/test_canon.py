@@ -71,6 +71,21 @@ def test_ties_stable_and_singletons_zero_and_mask() -> None:
     torch.testing.assert_close(a, torch.tensor([1.0, 1.0, -1.0, -1.0, 0.0]))
 
 
+def test_singleton_reward_is_the_official_codes_advantage() -> None:
+    # group 5 is a singleton (r 0.7). Official code: the lone response is in C+ (m = 0) and both half means are 0,
+    # so A = [lam (r - alpha * 0 + beta) + (1 - lam)(r - 0)] / L_max = (0.7 + 0.5 * 0.2) / 2 = 0.4
+    r, g = torch.tensor([1.0, 0.0, 0.7]), torch.tensor([2, 2, 5])
+    mask, ent = torch.ones(3, 2), torch.tensor([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]])
+    kw = dict(mask=mask, old_entropy=ent, lam=0.5, alpha=3.0, beta=0.2, max_length=2)
+    a = compute_advantages("canon", r, g, singleton="reward", **kw)
+    assert float(a[2]) == pytest.approx(0.4)
+    zero = compute_advantages("canon", r, g, **kw)  # the toolkit default: a lone response carries no signal
+    assert float(zero[2]) == 0.0
+    torch.testing.assert_close(a[:2], zero[:2])  # the rule touches singletons only
+    with pytest.raises(ValueError, match="singleton"):
+        compute_advantages("canon", r, g, singleton="mean", **kw)
+
+
 def test_needs_entropy() -> None:
     with pytest.raises(ValueError, match="old_entropy"):
         compute_advantages("canon", torch.ones(2), torch.zeros(2, dtype=torch.long), mask=torch.ones(2, 3))

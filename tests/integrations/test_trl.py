@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,9 @@ from datasets import Dataset  # noqa: E402  (TRL's dependency)
 from trl import GRPOConfig  # noqa: E402
 
 from entropy_rl import aggregate, policy_loss  # noqa: E402
-from entropy_rl.core.policy_loss import get_policy_loss  # noqa: E402
+from entropy_rl.core.policy_loss import get_policy_loss, run_select  # noqa: E402
 from entropy_rl.core.token_stats import token_stats  # noqa: E402
-from entropy_rl.core.types import TokenWeights  # noqa: E402
+from entropy_rl.core.types import PolicyInputs, StepContext, TokenWeights  # noqa: E402
 from entropy_rl.integrations import trl as adapter  # noqa: E402
 from entropy_rl.models import TinyModelSpec, build_char_tokenizer, build_tiny_model, save_pretrained  # noqa: E402
 from entropy_rl.models.build import load_pretrained  # noqa: E402
@@ -220,6 +221,39 @@ def test_trl_terms_add_kl_and_importance_ratio_as_trl_does() -> None:
     torch.testing.assert_close(extra["kl"], k3 * torch.exp(logp - old))
     plain, none = adapter.trl_terms(per_token, logp, old, {}, beta=0.0, bias_correction=True)
     assert plain is per_token and none == {}
+
+
+def trl_high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, rho: float) -> torch.Tensor:
+    """TRL's own `GRPOTrainer.get_high_entropy_mask` (trl 1.16), called as GRPOTrainer calls it (quantile 1 - rho),
+    on one process: the only attribute it reads is a real (single-process) accelerate.Accelerator."""
+    from accelerate import Accelerator
+    from trl import GRPOTrainer
+
+    holder = types.SimpleNamespace(accelerator=Accelerator(cpu=True))
+    return GRPOTrainer.get_high_entropy_mask(holder, entropy, mask, 1 - rho)
+
+
+def our_top_entropy(entropy: torch.Tensor, mask: torch.Tensor, rho: float) -> torch.Tensor:
+    """Our `top_entropy` selection (the official rule: the k = ceil(rho N_valid) highest by topk)."""
+    entry = get_policy_loss("top_entropy")
+    x = PolicyInputs(torch.zeros_like(entropy), torch.zeros_like(entropy), torch.zeros_like(entropy), mask,
+                     old_entropy=entropy)
+    return run_select(entry, entry.make_params(rho=rho), x, StepContext(), None)["keep"]
+
+
+def test_trls_quantile_mask_keeps_one_token_fewer_than_the_official_rule_except_with_ties() -> None:
+    h = torch.tensor([[0.9, 0.1, 0.5, 0.7], [0.3, 0.8, 0.2, 4.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]])  # N_valid = 7 (4.0 is padding)
+    # rho 0.3: official k = ceil(2.1) = 3 -> {0.9, 0.8, 0.7}. TRL: quantile 0.7 of the sorted valid values
+    # [0.1 0.2 0.3 0.5 0.7 0.8 0.9] at position 0.7 * 6 = 4.2 -> 0.7 + 0.2 * (0.8 - 0.7) = 0.72 -> {0.9, 0.8}
+    ours, trl = our_top_entropy(h, mask, 0.3), trl_high_entropy_mask(h, mask, 0.3)
+    assert h[ours].tolist() == pytest.approx([0.9, 0.7, 0.8]) and h[trl].tolist() == pytest.approx([0.9, 0.8])
+    # rho 0.2 (= 1/5): both keep ceil(1.4) = 2 = 1 + floor(0.2 * 6)
+    assert torch.equal(our_top_entropy(h, mask, 0.2), trl_high_entropy_mask(h, mask, 0.2))
+    # ties at the threshold: TRL keeps all 4 tied tokens, the official rule exactly k = ceil(0.2 * 10) = 2
+    tied = torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0, 1.0]])  # quantile 0.8 at 7.2: 1.0
+    ones = torch.ones_like(tied)
+    assert int(trl_high_entropy_mask(tied, ones, 0.2).sum()) == 4 and int(our_top_entropy(tied, ones, 0.2).sum()) == 2
 
 
 def test_trim_rows_takes_this_process_rows_and_width() -> None:

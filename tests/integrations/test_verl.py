@@ -14,6 +14,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,11 +23,19 @@ from tiny_setup import import_extra  # noqa: E402  (tests/ is on sys.path via co
 import_extra("verl")
 
 from tensordict import TensorDict  # noqa: E402  (verl's dependency)
-from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla, get_policy_loss_fn  # noqa: E402
+from verl.trainer.ppo.core_algos import (  # noqa: E402
+    agg_loss,
+    compute_grpo_outcome_advantage,
+    compute_grpo_vectorized_outcome_advantage,
+    compute_policy_loss_gspo,
+    compute_policy_loss_vanilla,
+    get_policy_loss_fn,
+)
 from verl.utils import tensordict_utils as tu  # noqa: E402
 from verl.workers.config import ActorConfig  # noqa: E402
 from verl.workers.utils import losses  # noqa: E402
 
+from entropy_rl.core.advantage import compute_advantages  # noqa: E402
 from entropy_rl.core.aggregate import AGG_MODES, aggregate  # noqa: E402
 from entropy_rl.core.policy_loss import POLICY_LOSSES, get_policy_loss, policy_loss  # noqa: E402
 from entropy_rl.integrations import verl as ev  # noqa: E402
@@ -212,6 +221,86 @@ def test_rollout_correction_weights_multiply_the_loss_as_in_verls_vanilla() -> N
         unweighted, _ = get_policy_loss_fn("entropy_rl.ppo_clip")(mb2.old_logp, mb2.logp, mb2.adv, mb2.mask.bool(),
                                                                   mode, cfg2)
         assert abs(float(unweighted) - float(mine)) > 1e-6  # the weights did something
+
+
+SEQ_MODES = [m for m in AGG_MODES if m.startswith("seq-mean")]
+
+
+def with_an_empty_response(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logp leaf, old_logp, adv, mask) [4, 6] in float64, off-policy, row 2 fully masked (an empty response)."""
+    g = torch.Generator().manual_seed(seed)
+    logp = (-torch.rand(4, 6, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    old = logp.detach() + 0.3 * torch.randn(4, 6, generator=g, dtype=torch.float64)
+    adv = torch.randn(4, 1, generator=g, dtype=torch.float64).expand(4, 6).clone()
+    mask = (torch.rand(4, 6, generator=g) > 0.3).double()
+    mask[:, 0], mask[2] = 1.0, 0.0
+    return logp, old, adv, mask
+
+
+@pytest.mark.parametrize("mode", SEQ_MODES)
+def test_seq_means_divide_by_every_response_as_verls_trainer_does(mode: str) -> None:
+    """Our default num_seqs = B counts the empty response, as verl 0.9.1's trainer (global_batch_size = the
+    mini-batch's responses); agg_loss without global_batch_size counts the 3 non-empty ones (num_seqs = 3)."""
+    logp, _, _, mask = with_an_empty_response(0)
+    loss = logp.detach() ** 2 + 1.0
+    trainer = agg_loss(loss, mask.bool(), mode, global_batch_size=4, loss_scale_factor=SCALE)
+    bare = agg_loss(loss, mask.bool(), mode, loss_scale_factor=SCALE)
+    torch.testing.assert_close(aggregate(loss, mask, mode, norm_length=SCALE), trainer, **TOL)
+    torch.testing.assert_close(aggregate(loss, mask, mode, num_seqs=3, norm_length=SCALE), bare, **TOL)
+    assert float(bare) == pytest.approx(float(trainer) * 4 / 3)  # the two conventions differ by B / non-empty
+
+
+def test_the_verl_loss_without_global_batch_size_counts_non_empty_responses_as_agg_loss() -> None:
+    """Through verl's lookup with no global_batch_size in global_batch_info (a bare call): our wrapped ppo_clip
+    == verl's vanilla under every mode, an empty response in the micro-batch."""
+    for mode in AGG_MODES:
+        logp, old, adv, mask = with_an_empty_response(1)
+        cfg = ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=2, clip_ratio_low=0.2,
+                          clip_ratio_high=0.2, clip_ratio_c=3.0, loss_agg_mode=mode, loss_scale_factor=SCALE)
+        theirs, _ = compute_policy_loss_vanilla(old, logp, adv, mask.bool(), mode, cfg)
+        logp2 = logp.detach().clone().requires_grad_(True)
+        mine, _ = get_policy_loss_fn("entropy_rl.ppo_clip")(old, logp2, adv, mask.bool(), mode, actor_config("ppo_clip", mode))
+        torch.testing.assert_close(mine, theirs, **TOL)
+        torch.testing.assert_close(torch.autograd.grad(mine, logp2)[0], torch.autograd.grad(theirs, logp)[0], **TOL)
+
+
+@pytest.mark.parametrize("mode", AGG_MODES)
+def test_gspo_uses_the_configured_aggregation_as_verl_091(mode: str) -> None:
+    """verl 0.9.1's compute_policy_loss_gspo aggregates with loss_agg_mode (older verl forced seq-mean-token-mean):
+    our gspo + aggregate under the same mode and normalisers gives its loss and gradient."""
+    logp, old, adv, mask = with_an_empty_response(2)
+    cfg = ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=2, clip_ratio_low=0.05,
+                      clip_ratio_high=0.08, loss_agg_mode=mode)
+    cfg.global_batch_info.update({"dp_size": 1, "batch_num_tokens": float(mask.sum()), "global_batch_size": 4,
+                                  "loss_scale_factor": SCALE})
+    theirs, _ = compute_policy_loss_gspo(old, logp, adv, mask.bool(), mode, cfg)
+    logp2 = logp.detach().clone().requires_grad_(True)
+    out = policy_loss("gspo", logp2, old, adv, mask, loss_agg_mode=mode, eps_low=0.05, eps_high=0.08)
+    mine = aggregate(out.per_token, mask, mode, norm_length=SCALE)
+    torch.testing.assert_close(mine, theirs, **TOL)
+    torch.testing.assert_close(torch.autograd.grad(mine, logp2)[0], torch.autograd.grad(theirs, logp)[0], **TOL)
+    if mode != "seq-mean-token-mean":  # not the mode older verl forced: the choice changes the loss
+        forced, _ = compute_policy_loss_gspo(old, logp.detach(), adv, mask.bool(), "seq-mean-token-mean", cfg)
+        assert abs(float(forced) - float(theirs.detach())) > 1e-6
+
+
+@pytest.mark.parametrize("verl_grpo", [compute_grpo_outcome_advantage, compute_grpo_vectorized_outcome_advantage])
+def test_grpo_singleton_reward_is_verls_r_over_one_plus_eps(verl_grpo) -> None:
+    """verl's GRPO (loop and vectorised) gives a singleton group mean 0 and std 1: A = r / (1 + eps). Ours with
+    singleton="reward" matches it everywhere; the default "zero" differs at the singleton only."""
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.7, 0.2, 0.9])
+    index = np.array([3, 3, 3, 8, 5, 5])  # group 8 is a singleton
+    mask = torch.ones(6, 2)
+    theirs = verl_grpo(rewards.unsqueeze(1) * torch.tensor([[1.0, 0.0]]), mask, index, epsilon=0.5)[0][:, 0]
+    group = torch.as_tensor(index)
+    ours = compute_advantages("grpo", rewards, group, singleton="reward", eps=0.5)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    assert float(theirs[3]) == pytest.approx(0.7 / 1.5)
+    zero = compute_advantages("grpo", rewards, group, eps=0.5)
+    assert float(zero[3]) == 0.0 and torch.equal(zero[[0, 1, 2, 4, 5]], ours[[0, 1, 2, 4, 5]])
+    unscaled = verl_grpo(rewards.unsqueeze(1) * torch.tensor([[1.0, 0.0]]), mask, index, epsilon=0.5,
+                         norm_adv_by_std_in_grpo=False)[0][:, 0]
+    torch.testing.assert_close(compute_advantages("dr_grpo", rewards, group, singleton="reward"), unscaled)
 
 
 def test_other_loss_modes_run_unchanged_through_the_wrapped_worker_loss() -> None:

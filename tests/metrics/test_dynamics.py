@@ -13,6 +13,7 @@ from entropy_rl.metrics.dynamics import (
     distinct_answers,
     entropy_stats,
     fit_entropy_performance_law,
+    law_fit_problems,
     mean_pass_at_k,
     pass_at_k,
 )
@@ -221,6 +222,50 @@ def test_law_fit_noisy_and_undetermined():
     assert fit_entropy_performance_law([0.3, 0.3, 0.3], [0.5, 0.4, 0.6]) is None  # constant exp(H)
     with pytest.raises(ValueError):
         fit_entropy_performance_law([0.1, 0.2, 0.3], [0.5, 0.4])
+
+
+def test_law_fit_ceiling_ci_is_the_textbook_prediction_interval_at_h_0():
+    # OLS on x = exp(H): the ceiling is the fitted line at x0 = exp(0) = 1, its standard error
+    # s sqrt(1/n + (x0 - mean x)^2 / Sxx) with s^2 = SS_res / (n - 2); CI = ceiling +- t(0.975, n - 2) se
+    hs = [0.1, 0.4, 0.7, 1.0, 1.3, 0.2]
+    rs = [0.7, 0.55, 0.5, 0.3, 0.2, 0.66]
+    fit = fit_entropy_performance_law(hs, rs)
+    x, y = np.exp(hs), np.array(rs)
+    slope, intercept = np.polyfit(x, y, 1)
+    s2 = np.sum((y - intercept - slope * x) ** 2) / (len(x) - 2)
+    sxx = np.sum((x - x.mean()) ** 2)
+    se = math.sqrt(s2 * (1 / len(x) + (1 - x.mean()) ** 2 / sxx))
+    t = 2.7764451051977987  # scipy.stats.t.ppf(0.975, 4)
+    assert fit["ceiling"] == pytest.approx(intercept + slope)
+    assert fit["ceiling_se"] == pytest.approx(se, rel=1e-6)
+    assert fit["ceiling_low"] == pytest.approx(intercept + slope - t * se, rel=1e-6)
+    assert fit["ceiling_high"] == pytest.approx(intercept + slope + t * se, rel=1e-6)
+    assert fit["a_se"] == pytest.approx(math.sqrt(s2 / sxx), rel=1e-6)  # the slope's standard error
+    exact = fit_entropy_performance_law([0.1, 0.5, 0.9], [-0.3 * math.exp(h) + 0.9 for h in (0.1, 0.5, 0.9)])
+    assert exact["ceiling_low"] == pytest.approx(0.6) and exact["ceiling_high"] == pytest.approx(0.6)  # no residual
+
+
+def test_law_fit_ceiling_ci_covers_the_true_ceiling_about_95_percent_of_the_time():
+    # R = -0.4 exp(H) + 1.1 + N(0, 0.02^2) at 12 entropies: true ceiling 0.7; 400 replications
+    rng = np.random.default_rng(0)
+    hs = np.linspace(0.1, 0.9, 12)
+    covered = 0
+    for _ in range(400):
+        fit = fit_entropy_performance_law(hs, -0.4 * np.exp(hs) + 1.1 + rng.normal(0, 0.02, hs.size))
+        covered += fit["ceiling_low"] <= 0.7 <= fit["ceiling_high"]
+    assert 0.92 <= covered / 400 <= 0.98, covered  # binomial sd at 0.95: 0.011
+
+
+def test_law_fit_problems_flag_meaningless_fits():
+    hs = [0.1, 0.4, 0.7, 1.0, 1.3]
+    assert law_fit_problems(fit_entropy_performance_law(hs, [0.7, 0.55, 0.5, 0.3, 0.2])) == []
+    assert law_fit_problems(None) == ["undetermined: fewer than 3 points, or the entropy never changed"]
+    few = law_fit_problems(fit_entropy_performance_law(hs[:4], [0.7, 0.55, 0.5, 0.3]))
+    assert few == ["only 4 points (a fit needs 5+)"]
+    rising = law_fit_problems(fit_entropy_performance_law(hs, [0.2, 0.3, 0.5, 0.55, 0.7]))  # R grows with H
+    assert len(rising) == 1 and rising[0].startswith("a = -") and "no ceiling" in rising[0]
+    flat = law_fit_problems(fit_entropy_performance_law(hs, [0.5, 0.7, 0.2, 0.7, 0.5]))  # R^2 about 0.02
+    assert any(p.startswith("R² = 0.0") for p in flat)
 
 
 def test_law_fit_skips_non_finite_points():

@@ -1,6 +1,7 @@
 """Boundary: entropy_rl/metrics imports only torch, the standard library and entropy_rl.core (plus itself).
 
-The optional TensorBoard / W&B libraries are allowed only as lazy imports inside sinks.py.
+The optional TensorBoard / W&B libraries are allowed only as lazy imports inside sinks.py, numpy / scipy only as
+lazy imports inside dynamics.py (the law fit's curve_fit and t quantile).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 import entropy_rl.metrics
 
 PKG = Path(entropy_rl.metrics.__file__).parent
-LAZY_EXTRAS = {"sinks.py": {"wandb", "torch.utils.tensorboard"}}
+LAZY_EXTRAS = {"sinks.py": {"wandb", "torch.utils.tensorboard"},
+               "dynamics.py": {"numpy", "scipy", "scipy.optimize", "scipy.stats"}}
 
 
 def _imports(tree: ast.AST) -> list[str]:
@@ -46,6 +48,13 @@ def test_metrics_imports_stay_inside_the_boundary():
         if not _allowed(m, f.name)
     ]
     assert not bad, f"forbidden imports in entropy_rl/metrics: {bad}"
+
+
+def test_lazy_extras_are_not_imported_at_module_level():
+    for name, extras in LAZY_EXTRAS.items():
+        tree = ast.parse((PKG / name).read_text(encoding="utf-8"))
+        top = [stmt for stmt in tree.body if isinstance(stmt, (ast.Import, ast.ImportFrom))]
+        assert not set(_imports(ast.Module(body=top, type_ignores=[]))) & extras, name
 
 
 def test_names_runs_as_a_module_without_warnings():

@@ -1,7 +1,7 @@
 """Fake run directories for the report tests: metrics.jsonl rows with plausible values (entropy decaying,
-reward following R = -a exp(H) + b plus noise, dynamics on every other step, evals at step 0 (the warm start,
-its own row, as the trainer writes it) and every 10 steps), config.yaml, token_entropy/*.json and
-completions.jsonl, written directly (no training)."""
+reward and eval accuracy following R = -a exp(H) + b plus noise, dynamics on every other step, evals at step 0
+(the warm start, its own row, as the trainer writes it) and every `eval_every` steps), config.yaml,
+token_entropy/*.json and completions.jsonl, written directly (no training)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import yaml
 
 from entropy_rl.metrics.sinks import JsonlSink, append_jsonl
 
-WARM_START_EVAL = {"eval/accuracy": 0.4, "eval/pass@1": 0.4, "eval/pass@2": 0.55, "eval/pass@4": 0.66,
+WARM_START_EVAL = {"eval/accuracy": 0.25, "eval/pass@1": 0.25, "eval/pass@2": 0.55, "eval/pass@4": 0.66,
                    "eval/pass@8": 0.77, "timing/eval_s": 1.5}
 
 
@@ -28,7 +28,8 @@ def fake_completions(step: int, n: int = 4, completion: str = "1+2+3") -> list[d
              "entropy": [round(0.1 * (j + 1), 4) for j in range(len(tokens))]} for i in range(n)]
 
 
-def fake_rows(steps: int, seed: int, dynamics: bool = True, evals: bool = True) -> list[dict[str, float]]:
+def fake_rows(steps: int, seed: int, dynamics: bool = True, evals: bool = True,
+              eval_every: int = 5) -> list[dict[str, float]]:
     """Plausible metrics rows for `steps` steps."""
     rng = random.Random(seed)
     rows, h_prev = [], None
@@ -42,9 +43,10 @@ def fake_rows(steps: int, seed: int, dynamics: bool = True, evals: bool = True) 
             m.update({"dynamics/dH_actual": d, "dynamics/dH_pred": 0.9 * d + rng.gauss(0, 0.003),
                       "dynamics/dH_pred_lin": d + rng.gauss(0, 0.001),
                       "dynamics/dH_identity": d + rng.gauss(0, 0.004), "dynamics/steer_omega": d + rng.gauss(0, 0.01)})
-        if evals and step % 10 == 0:
-            p1 = 0.2 + 0.01 * step
+        if evals and step % eval_every == 0:
+            p1 = -0.4 * math.exp(h) + 1.1 + rng.gauss(0, 0.01)  # the law, on eval accuracy
             m.update({f"eval/pass@{k}": min(1.0, p1 * (1 + 0.5 * math.log2(k))) for k in (1, 2, 4, 8)})
+            m["eval/accuracy"] = p1
         if not dynamics:
             m.pop("dynamics/cov_logp_adv")
         rows.append(m)
@@ -53,15 +55,16 @@ def fake_rows(steps: int, seed: int, dynamics: bool = True, evals: bool = True) 
 
 
 def make_run(path: Path, steps: int = 30, seed: int = 0, dynamics: bool = True, evals: bool = True,
-             token_entropy: bool = True, method_params: dict | None = None, completions: bool = True) -> Path:
+             token_entropy: bool = True, method_params: dict | None = None, completions: bool = True,
+             eval_every: int = 5, task: str = "countdown") -> Path:
     """Write metrics.jsonl (via JsonlSink), config.yaml, token_entropy files and completions.jsonl into `path`."""
     sink = JsonlSink(path / "metrics.jsonl")
     if evals:
         sink.log(0, WARM_START_EVAL)
-    for step, m in enumerate(fake_rows(steps, seed, dynamics, evals), start=1):
+    for step, m in enumerate(fake_rows(steps, seed, dynamics, evals, eval_every), start=1):
         sink.log(step, m)
     sink.close()
-    cfg = {"task": {"name": "countdown", "params": {}},
+    cfg = {"task": {"name": task, "params": {}}, "model": {"path": None, "hidden_size": 32, "num_layers": 2},
            "algorithm": {"method": "clip_cov", "method_params": method_params or {"eps": 0.2}, "advantage": "grpo",
                          "loss_agg_mode": "token-mean"},
            "train": {"steps": steps, "seed": seed}}

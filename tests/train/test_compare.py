@@ -226,6 +226,9 @@ def test_one_seed_prints_na_instead_of_a_zero_std() -> None:
     assert (st.n, st.mean, st.std, st.ci, st.iqm) == (1, 0.4, None, None, None)
     table = summary_table({"m": runs_of("final_entropy", [0.4])})
     assert "| m | 1 | 0.400 ± n/a, CI n/a |" in table and "± 0.000" not in table
+    assert table.startswith("| method | seeds | final entropy, nats (final_entropy) | final reward (final_reward) | "
+                            "pass@1, prob. (pass@1) | pass@8, prob. (pass@8) | steps until entropy halves "
+                            "(steps_to_half_entropy) | wall time, s (wall_s) |")  # plain names, units, keys
     d = difference([0.5], [0.4])
     assert d.diff == pytest.approx(0.1) and d.ci is None and d.excludes_zero is None
     assert d.verdict == "n/a: the CI needs >= 3 seeds of each"
