@@ -1,7 +1,8 @@
 """`entropy-rl report`: a self-contained HTML page (figures embedded as PNG data URIs) for one or more runs.
 
 `write_report(run_dirs, out_dir)` reads each run's metrics.jsonl, config.yaml and token_entropy/*.json,
-draws seven figures with matplotlib (Agg backend) into `out_dir`, and writes `out_dir/report.html`. Every
+draws seven figures with matplotlib (Agg backend) into `out_dir`, plus the instruments some run has data for
+(`report/instruments.py`: pass@k curves against the warm start), and writes `out_dir/report.html`. Every
 number on the page is computed from the logged metrics; a run missing some metrics still gets a page, with
 a visible note where a figure or a run was skipped.
 """
@@ -15,7 +16,7 @@ __all__ = ["write_report"]
 
 
 def write_report(run_dirs: list[Path], out_dir: Path, labels: list[str] | None = None,
-                 summary_md: str | None = None) -> Path:
+                 summary_md: str | None = None, base_dirs: list[Path] | None = None) -> Path:
     """Write report.html and its PNGs for the given runs.
 
     Args:
@@ -23,6 +24,8 @@ def write_report(run_dirs: list[Path], out_dir: Path, labels: list[str] | None =
         out_dir: where report.html and the fig*.png files go (created).
         labels: legend / table name of each run; default the run directories' names (made unique).
         summary_md: a markdown table (from `entropy-rl compare`) shown as an HTML table, if given.
+        base_dirs: folders holding `entropy-rl eval` results of the base model (the warm start), besides the ones
+            found from each run (report/instruments.py).
 
     Returns:
         The path of report.html.
@@ -32,6 +35,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, labels: list[str] | None =
     """
     from entropy_rl.report.data import load_run
     from entropy_rl.report.figures import FIGURES
+    from entropy_rl.report.instruments import instrument_figures
     from entropy_rl.report.page import render_page
 
     run_dirs = [Path(d) for d in run_dirs]
@@ -41,10 +45,10 @@ def write_report(run_dirs: list[Path], out_dir: Path, labels: list[str] | None =
         raise ValueError(f"{len(labels)} labels for {len(run_dirs)} run directories")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("fig[0-9]_*.png"):  # a figure skipped this time must not leave a stale PNG behind
-        old.unlink()
+    for old in [*out_dir.glob("fig[0-9]_*.png"), *out_dir.glob("fig_*.png")]:  # a figure skipped this time must
+        old.unlink()  # not leave a stale PNG behind
     runs = [load_run(d, label) for d, label in zip(run_dirs, labels or default_labels(run_dirs))]
-    figures = [draw(runs, out_dir) for draw in FIGURES]
+    figures = [draw(runs, out_dir) for draw in FIGURES] + instrument_figures(runs, out_dir, base_dirs)
     page = out_dir / "report.html"
     page.write_text(render_page(runs, figures, summary_md), encoding="utf-8")
     return page

@@ -1,0 +1,117 @@
+"""The report's optional instruments: pass@k curves against the warm start (from `entropy-rl eval` result files).
+
+Each figure here reads data a run only has when the user asked for it (an `entropy-rl eval --k` result, a config
+switch), so a section is left out of the page entirely when no run has its data; a run without it, next to runs
+that have it, gets a note. Figures are written as fig_<name>.png beside the numbered ones of `figures.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from entropy_rl.metrics import passk
+from entropy_rl.report.data import RunData
+from entropy_rl.report.figures import Figure, colors, mpl_text, new_figure, run_legend, save, style_legend
+
+__all__ = ["instrument_figures", "PasskRow", "passk_rows"]
+
+
+class PasskRow:
+    """One run's pass@k curve and the warm-start curve evaluated the same way (if any), for the figure and tests.
+
+    Attributes:
+        label: the run's label.
+        run: {k: pass@k} of its newest evaluated checkpoint.
+        step: that checkpoint's RL step.
+        base: {k: pass@k} of the matching warm-start result, or None.
+        base_name: where the base result was found (its model directory's name).
+        crossover: `passk.crossover_k(base, run)`, None without a base or without a crossover.
+    """
+
+    def __init__(self, label: str, run: dict[int, float], step: Any, base: dict[str, Any] | None) -> None:
+        self.label, self.run, self.step = label, run, step
+        self.base = passk.curve(base) if base is not None else None
+        self.base_key = passk.settings_key(base["settings"]) if base is not None else None
+        self.base_name = "/".join(Path(str(base.get("model_dir", "warm start"))).parts[-2:]) if base is not None else ""
+        self.crossover = passk.crossover_k(self.base, run) if self.base is not None else None
+
+
+def base_results(run: RunData, base_dirs: list[Path]) -> list[dict[str, Any]]:
+    """Warm-start results of a run (`passk.warm_start_results`) plus every result in the given base folders
+    (each folder itself and its eval/)."""
+    found = passk.warm_start_results(run.path, run.config) if run.path.is_dir() else []
+    for d in base_dirs:
+        found += passk.load_results(d) + passk.load_results(Path(d) / passk.EVAL_DIR)
+    return found
+
+
+def passk_rows(runs: list[RunData], base_dirs: list[Path], notes: list[str]) -> list[PasskRow]:
+    """One PasskRow per run with a pass@k result file; runs without one get a note (only when some run has one)."""
+    rows, missing = [], []
+    for run in runs:
+        results = passk.load_results(run.path / passk.EVAL_DIR, notes) if run.path.is_dir() else []
+        own = passk.run_result(results)
+        if own is None:
+            missing.append(run.label)
+            continue
+        base = passk.matching_base(own, base_results(run, base_dirs))
+        row = PasskRow(run.label, passk.curve(own), own.get("step"), base)
+        if base is None:
+            notes.append(f"{run.label}: no warm-start result evaluated the same way (entropy-rl eval RUN --warm-start "
+                         "with the same --k, --problems, --seed and sampling, or --base DIR); no crossover")
+        rows.append(row)
+    if rows:
+        notes += [f"{label}: no pass@k result of a checkpoint (entropy-rl eval RUN --k 1,2,4,...,256); skipped"
+                  for label in missing]
+    return rows
+
+
+def fig_passk_curves(runs: list[RunData], out: Path, base_dirs: list[Path]) -> Figure | None:
+    """pass@k vs k (log2 axis) of every run's final checkpoint with the warm start dashed, crossovers marked."""
+    f = Figure("pass@k curves against the warm start")
+    rows = passk_rows(runs, base_dirs, f.notes)
+    if not rows:
+        return None
+    fig, axes = new_figure(11, 5.2, len(rows))
+    ax = axes[0][0]
+    drawn_bases: dict[str, str] = {}
+    captions = []
+    for row, c in zip(rows, colors(len(rows))):
+        ks = list(row.run)
+        ax.plot(ks, [row.run[k] for k in ks], color=c, marker="o", ms=4, lw=1.6)
+        if row.base is not None and row.base_key not in drawn_bases:
+            drawn_bases[row.base_key] = row.base_name
+            bk = list(row.base)
+            ax.plot(bk, [row.base[k] for k in bk], color="black", ls="--", marker="s", ms=3, lw=1.3, zorder=3)
+        if row.crossover is not None:
+            ax.plot([row.crossover], [row.run[row.crossover]], ls="none", marker="X", ms=11, color=c,
+                    markeredgecolor="black", zorder=4)
+        where = f"step {row.step}" if row.step is not None else "final"
+        captions.append(f"{row.label} ({where}): " + (passk.describe_crossover(row.base, row.run) if row.base is not None
+                                                        else "no matching warm-start result"))
+    ax.set_xscale("log", base=2)
+    ticks = sorted({k for row in rows for k in [*row.run, *(row.base or {})]})
+    ax.set_xticks(ticks, [str(k) for k in ticks])
+    ax.minorticks_off()
+    ax.set(xlabel="k (samples per problem, log2 scale)", ylabel="pass@k (probability)",
+           title="Unbiased pass@k of each run's last checkpoint vs the model RL started from")
+    ax.grid(alpha=0.3)
+    run_legend(fig, ax, [(row.label, c) for row, c in zip(rows, colors(len(rows)))])
+    styles = [("run (last checkpoint)", {"ls": "-", "marker": "o"})]
+    if drawn_bases:
+        styles.append((mpl_text("warm start: " + ", ".join(sorted(set(drawn_bases.values())))),
+                       {"ls": "--", "marker": "s"}))
+        styles.append(("crossover k (base >= run)", {"ls": "none", "marker": "X", "ms": 9}))
+    style_legend(ax, styles, loc="lower right")
+    f.png = save(fig, out / "fig_passk_curves.png")
+    f.caption = ("pass@k from `entropy-rl eval --k` result files (unbiased estimator, Chen et al. 2021), on one axis "
+                 "with the warm start (dashed) evaluated on the same problems with the same sampling. Crossover k: the "
+                 "smallest k at which the warm start's pass@k is at least the run's. " + "; ".join(captions) + ".")
+    return f
+
+
+def instrument_figures(runs: list[RunData], out: Path, base_dirs: list[Path] | None = None) -> list[Figure]:
+    """The instrument figures that some run has data for, in page order."""
+    figs = [fig_passk_curves(runs, out, list(base_dirs or []))]
+    return [f for f in figs if f is not None]
