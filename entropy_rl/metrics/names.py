@@ -2,7 +2,7 @@
 
 `docs/metrics.md` is generated from this file (`python -m entropy_rl.metrics.names > docs/metrics.md`) and a
 test fails when it goes stale. A new metric key means one new line here. Keys are namespaced
-(`entropy/`, `dynamics/`, `policy/`, `reward/`, `rollout/`, `adv/`, `eval/`, `timing/`, `train/`,
+(`entropy/`, `dynamics/`, `policy/`, `reward/`, `rollout/`, `diversity/`, `adv/`, `eval/`, `timing/`, `train/`,
 `method/<name>/`); families of keys are listed in `PATTERNS`.
 """
 
@@ -86,6 +86,16 @@ METRICS: dict[str, str] = {
     "rollout/truncated_frac": "fraction of responses with no EOS within max_new_tokens (fraction)",
     "rollout/distinct_answers": "mean over prompt groups of the number of distinct parsed final answers (count)",
     "rollout/distinct_correct": "mean over prompt groups of the number of distinct correct final answers (count)",
+    # ---- diversity of each prompt group's responses (metrics/diversity.py) ----
+    "diversity/vendi": (
+        "mean over prompt groups of the Vendi score exp(-sum_i l_i ln l_i), l_i the eigenvalues of K / G, K the cosine "
+        "similarity of the responses' character 1- to 3-gram counts (arXiv:2210.02410): the effective number of "
+        "distinct response texts, 1 (all identical) to G (no shared n-gram) (count)"
+    ),
+    "diversity/answer_entropy": (
+        "mean over prompt groups with a parsed answer of -sum_a p_a ln p_a, p_a the fraction of the group's parsed "
+        "final answers equal to a (unparseable responses left out): 0 when all agree, ln m for m equal answers (nats)"
+    ),
     # ---- policy update ----
     "guard/skipped_updates": (
         "optimizer updates of this step that left the weights untouched: the loss or gradient norm was non-finite "

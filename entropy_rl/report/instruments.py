@@ -1,20 +1,24 @@
-"""The report's optional instruments: pass@k curves against the warm start (from `entropy-rl eval` result files).
+"""The report's instruments beyond the step curves: pass@k curves against the warm start (from `entropy-rl eval`
+result files) and the diversity of each group's responses.
 
-Each figure here reads data a run only has when the user asked for it (an `entropy-rl eval --k` result, a config
-switch), so a section is left out of the page entirely when no run has its data; a run without it, next to runs
-that have it, gets a note. Figures are written as fig_<name>.png beside the numbered ones of `figures.py`.
+Each figure here reads data a run has only when the user asked for it (an `entropy-rl eval --k` result, a config
+switch) or only from a newer entropy-rl (diversity/*), so a section is left out of the page entirely when no run
+has its data; a run without it, next to runs that have it, gets a note. Figures are written as fig_<name>.png
+beside the numbered ones of `figures.py`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from entropy_rl.metrics import passk
-from entropy_rl.report.data import RunData
-from entropy_rl.report.figures import Figure, colors, mpl_text, new_figure, run_legend, save, style_legend
+from entropy_rl.report.data import RunData, series, window
+from entropy_rl.report.figures import (Figure, colors, integer_steps, missing, mpl_text, new_figure, run_legend, save,
+                                       style_legend)
 
-__all__ = ["instrument_figures", "PasskRow", "passk_rows"]
+__all__ = ["instrument_figures", "PasskRow", "passk_rows", "DIVERSITY"]
 
 
 class PasskRow:
@@ -111,7 +115,39 @@ def fig_passk_curves(runs: list[RunData], out: Path, base_dirs: list[Path]) -> F
     return f
 
 
+DIVERSITY = (("diversity/vendi", "Vendi score of each group's responses", "effective distinct responses (count)"),
+             ("diversity/answer_entropy", "Entropy of each group's final answers", "answer entropy (nats)"))
+
+
+def fig_diversity(runs: list[RunData], out: Path) -> Figure | None:
+    """diversity/vendi and diversity/answer_entropy vs step (means over prompt groups), runs overlaid."""
+    keys = tuple(k for k, _, _ in DIVERSITY)
+    have = [(run, c) for run, c in zip(runs, colors(len(runs))) if any(series(run.rows, k)[0] for k in keys)]
+    if not have:
+        return None
+    f = Figure("Diversity of each group's responses", notes=missing(runs, keys))
+    fig, axes = new_figure(12, 4.2, len(have), cols=2)
+    captions = []
+    for ax, (key, title, ylabel) in zip(axes[0], DIVERSITY):
+        for run, c in have:
+            steps, values = series(run.rows, key)
+            ax.plot(steps, values, color=c, lw=1.3, marker="." if len(steps) < 30 else None)
+            if values:
+                n = window(len(values))
+                captions.append(f"{run.label} {key}: {fmean(values[:n]):.3f} -> {fmean(values[-n:]):.3f} "
+                                f"(first vs last {n} steps)")
+        ax.set(xlabel="step", ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3)
+        integer_steps(ax)
+    run_legend(fig, axes[0][0], [(run.label, c) for run, c in have])
+    f.png = save(fig, out / "fig_diversity.png")
+    f.caption = ("Means over the prompt groups of each rollout batch. Vendi score: the effective number of distinct "
+                 "response texts (character 1-3-gram cosine similarity; 1 = all identical, G = nothing shared). Answer "
+                 "entropy: of the parsed final answers, in nats (0 = all agree). " + "; ".join(captions) + ".")
+    return f
+
+
 def instrument_figures(runs: list[RunData], out: Path, base_dirs: list[Path] | None = None) -> list[Figure]:
     """The instrument figures that some run has data for, in page order."""
-    figs = [fig_passk_curves(runs, out, list(base_dirs or []))]
+    figs = [fig_passk_curves(runs, out, list(base_dirs or [])), fig_diversity(runs, out)]
     return [f for f in figs if f is not None]

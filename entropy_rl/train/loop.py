@@ -33,6 +33,7 @@ from entropy_rl.metrics.dynamics import (
     fit_entropy_performance_law,
     steer_omega_signal,
 )
+from entropy_rl.metrics.diversity import group_diversity
 from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl, truncate_jsonl
 from entropy_rl.models.build import (TinyModelSpec, build_tiny_model, enable_gradient_checkpointing, load_pretrained,
                                      save_pretrained)
@@ -474,6 +475,7 @@ def rollout_metrics(batch: RolloutBatch, results: list, rewards: torch.Tensor, c
         "train/tokens": float(mask.sum()),
     }
     m.update(distinct_answers_by_group([r.answer for r in results], correct.tolist(), batch.group_index.tolist()))
+    m.update(group_diversity(batch.texts, [r.answer for r in results], batch.group_index.tolist()))
     diff = logp_diff_metrics(batch.sampling_logp, old_logp, mask)  # engine vs trainer log-probs, computed once
     m.update(diff)
     m["rollout/logp_mismatch"] = diff["rollout/logp_diff_mean"]  # the older name of the same quantity

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from entropy_rl.metrics import passk
+from entropy_rl.metrics.sinks import append_jsonl, read_jsonl
 from entropy_rl.report import write_report
 from entropy_rl.report.data import load_run
 from entropy_rl.report.instruments import passk_rows
@@ -78,3 +79,28 @@ def test_only_comparable_bases_count(two_runs: list[Path], tmp_path: Path) -> No
     assert row.base == {1: 0.1, 2: 0.2, 4: 0.3, 8: 0.9} and row.crossover == 8
     assert len(re.findall(r"passk_[0-9a-f]{16}\.json", " ".join(p.name for p in (run / "eval").iterdir()))) == 3
     assert passk.load_results(run / "eval")[0]["format"] == passk.RESULT_FORMAT
+
+
+def add_diversity(run: Path) -> list[dict]:
+    """Rewrite a fake run's metrics.jsonl with diversity/* on every RL step (falling as the policy sharpens)."""
+    rows = read_jsonl(run / "metrics.jsonl")
+    for r in rows:
+        if r["step"] >= 1:
+            r["diversity/vendi"] = 1.0 + 3.0 / r["step"]
+            r["diversity/answer_entropy"] = 1.2 / r["step"] ** 0.5
+    (run / "metrics.jsonl").unlink()
+    append_jsonl(run / "metrics.jsonl", rows)
+    return [r for r in rows if r["step"] >= 1]
+
+
+def test_diversity_section(two_runs: list[Path], tmp_path: Path) -> None:
+    html = write_report(two_runs, tmp_path / "out").read_text()
+    assert "Diversity of each group" not in html  # no run logged it: no section
+    rows = add_diversity(two_runs[0])
+    html = write_report(two_runs, tmp_path / "out", labels=["A", "B"]).read_text()
+    assert "<h2>Diversity of each group&#x27;s responses</h2>" in html and html.count(IMG) == 8
+    assert (tmp_path / "out" / "fig_diversity.png").stat().st_size > 5_000
+    first = sum(r["diversity/vendi"] for r in rows[:10]) / 10
+    last = sum(r["diversity/vendi"] for r in rows[-10:]) / 10
+    assert f"A diversity/vendi: {first:.3f} -&gt; {last:.3f} (first vs last 10 steps)" in html
+    assert "B: no diversity/vendi / diversity/answer_entropy logged; skipped" in html
