@@ -1,5 +1,5 @@
 """The report's instruments beyond the step curves: pass@k curves against the warm start (from `entropy-rl eval`
-result files) and the diversity of each group's responses.
+result files), the diversity of each group's responses, and the attention-entropy heatmap (layer x head).
 
 Each figure here reads data a run has only when the user asked for it (an `entropy-rl eval --k` result, a config
 switch) or only from a newer entropy-rl (diversity/*), so a section is left out of the page entirely when no run
@@ -14,11 +14,14 @@ from statistics import fmean
 from typing import Any
 
 from entropy_rl.metrics import passk
-from entropy_rl.report.data import RunData, series, window
-from entropy_rl.report.figures import (Figure, colors, integer_steps, missing, mpl_text, new_figure, run_legend, save,
-                                       style_legend)
+from entropy_rl.metrics.sinks import read_jsonl
+from entropy_rl.report.data import RunData, _finite, series, window
+from entropy_rl.report.figures import (Figure, MaxNLocator, colors, integer_steps, missing, mpl_text, new_figure, plt,
+                                       run_legend, save, style_legend)
 
-__all__ = ["instrument_figures", "PasskRow", "passk_rows", "DIVERSITY"]
+ATTENTION_FILE = "attention_entropy.jsonl"  # entropy_rl.train.attention_probe.ATTENTION_FILE (the report reads files only)
+
+__all__ = ["instrument_figures", "PasskRow", "passk_rows", "DIVERSITY", "load_attention"]
 
 
 class PasskRow:
@@ -147,7 +150,79 @@ def fig_diversity(runs: list[RunData], out: Path) -> Figure | None:
     return f
 
 
+def load_attention(run: RunData, notes: list[str]) -> dict[int, list[list[float]]]:
+    """{step: [n_layers][n_heads] attention entropies (nats)} from the run's attention_entropy.jsonl; malformed lines
+    (not a rectangular matrix of finite numbers) are skipped with a note."""
+    path = run.path / ATTENTION_FILE
+    if not path.is_file():
+        return {}
+    try:
+        records = read_jsonl(path)
+    except (OSError, ValueError) as e:
+        notes.append(f"{run.label}: {ATTENTION_FILE} unreadable: {e}")
+        return {}
+    out: dict[int, list[list[float]]] = {}
+    bad = 0
+    for r in records:
+        m = r.get("entropy") if isinstance(r, dict) else None
+        ok = (isinstance(r.get("step"), int) and isinstance(m, list) and m and all(isinstance(row, list) for row in m)
+              and len({len(row) for row in m}) == 1 and all(_finite(v) for row in m for v in row))
+        if ok:
+            out[r["step"]] = [[float(v) for v in row] for row in m]
+        else:
+            bad += 1
+    if bad:
+        notes.append(f"{run.label}: {ATTENTION_FILE}: {bad} malformed lines skipped")
+    return out
+
+
+def fig_attention(runs: list[RunData], out: Path) -> Figure | None:
+    """Per run: heatmaps (layer x head) of the attention entropy at the first and the last logged step."""
+    notes: list[str] = []
+    have = [(run, data) for run in runs if (data := load_attention(run, notes))]
+    if not have:
+        return None
+    f = Figure("Attention entropy per layer and head", notes=notes)
+    f.notes += [f"{run.label}: no {ATTENTION_FILE} (train.attention_entropy_every = 0); skipped"
+                for run in runs if run not in [r for r, _ in have]]
+    panels = [(run, step, data[step]) for run, data in have for step in dict.fromkeys([min(data), max(data)])]
+    values = [v for _, _, m in panels for row in m for v in row]
+    lo, hi = min(values), max(values)
+    cols = max(sum(1 for r, _, _ in panels if r is run) for run, _ in have)
+    n_layers = max(len(m) for _, _, m in panels)
+    fig, axes = plt.subplots(len(have), cols, figsize=(5.2 * cols + 1.2, 0.9 + min(8.0, 0.35 * n_layers + 1.6) * len(have)),
+                             squeeze=False, layout="constrained")
+    captions, image = [], None
+    for i, (run, data) in enumerate(have):
+        steps = list(dict.fromkeys([min(data), max(data)]))
+        for j in range(cols):
+            ax = axes[i][j]
+            if j >= len(steps):
+                ax.set_visible(False)
+                continue
+            m = data[steps[j]]
+            image = ax.imshow(m, aspect="auto", cmap="viridis", vmin=lo, vmax=hi, origin="lower", interpolation="nearest")
+            ax.set(xlabel="head", ylabel="layer", title=mpl_text(f"{run.label}: step {steps[j]}"))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        first, last = data[steps[0]], data[steps[-1]]
+        low_l, low_h = min(((layer, head) for layer in range(len(last)) for head in range(len(last[layer]))),
+                           key=lambda p: last[p[0]][p[1]])
+        captions.append(f"{run.label}: mean {fmean(v for row in first for v in row):.3f} nats at step {steps[0]}, "
+                        f"{fmean(v for row in last for v in row):.3f} at step {steps[-1]}; lowest head at step "
+                        f"{steps[-1]}: layer {low_l} head {low_h}, {last[low_l][low_h]:.3f}")
+    fig.colorbar(image, ax=[ax for row in axes for ax in row if ax.get_visible()], label="attention entropy (nats)",
+                 shrink=0.9)
+    fig.suptitle("Mean entropy of each head's attention over the queries that predict response tokens")
+    f.png = save(fig, out / "fig_attention_entropy.png")
+    f.caption = ("From attention_entropy.jsonl (train.attention_entropy_every): per layer (rows) and head (columns), "
+                 "the token mean of -sum a ln a of the attention weights, first and last logged step, one colour "
+                 "scale. It describes how the network mixes its context, not the policy's next-token entropy "
+                 "(docs/metrics.md). " + "; ".join(captions) + ".")
+    return f
+
+
 def instrument_figures(runs: list[RunData], out: Path, base_dirs: list[Path] | None = None) -> list[Figure]:
     """The instrument figures that some run has data for, in page order."""
-    figs = [fig_passk_curves(runs, out, list(base_dirs or [])), fig_diversity(runs, out)]
+    figs = [fig_passk_curves(runs, out, list(base_dirs or [])), fig_diversity(runs, out), fig_attention(runs, out)]
     return [f for f in figs if f is not None]

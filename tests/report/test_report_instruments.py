@@ -104,3 +104,31 @@ def test_diversity_section(two_runs: list[Path], tmp_path: Path) -> None:
     last = sum(r["diversity/vendi"] for r in rows[-10:]) / 10
     assert f"A diversity/vendi: {first:.3f} -&gt; {last:.3f} (first vs last 10 steps)" in html
     assert "B: no diversity/vendi / diversity/answer_entropy logged; skipped" in html
+
+
+def add_attention(run: Path, steps=(2, 30), layers: int = 4, heads: int = 3) -> dict[int, list[list[float]]]:
+    """Write attention_entropy.jsonl: entropy falling with depth and with the step."""
+    data = {s: [[round(2.0 - 0.3 * layer - 0.01 * s + 0.05 * head, 6) for head in range(heads)] for layer in range(layers)]
+            for s in steps}
+    append_jsonl(run / "attention_entropy.jsonl", [{"step": s, "entropy": m} for s, m in data.items()])
+    return data
+
+
+def test_attention_heatmap_section(two_runs: list[Path], tmp_path: Path) -> None:
+    from entropy_rl.report.instruments import ATTENTION_FILE
+    from entropy_rl.train.attention_probe import ATTENTION_FILE as WRITTEN
+
+    assert ATTENTION_FILE == WRITTEN  # the report reads the file the trainer writes
+    html = write_report(two_runs, tmp_path / "out").read_text()
+    assert "Attention entropy per layer and head" not in html
+    data = add_attention(two_runs[0])
+    append_jsonl(two_runs[0] / "attention_entropy.jsonl", [{"step": 40, "entropy": [[1.0], [1.0, 2.0]]}])  # ragged
+    html = write_report(two_runs, tmp_path / "out", labels=["A", "B"]).read_text()
+    assert "<h2>Attention entropy per layer and head</h2>" in html and html.count(IMG) == 8
+    assert (tmp_path / "out" / "fig_attention_entropy.png").stat().st_size > 5_000
+    first = sum(v for row in data[2] for v in row) / 12
+    last = sum(v for row in data[30] for v in row) / 12
+    # the lowest head at the last step: layer 3, head 0 (2.0 - 0.9 - 0.3 + 0 = 0.8)
+    assert f"A: mean {first:.3f} nats at step 2, {last:.3f} at step 30; lowest head at step 30: layer 3 head 0, 0.800" in html
+    assert "A: attention_entropy.jsonl: 1 malformed lines skipped" in html
+    assert "B: no attention_entropy.jsonl (train.attention_entropy_every = 0); skipped" in html
