@@ -133,47 +133,122 @@ EVAL_DEFAULTS = {"task": "countdown", "task_params": {}, "temperature": 1.0, "to
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Sampled accuracy and pass@k of a model directory, or of a run directory's final model, on a task's eval
-    split. For a run directory the task and sampling settings default to the run's config.yaml."""
+    """Sampled accuracy, pass@k and maj@k of a model directory, or of a run directory's final model (or warm start),
+    on a task's eval split; prints them as JSON and keeps them as a result file (entropy_rl/metrics/passk.py).
+    For a run directory the task and sampling settings default to the run's config.yaml.
+
+    The result goes to --out, else to the eval/ folder of the run or SFT output the model belongs to
+    (`result_home`); a stored result with the same settings (model weights by content included) is printed
+    instead of sampling again, unless --no-cache. With a stored warm-start result evaluated the same way, the
+    crossover k (the smallest k where the warm start's pass@k >= the run's) is printed on stderr.
+    """
     import json
 
+    from entropy_rl.metrics import passk
     from entropy_rl.models import load_pretrained
     from entropy_rl.rollout.hf import SamplingParams
     from entropy_rl.tasks import make_task
     from entropy_rl.train.config import apply_overrides, load_config
-    from entropy_rl.train.evaluate import evaluate, find_model
+    from entropy_rl.train.evaluate import (cached_result, eval_metrics, find_model, model_fingerprint, result_home,
+                                           result_metrics, sample_eval, write_result)
 
     if args.task is not None:  # an explicit task's params are checked before any model is looked at
         from entropy_rl.tasks import TASKS
 
         TASKS.get(args.task).parse_params(apply_overrides({}, args.task_params), "--task-params")
+    ks = args.ks
+    samples = args.samples if args.samples is not None else (ks[-1] if ks else 8)
+    if ks and ks[-1] > samples:
+        raise ValueError(f"--k {ks[-1]} needs at least {ks[-1]} samples per problem; --samples is {samples}")
     model_dir, run_dir = find_model(args.model)
-    defaults = dict(EVAL_DEFAULTS)
+    defaults, run_cfg = dict(EVAL_DEFAULTS), None
     if run_dir is not None and (run_dir / "config.yaml").is_file():
-        cfg = load_config(run_dir / "config.yaml")
-        r = cfg.rollout
-        defaults = {"task": cfg.task.name, "task_params": dict(cfg.task.params), "temperature": r.temperature,
+        run_cfg = load_config(run_dir / "config.yaml")
+        r = run_cfg.rollout
+        defaults = {"task": run_cfg.task.name, "task_params": dict(run_cfg.task.params), "temperature": r.temperature,
                     "top_p": r.top_p, "top_k": r.top_k, "max_new_tokens": r.max_new_tokens}
+    home, role, step = result_home(model_dir, run_dir)
+    if args.warm_start:
+        model_dir, home, role, step = warm_start_model(args.model, run_dir, run_cfg)
     if run_dir is not None:
         print(f"evaluating {model_dir}", file=sys.stderr)
     flags = {k: getattr(args, k) for k in ("task", "temperature", "top_p", "max_new_tokens") if getattr(args, k) is not None}
     pick = {**defaults, **flags}
     same_task = pick["task"] == defaults["task"]  # the run's task params only go with the run's task
-    task = make_task(pick["task"], **apply_overrides(dict(defaults["task_params"]) if same_task else {}, args.task_params))
-    model, tokenizer = load_pretrained(model_dir)
-    sampling = SamplingParams(pick["temperature"], pick["top_p"], pick["top_k"], pick["max_new_tokens"])
-    problems = task.prompts("eval", args.problems, seed=args.seed)
-    sample_fn = None
-    if args.top_h is not None:
-        from functools import partial
+    task_params = apply_overrides(dict(defaults["task_params"]) if same_task else {}, args.task_params)
+    task = make_task(pick["task"], **task_params)
+    sampling = SamplingParams(float(pick["temperature"]), float(pick["top_p"]), int(pick["top_k"]), int(pick["max_new_tokens"]))
+    ks = ks or passk_values(samples)
+    settings = {"model_sha256": model_fingerprint(model_dir), "task": pick["task"],
+                "task_params": json.loads(json.dumps(task_params, sort_keys=True, default=str)),
+                "problems": args.problems, "samples": samples, "ks": ks, "seed": args.seed,
+                "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+                "max_new_tokens": sampling.max_new_tokens, "top_h": args.top_h}
+    folder = Path(args.out) if args.out else home
+    cached = None if args.no_cache else cached_result(folder, settings)
+    if cached is not None:
+        print(f"reusing {cached['path']} (same settings, same model weights)", file=sys.stderr)
+        metrics = result_metrics(cached)
+    else:
+        model, tokenizer = load_pretrained(model_dir)
+        problems = task.prompts("eval", args.problems, seed=args.seed)
+        sample_fn = None
+        if args.top_h is not None:
+            from functools import partial
 
-        from entropy_rl.rollout.strategies.top_h import Params as TopHParams
-        from entropy_rl.rollout.strategies.top_h import top_h_generate
+            from entropy_rl.rollout.strategies.top_h import Params as TopHParams
+            from entropy_rl.rollout.strategies.top_h import top_h_generate
 
-        sample_fn = partial(top_h_generate, p=TopHParams(alpha=args.top_h))
-    print(json.dumps(evaluate(model, tokenizer, task, problems, args.samples, sampling, seed=args.seed,
-                              sample_fn=sample_fn), indent=2))
+            sample_fn = partial(top_h_generate, p=TopHParams(alpha=args.top_h))
+        t0 = time.perf_counter()
+        scored = sample_eval(model, tokenizer, task, problems, samples, sampling, args.seed, sample_fn)
+        metrics = eval_metrics(scored, ks)
+        if folder is not None:
+            info = {"model_dir": str(Path(model_dir).resolve()), "role": role, "step": step,
+                    "wall_s": round(time.perf_counter() - t0, 3)}
+            print(f"wrote {write_result(folder, settings, metrics, scored, info)}", file=sys.stderr)
+        else:
+            print("no result file: the model is not in a run or SFT output directory; pass --out DIR to keep one",
+                  file=sys.stderr)
+    if run_dir is not None and role == "checkpoint" and run_cfg is not None:
+        base = passk.matching_base({"settings": settings}, passk.warm_start_results(run_dir, {"model": {"path": run_cfg.model.path}}))
+        if base is not None:
+            print(f"vs the warm start: {passk.describe_crossover(passk.curve(base), {k: metrics[f'eval/pass@{k}'] for k in ks})}",
+                  file=sys.stderr)
+    print(json.dumps(metrics, indent=2))
     return 0
+
+
+def passk_values(samples: int) -> list[int]:
+    """The default k grid: 1, 2, 4, ... up to `samples`, plus `samples`."""
+    from entropy_rl.train.evaluate import pass_k_values
+
+    return pass_k_values(samples)
+
+
+def warm_start_model(given: str, run_dir: Path | None, run_cfg) -> tuple[Path, Path | None, str, int | None]:
+    """`entropy-rl eval RUN --warm-start`: the model RL started from and where its result goes.
+
+    Returns:
+        (model directory, eval folder or None, "warm start", None): RUN/sft/model with RUN/eval, else the config's
+        `model.path` with that directory's own eval/ when it is an SFT output directory, else RUN/eval.
+
+    Raises:
+        FileNotFoundError: not a run directory, or a run without a warm start on disk.
+    """
+    from entropy_rl.train import checkpoint as ckpt
+    from entropy_rl.train.evaluate import result_home
+
+    if run_dir is None:
+        raise FileNotFoundError(f"--warm-start needs a run directory; '{given}' is a model directory")
+    if (run_dir / "sft" / ckpt.COMPLETE).is_file():
+        return (run_dir / "sft" / "model", *result_home(run_dir / "sft" / "model", run_dir))
+    path = run_cfg.model.path if run_cfg is not None else None
+    if not path or not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"'{run_dir}' has no warm start to evaluate: no sft/COMPLETE and no model.path "
+                                "with a model (a run from a fresh tiny model without SFT starts from random weights)")
+    home, _, _ = result_home(Path(path), None)
+    return Path(path), home or result_home(run_dir / "sft" / "model", run_dir)[0], "warm start", None
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -255,6 +330,16 @@ def float_in_unit(text: str) -> float:
     return value
 
 
+def k_grid(text: str) -> list[int]:
+    """argparse type of `eval --k`: see entropy_rl.metrics.passk.parse_ks."""
+    from entropy_rl.metrics.passk import parse_ks
+
+    try:
+        return parse_ks(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def int_at_least(lo: int, hi: int = 2**63 - 1) -> Callable[[str], int]:
     """An argparse `type` accepting integers in [lo, hi] (so `--jobs 0` is a usage error, not a traceback)."""
 
@@ -313,13 +398,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None, help="task name (default: the run's, else countdown)")
     p.add_argument("--task-params", nargs="*", default=[], help="task parameters key=value (over the run's, same task)")
     p.add_argument("--problems", type=int_at_least(1), default=256)
-    p.add_argument("--samples", type=int_at_least(1), default=8)
+    p.add_argument("--samples", type=int_at_least(1), default=None,
+                   help="samples per problem, the n of the unbiased pass@k estimator (default: the largest --k, else 8)")
+    p.add_argument("--k", dest="ks", type=k_grid, default=None, metavar="K,K,...",
+                   help="the k of pass@k and maj@k, e.g. 1,2,4,...,256 ('...' fills in doublings; default 1, 2, 4, ... "
+                        "up to --samples)")
     p.add_argument("--temperature", type=float, default=None, help="default: the run's rollout.temperature, else 1.0")
     p.add_argument("--top-p", type=float, default=None, help="default: the run's rollout.top_p, else 1.0")
     p.add_argument("--max-new-tokens", type=int_at_least(1), default=None, help="default: the run's rollout.max_new_tokens, else 16")
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--top-h", type=float_in_unit, default=None, metavar="ALPHA",
                    help="sample with Top-H decoding (arXiv:2509.02510) at entropy scale ALPHA in (0, 1] instead of plain sampling")
+    p.add_argument("--warm-start", action="store_true",
+                   help="evaluate the model the run started from (RUN/sft/model, else its model.path) instead of its final model")
+    p.add_argument("--out", default=None,
+                   help="folder for the JSON result passk_<settings hash>.json (default: the eval/ folder of the run or "
+                        "SFT output the model belongs to; a model directory elsewhere gets no file)")
+    p.add_argument("--no-cache", action="store_true", help="sample again even when a result with the same settings is stored")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("compare", help="run methods x seeds on one config and summarise side by side")
@@ -353,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit R = -a exp(H) + b once per model and task, pooling the runs' points (default: per run)")
     p.add_argument("--smooth", type=int_at_least(0), default=None,
                    help="EMA span in steps for curves along training (default: automatic; 0 = raw curves only)")
+    p.add_argument("--base", action="append", default=None, metavar="DIR",
+                   help="a folder of `entropy-rl eval` results of the base model for the pass@k curves (repeatable; "
+                        "each run's own warm-start results are found without it)")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("methods", help="list method variants, methods, advantage estimators, rollout strategies and tasks with defaults")

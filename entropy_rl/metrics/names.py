@@ -2,8 +2,8 @@
 
 `docs/metrics.md` is generated from this file (`python -m entropy_rl.metrics.names > docs/metrics.md`) and a
 test fails when it goes stale. A new metric key means one new line here. Keys are namespaced
-(`entropy/`, `dynamics/`, `policy/`, `reward/`, `rollout/`, `rollout_corr/`, `adv/`, `eval/`, `timing/`,
-`train/`, `method/<name>/`); families of keys are listed in `PATTERNS`.
+(`entropy/`, `dynamics/`, `policy/`, `reward/`, `rollout/`, `rollout_corr/`, `diversity/`, `attention/`, `adv/`, `eval/`,
+`timing/`, `train/`, `method/<name>/`); families of keys are listed in `PATTERNS`.
 """
 
 from __future__ import annotations
@@ -101,6 +101,16 @@ METRICS: dict[str, str] = {
     "rollout/truncated_frac": "fraction of responses with no EOS within max_new_tokens (fraction)",
     "rollout/distinct_answers": "mean over prompt groups of the number of distinct parsed final answers (count)",
     "rollout/distinct_correct": "mean over prompt groups of the number of distinct correct final answers (count)",
+    # ---- diversity of each prompt group's responses (metrics/diversity.py) ----
+    "diversity/vendi": (
+        "mean over prompt groups of the Vendi score exp(-sum_i l_i ln l_i), l_i the eigenvalues of K / G, K the cosine "
+        "similarity of the responses' character 1- to 3-gram counts (arXiv:2210.02410): the effective number of "
+        "distinct response texts, 1 (all identical) to G (no shared n-gram) (count)"
+    ),
+    "diversity/answer_entropy": (
+        "mean over prompt groups with a parsed answer of -sum_a p_a ln p_a, p_a the fraction of the group's parsed "
+        "final answers equal to a (unparseable responses left out): 0 when all agree, ln m for m equal answers (nats)"
+    ),
     # ---- policy update ----
     "guard/skipped_updates": (
         "optimizer updates of this step that left the weights untouched: the loss or gradient norm was non-finite "
@@ -212,6 +222,11 @@ PATTERNS: dict[str, str] = {
         "majority-vote accuracy over eval problems: the most frequent normalised answer among a problem's first k "
         "samples (k from the key; unparseable samples do not vote) is correct (fraction)"
     ),
+    "attention/entropy_l*": (
+        "layer i (from the key, 0 = first) of the attention-entropy monitor (train.attention_entropy_every): mean over "
+        "heads of the token mean, over the queries that predict response tokens (mask == 1), of -sum_k a_k ln a_k of "
+        "the attention weights; pre-update pass, eager attention; per-head values in attention_entropy.jsonl (nats)"
+    ),
     "timing/*": "wall time of a named phase of the step (seconds)",
     "method/<name>/*": "metric specific to entropy method <name>, defined in that method's module docstring (unit given there)",
     "rollout/<name>/*": "metric specific to rollout strategy <name>, defined in that strategy's module docstring (unit given there)",
@@ -232,6 +247,29 @@ COMPLETION_FIELDS: dict[str, str] = {
     "tokens": "the response tokens, each decoded on its own, special tokens (EOS) included (list of text)",
     "entropy": "per-token H_t of the pre-update pass, aligned with tokens, rounded to 4 decimals (list of nats)",
 }
+
+
+# docs/metrics.md's section on the attention-entropy monitor: what it measures and what it does not say.
+ATTENTION_NOTE: tuple[str, ...] = (
+    "Off by default. With `train.attention_entropy_every: N`, every N-th step runs one extra no-grad forward of",
+    "the rollout batch before the update, with eager attention (the only implementation that forms the weights;",
+    "the model's setting is restored after), and logs per layer the mean over heads of the attention entropy",
+    "-sum_k a_k ln a_k, averaged over the queries that predict response tokens (the tokens `entropy/token_mean`",
+    "averages over). `RUN_DIR/attention_entropy.jsonl` keeps the per-head matrix of each logged step",
+    '(`{"step": s, "entropy": [[layer 0 heads], [layer 1 heads], ...]}`, nats); the report draws it as a heatmap.',
+    "",
+    "What it tells: how spread each head's attention is over the context. A layer whose heads fall towards 0 attends",
+    "to one token per query (attention entropy collapse, which sigmaReparam, arXiv:2303.06296, ties to training",
+    "instability), and a shift during RL shows where in the network the update acts. The bound is ln(visible",
+    "keys), which grows with the query's position: longer prompts or responses raise it without any change in the",
+    "model, so compare runs on the same task and lengths.",
+    "",
+    "What it does not tell: the policy's entropy. `entropy/token_mean` is the entropy of the next-token",
+    "distribution, a function of the final hidden state and the LM head; attention entropy describes how that",
+    "state was mixed from the context. A model can attend broadly and still be certain of its next token (or",
+    "attend to one token and be uncertain), and the two need not move together during RL. Read it as a diagnostic",
+    "of the network's internals beside the policy entropy, not as a proxy for exploration.",
+)
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -303,6 +341,7 @@ def render_markdown() -> str:
     lines += [f"| `{key}` | {_cell(text)} |" for key, text in METRICS.items()]
     lines += ["", "## Key families", "", "| pattern | definition (unit) |", "|---|---|"]
     lines += [f"| `{pattern}` | {_cell(text)} |" for pattern, text in PATTERNS.items()]
+    lines += ["", "## Attention entropy (`attention/entropy_l*`)", "", *ATTENTION_NOTE]
     lines += ["", "## completions.jsonl", "",
               "At step 1, every `train.log_completions_every` steps and at the last step, the first",
               "`train.log_completions_n` responses of the rollout batch (whole groups when n is a multiple of the",

@@ -1,4 +1,5 @@
-"""`entropy-rl report RUN_DIR [RUN_DIR ...] [--out DIR] [--labels a,b] [--summary FILE] [--pool-law] [--smooth N]`."""
+"""`entropy-rl report RUN_DIR [RUN_DIR ...] [--out DIR] [--labels a,b] [--summary FILE] [--pool-law] [--smooth N]
+[--base DIR]`."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise SystemExit(f"entropy-rl report: --labels has {len(labels)} names for {len(run_dirs)} run directories")
     summary = Path(args.summary).read_text(encoding="utf-8") if getattr(args, "summary", None) else None
     out = Path(args.out) if args.out else default_out(run_dirs)
+    base = [Path(d) for d in getattr(args, "base", None) or []]
     print(write_report(run_dirs, out, labels=labels, summary_md=summary, pool_law=getattr(args, "pool_law", False),
-                       smooth=getattr(args, "smooth", None)))
+                       smooth=getattr(args, "smooth", None), base_dirs=base))
     return 0

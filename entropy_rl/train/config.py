@@ -155,6 +155,7 @@ class TrainConfig:
     min_free_gb: float = 0.0  # refuse to write a checkpoint with less free disk than this (and 2x the last one)
     high_entropy_threshold: float = 0.5  # nats; entropy/high_frac counts tokens above it
     dynamics_every: int = 1  # measure dH_actual / dH_pred / dH_identity every N steps (0 = never)
+    attention_entropy_every: int = 0  # log attention/entropy_l* (per layer; per head in attention_entropy.jsonl) every N steps (0 = never)
     log_completions_every: int = 10  # write sampled completions to completions.jsonl at step 1, every N steps and the last (0 = never)
     log_completions_n: int = 8  # completions written per logged step: the first n of the batch (whole groups when a multiple of G)
     sinks: list[str] = field(default_factory=lambda: ["jsonl", "stdout"])  # jsonl | stdout | tensorboard | wandb
@@ -244,6 +245,7 @@ RANGES: dict[str, Bound] = {
     "train.min_free_gb": Bound(0, 10**6),
     "train.high_entropy_threshold": Bound(0, math.inf),
     "train.dynamics_every": Bound(0, BIG),
+    "train.attention_entropy_every": Bound(0, BIG),
     "train.log_completions_every": Bound(0, BIG),
     "train.log_completions_n": Bound(1, MAX_ROLLOUT_SEQS),
 }

@@ -34,7 +34,9 @@ from entropy_rl.metrics.dynamics import (
     fit_entropy_performance_law,
     steer_omega_signal,
 )
-from entropy_rl.metrics.sinks import JsonlSink, MetricSink, MultiSink, StdoutSink, read_jsonl, truncate_jsonl
+from entropy_rl.metrics.diversity import group_diversity
+from entropy_rl.metrics.sinks import (JsonlSink, MetricSink, MultiSink, StdoutSink, append_jsonl, read_jsonl,
+                                      truncate_jsonl)
 from entropy_rl.models.build import (TinyModelSpec, build_tiny_model, enable_gradient_checkpointing, load_pretrained,
                                      save_pretrained)
 from entropy_rl.models.char_tokenizer import build_char_tokenizer
@@ -45,6 +47,7 @@ from entropy_rl.tasks import make_task
 from entropy_rl.tasks.base import DEFAULT_SCORE_RANGE, Problem, RewardResult, validate_result
 from entropy_rl.train import checkpoint as ckpt
 from entropy_rl.train.config import Config, ConfigError, check_context, correction_spec, from_dict, save_config, to_dict
+from entropy_rl.train.attention_probe import ATTENTION_FILE, attention_entropy, attention_metrics, attention_modules
 from entropy_rl.train.entropy_probe import Sampler, measure_after_update
 from entropy_rl.train.batch import ScoredBatch, batch_advantages, score_batch, scoring_temperature, seed_for
 from entropy_rl.train.evaluate import eval_at_step
@@ -265,6 +268,8 @@ def start_run(cfg: Config, run_dir: Path, progress: bool, resume: bool) -> Run:
         else build_policy(cfg, task, run_dir, device, log)
     model.to(device).train()
     check_context(cfg, task, tokenizer, getattr(model.config, "max_position_embeddings", None))
+    if cfg.train.attention_entropy_every:
+        attention_modules(model)  # a model the monitor cannot read fails now, not at its first monitored step
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     ref_model = None
@@ -289,9 +294,11 @@ def start_run(cfg: Config, run_dir: Path, progress: bool, resume: bool) -> Run:
             state.load_state_dict(saved["method_state"])
         run.strategy.load_state_dict(saved.get("strategy_state") or {})
         truncate_jsonl(run_dir / "metrics.jsonl", run.start_step)
+        truncate_jsonl(run_dir / ATTENTION_FILE, run.start_step)
         log(f"resumed from {latest} at step {run.start_step}")
     elif resume:
         truncate_jsonl(run_dir / "metrics.jsonl", 0)
+        truncate_jsonl(run_dir / ATTENTION_FILE, 0)
     run.correction = correction_spec(cfg)
     if structural_mismatch(cfg):
         log(f"warning: rollout.top_p={cfg.rollout.top_p:g} / top_k={cfg.rollout.top_k} truncate the sampling distribution and "
@@ -362,6 +369,11 @@ def train_locked(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> Ru
             # ---- metrics of the rollout batch, before the update ----
             m.update(batch_metrics(batch, results, rewards, scored, t.high_entropy_threshold, entropy_mask=mask))
             m.update(correction_metrics(corr.metrics, structural_mismatch(cfg)))
+            if t.attention_entropy_every and step % t.attention_entropy_every == 0:
+                with timed(m, "timing/attention_s"):
+                    per_head = attention_entropy(model, scored.input_ids, scored.attention_mask, scored.prompt_len, mask, micro)
+                m.update(attention_metrics(per_head))
+                append_jsonl(run.run_dir / ATTENTION_FILE, [{"step": step, "entropy": per_head.tolist()}])
             run.law_points.append((m["entropy/token_mean"], m["reward/mean"]))
             m.update(law_metrics(run.law_points))
             if state is not None:  # first show the state this batch (anchors, histories), then take this step's values
@@ -518,6 +530,7 @@ def rollout_metrics(batch: RolloutBatch, results: list, rewards: torch.Tensor, c
         "train/tokens": float(mask.sum()),
     }
     m.update(distinct_answers_by_group([r.answer for r in results], correct.tolist(), batch.group_index.tolist()))
+    m.update(group_diversity(batch.texts, [r.answer for r in results], batch.group_index.tolist()))
     diff = logp_diff_metrics(batch.sampling_logp, old_logp, mask)  # engine vs trainer log-probs, computed once
     m.update(diff)
     m["rollout/logp_mismatch"] = diff["rollout/logp_diff_mean"]  # the older name of the same quantity

@@ -38,10 +38,10 @@ ENTRIES: dict[str, tuple[str, ...]] = {
     "train": (
         "config.yaml", "metrics.jsonl", "metrics.jsonl.tmp", "checkpoints", "sft", "sft_metrics.jsonl",
         "sft_metrics.jsonl.tmp", "completions.jsonl", "completions.jsonl.tmp", "token_entropy", "report", "tb",
-        "wandb", MARKER,
+        "wandb", "eval", "attention_entropy.jsonl", "attention_entropy.jsonl.tmp", MARKER,
     ),
     # `entropy-rl sft --out DIR`: the model files themselves are recorded in the marker's "files" when written.
-    "sft": ("config.yaml", "sft_metrics.jsonl", "sft_metrics.jsonl.tmp", "checkpoints", "COMPLETE", MARKER),
+    "sft": ("config.yaml", "sft_metrics.jsonl", "sft_metrics.jsonl.tmp", "checkpoints", "COMPLETE", "eval", MARKER),
 }
 # Entries whose content means the run has made progress that starting over would lose (rows, checkpoints).
 PROGRESS = ("metrics.jsonl", "sft_metrics.jsonl", "checkpoints", "sft")

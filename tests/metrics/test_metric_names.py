@@ -21,6 +21,7 @@ REQUIRED = [
     "reward/mean", "reward/std", "reward/format_error_rate", "reward/solve_all_frac", "reward/solve_none_frac",
     "rollout/response_len_mean", "rollout/response_len_max", "rollout/truncated_frac",
     "rollout/distinct_answers", "rollout/distinct_correct",
+    "diversity/vendi", "diversity/answer_entropy",
     "policy/loss", "policy/clipfrac", "policy/clipfrac_low", "policy/clipfrac_high", "policy/clipfrac_dual",
     "policy/approx_kl", "policy/ratio_mean", "policy/kl_ref", "policy/grad_norm", "policy/lr",
     "adv/mean", "adv/std", "adv/zero_frac",
