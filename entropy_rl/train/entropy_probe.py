@@ -209,16 +209,29 @@ def linearised_logit_change(
     return z.float(), dz.float()
 
 
+def rows_of(temperature: float | Tensor, start: int, stop: int) -> float | Tensor:
+    """The temperature of rows start:stop: a float as it is, a [B, T] per-token temperature sliced to its rows."""
+    return temperature[start:stop] if isinstance(temperature, Tensor) else temperature
+
+
+def tempered(logits: Tensor, temperature: float | Tensor) -> Tensor:
+    """logits / tau in fp32: [b, T, V] divided by a float or by a [b, T] per-token temperature."""
+    tau = temperature.unsqueeze(-1) if isinstance(temperature, Tensor) else temperature
+    return logits.float() / tau
+
+
 def linearised_entropy_change(
     model: PreTrainedModel, theta_old: dict[str, Tensor], delta: dict[str, Tensor], input_ids: Tensor, attn: Tensor,
-    prompt_len: int, temperature: float, mask: Tensor, chunk: int,
+    prompt_len: int, temperature: float | Tensor, mask: Tensor, chunk: int,
 ) -> float:
-    """dynamics/dH_pred_lin: token mean over `mask` of H(z + J delta) - H(z) at theta_old, in nats."""
+    """dynamics/dH_pred_lin: token mean over `mask` of H(z + J delta) - H(z) at theta_old, in nats (tau: a float or
+    [B, T])."""
     n_tokens = float(mask.sum().clamp_min(1.0))
     total = 0.0
     for i in range(0, input_ids.shape[0], chunk):
         z, dz = linearised_logit_change(model, theta_old, delta, input_ids[i : i + chunk], attn[i : i + chunk], prompt_len)
-        change = token_entropy(z + dz, temperature) - token_entropy(z, temperature)
+        tau = rows_of(temperature, i, i + chunk)
+        change = token_entropy(tempered(z + dz, tau)) - token_entropy(tempered(z, tau))
         total += float((change * mask[i : i + chunk]).sum()) / n_tokens
     return total
 
@@ -226,7 +239,7 @@ def linearised_entropy_change(
 @torch.no_grad()
 def measure_after_update(
     model: PreTrainedModel, probe: EntropyProbe, input_ids: Tensor, attn: Tensor, prompt_len: int,
-    temperature: float, mask: Tensor, chunk: int,
+    temperature: float | Tensor, mask: Tensor, chunk: int,
 ) -> dict[str, float]:
     """dynamics/dH_actual, dH_pred, dH_pred_lin, dH_identity (and dH_per_bonus when Adam has moments) for this step;
     dynamics/H_rollout, H_mismatch and dH_rollout_actual when the probe carries the sampler.
@@ -246,13 +259,15 @@ def measure_after_update(
         j = i + step
         ids, a, m = input_ids[i:j], attn[i:j], mask[i:j]
         x, head = response_scores(model, ids, a, prompt_len)
-        entropy = stats_of(x, head, ids[:, prompt_len:], temperature, mask=m).entropy
+        tau = rows_of(temperature, i, j)
+        entropy = stats_of(x, head, ids[:, prompt_len:], tau, mask=m).entropy
         assert entropy is not None  # want_entropy defaults to True
         h_new += float((entropy * m).sum()) / n_tokens
         logits = logits_of(x, head).float()
         z, dz = linearised_logit_change(model, probe.theta_old, delta, ids, a, prompt_len)  # z: theta_old's logits
-        identity += entropy_change_identity(z, logits, m, temperature) * float(m.sum()) / n_tokens
-        dh_lin += float(((token_entropy(z + dz, temperature) - token_entropy(z, temperature)) * m).sum()) / n_tokens
+        # the identity and H(z + dz) on logits / tau (tau 1 below): a per-token temperature divides each row
+        identity += entropy_change_identity(tempered(z, tau), tempered(logits, tau), m) * float(m.sum()) / n_tokens
+        dh_lin += float(((token_entropy(tempered(z + dz, tau)) - token_entropy(tempered(z, tau))) * m).sum()) / n_tokens
         if probe.sampler is not None:
             h_rollout_old += float(sampled_entropy_sum(z, probe.sampler, mask, i, step)) / n_tokens
             h_rollout_new += float(sampled_entropy_sum(logits, probe.sampler, mask, i, step)) / n_tokens

@@ -195,3 +195,29 @@ def test_adam_bonus_sensitivity_by_hand() -> None:
     v_hat = torch.tensor([0.2, -0.4]) ** 2
     expected = 0.1 * 0.1 / (1 - 0.9**2) * float((g_h**2 / (v_hat.sqrt() + 1e-8)).sum())
     assert adam_bonus_sensitivity(opt, [g_h], [w]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_per_token_temperature_is_sliced_with_its_rows(setup) -> None:
+    """Strategies that sample rows at other temperatures (adaptive_temperature, arbitrary_entropy) give a [B, T]
+    tau: in chunks smaller than the batch (chunk 4 of B = 6) every metric uses each row's own tau. A constant
+    tensor equals the float, and a row-varying one gives the entropies computed row by row."""
+    model, opt, ids, attn, mask = setup
+    const = torch.full((B, T), TAU)
+    probe_f = probe_before_update(model, opt, ids, attn, P, TAU, mask, chunk=4)
+    probe_t = probe_before_update(model, opt, ids, attn, P, const, mask, chunk=4)
+    assert probe_t.h_old == pytest.approx(probe_f.h_old, rel=1e-6)
+    tau = torch.linspace(0.6, 1.4, B).unsqueeze(1).expand(B, T).contiguous()  # one temperature per row
+    probe = probe_before_update(model, opt, ids, attn, P, tau, mask, chunk=4)
+    with torch.no_grad():
+        h_rows = token_entropy(response_logits(model, ids, attn, P) / tau.unsqueeze(-1))
+    h_ref = float((h_rows * mask).sum() / mask.sum())
+    assert probe.h_old == pytest.approx(h_ref, rel=1e-5)
+    named_update(model, 3e-3)
+    out_f = measure_after_update(model, probe_f, ids, attn, P, TAU, mask, chunk=4)
+    out_t = measure_after_update(model, probe_t, ids, attn, P, const, mask, chunk=4)
+    for key, value in out_f.items():
+        assert out_t[key] == pytest.approx(value, rel=1e-4, abs=1e-8), key
+    out = measure_after_update(model, probe, ids, attn, P, tau, mask, chunk=4)
+    with torch.no_grad():
+        h_new = token_entropy(response_logits(model, ids, attn, P) / tau.unsqueeze(-1))
+    assert out["dynamics/dH_actual"] == pytest.approx(float((h_new * mask).sum() / mask.sum()) - h_ref, rel=1e-3, abs=1e-7)

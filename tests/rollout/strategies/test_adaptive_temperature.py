@@ -70,3 +70,17 @@ def test_state_round_trips_and_resumes_identically(policy, engine, prompts) -> N
     y, _ = b.generate(engine, model, tok, prompts, sampling, group_size=2, step=2)
     assert torch.equal(x.response_ids, y.response_ids) and torch.equal(x.temperature, y.temperature)
     assert make_strategy("adaptive_temperature").state_dict() == {"stats": None}
+
+
+def test_the_trainer_probes_per_token_temperatures_in_chunks(tiny_config, tmp_path) -> None:
+    """End to end: step 2 samples at per-token temperatures and the probe scores in chunks of 2 of the 4 rows
+    (2 mini-batches): every dynamics metric is finite (the probe once passed the whole [B, T] tau to each chunk)."""
+    from entropy_rl.metrics.sinks import read_jsonl
+    from entropy_rl.train.loop import train
+
+    cfg = tiny_config("rollout.strategy=adaptive_temperature", "train.steps=2", "train.dynamics_every=1",
+                      "optim.mini_batches=2")
+    train(cfg, tmp_path / "run", progress=False)
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(rows[-1][k]) for k in ("dynamics/dH_actual", "dynamics/dH_pred_lin", "dynamics/dH_identity"))
