@@ -11,8 +11,7 @@ Groups share their prompt's prefill (`share_prefill`): the G rows of a group sta
 KV cache of the prompt is computed once per prompt and repeated to the group's rows (`batch_repeat_interleave`
 of the model's cache) before `generate` decodes, instead of prefilling all G copies. Prefill draws no random
 numbers, so the rows sample the same tokens from the same distributions as with per-row prefill, up to the float
-rounding of a different batch shape (the same tokens, log-probs within 1e-6, on the CPU shapes of docs/LOG.md,
-2026-11-30).
+rounding of a different batch shape (the same tokens on every CPU shape in docs/LOG.md, 2026-11-30).
 
 The KV cache is Hugging Face's dynamic one (grown by concatenation every step) or, with
 `cache_implementation="static"`, a `StaticCache` allocated once for prompt + max_new_tokens positions and written
