@@ -99,8 +99,8 @@ def generate(
         share_prefill: prefill each prompt once and repeat its KV cache to the group's rows (module docstring);
             the same samples as per-row prefill, less prefill compute when group_size > 1.
         cache_implementation: "dynamic" or "static" KV cache (module docstring); the same samples either way.
-        generate_kwargs: further keyword arguments of `model.generate` (e.g. `cache_implementation`; for
-            benchmarks and experiments), none of RESERVED_GENERATE_KWARGS; they may change what is sampled.
+        generate_kwargs: further keyword arguments of `model.generate` (e.g. `compile_config`; for benchmarks
+            and experiments), none of RESERVED_GENERATE_KWARGS; they may change what is sampled.
 
     Returns:
         RolloutBatch with right-padded responses of width T = max_new_tokens.
