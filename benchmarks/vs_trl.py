@@ -17,6 +17,7 @@ both, the ratio, and our step split (generation / scoring forward / update = for
 / other).
 
     python benchmarks/vs_trl.py [--steps 6] [--prompts 16] [--group 8] [--tokens 16] [--threads 1] [--clock cpu]
+                                [--engine-params '{share_prefill: false}']
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def overrides(model_dir: Path, a: argparse.Namespace) -> list[str]:
                    "optim.warmup_steps=0", f"train.steps={a.steps}", "train.seed=0", "train.eval_every=0",
                    "train.save_every=0", "train.dynamics_every=0", "train.sinks=[jsonl]", f"train.threads={a.threads}",
                    "train.log_completions_every=0", "algorithm.method=ppo_clip", "algorithm.loss_agg_mode=token-mean",
-                   "algorithm.kl_coef=0.0", "optim.mini_batches=1", "optim.epochs=1", "optim.micro_batch_size=0"]
+                   "algorithm.kl_coef=0.0", "optim.mini_batches=1", "optim.epochs=1", "optim.micro_batch_size=0",
+                   f"rollout.engine_params={a.engine_params}"]
 
 
 class CpuClock:
@@ -127,6 +129,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--order", default="ours,trl", help="which trainer runs first")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    parser.add_argument("--engine-params", default="{}", help="our trainer's rollout.engine_params (YAML mapping), "
+                        "e.g. '{share_prefill: false}'")
     a = parser.parse_args()
     if a.steps < 2:
         parser.error("--steps must be >= 2 (the first step is dropped as warm-up)")

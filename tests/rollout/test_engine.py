@@ -88,3 +88,46 @@ def test_engine_params_reach_the_engine_and_unknown_ones_are_named(policy) -> No
 def test_the_config_checks_engine_params_against_the_engine() -> None:
     with pytest.raises(ConfigError, match=r"rollout.engine_params: unknown parameter 'sleep' of hf"):
         load_config(None, [*TINY, "rollout.engine_params={sleep: false}"])
+
+
+def test_share_prefill_is_an_engine_param_checked_by_type(policy) -> None:
+    model, tok = policy
+    assert make_engine("hf", model, tok).params.share_prefill is True  # the default
+    off = make_engine("hf", model, tok, {"share_prefill": False})
+    assert off.params == HfParams(share_prefill=False)
+    sampling = SamplingParams(temperature=0.9, max_new_tokens=5)
+    torch.manual_seed(2)
+    a = off.generate(["1>2:", "33>4:"], sampling, group_size=3)
+    torch.manual_seed(2)
+    b = make_engine("hf", model, tok).generate(["1>2:", "33>4:"], sampling, group_size=3)
+    assert torch.equal(a.response_ids, b.response_ids) and torch.allclose(a.sampling_logp, b.sampling_logp, atol=1e-6)
+    with pytest.raises(ParamsError, match=r"rollout.engine_params.share_prefill: expected true/false, got 'yes'"):
+        make_engine("hf", model, tok, {"share_prefill": "yes"})
+    with pytest.raises(ParamsError, match=r"unknown parameter 'share_prefil' of hf; did you mean 'share_prefill'"):
+        make_engine("hf", model, tok, {"share_prefil": True})
+
+
+def test_the_config_checks_share_prefill() -> None:
+    assert load_config(None, [*TINY, "rollout.engine_params={share_prefill: false}"]).rollout.engine_params == {
+        "share_prefill": False}
+    with pytest.raises(ConfigError, match=r"rollout.engine_params.share_prefill: expected true/false, got 1"):
+        load_config(None, [*TINY, "rollout.engine_params={share_prefill: 1}"])
+
+
+def test_cache_implementation_is_an_engine_param_with_checked_values(policy) -> None:
+    model, tok = policy
+    assert make_engine("hf", model, tok).params.cache_implementation == "dynamic"  # the default
+    static = make_engine("hf", model, tok, {"cache_implementation": "static"})
+    sampling = SamplingParams(temperature=0.9, max_new_tokens=5)
+    torch.manual_seed(4)
+    a = static.generate(["1>2:", "33>4:"], sampling, group_size=3)
+    torch.manual_seed(4)
+    b = make_engine("hf", model, tok).generate(["1>2:", "33>4:"], sampling, group_size=3)
+    assert torch.equal(a.response_ids, b.response_ids) and torch.allclose(a.sampling_logp, b.sampling_logp, atol=1e-6)
+    with pytest.raises(ParamsError, match=r"rollout.engine_params: cache_implementation must be one of dynamic, static, "
+                                          r"got 'offloaded'"):
+        make_engine("hf", model, tok, {"cache_implementation": "offloaded"})
+    with pytest.raises(ConfigError, match=r"rollout.engine_params.cache_implementation: expected a string, got 1"):
+        load_config(None, [*TINY, "rollout.engine_params={cache_implementation: 1}"])
+    with pytest.raises(ConfigError, match=r"cache_implementation must be one of dynamic, static, got 'Static'"):
+        load_config(None, [*TINY, "rollout.engine_params={cache_implementation: Static}"])
