@@ -55,6 +55,7 @@ SUMMARY_HEADERS = {"final_entropy": "final entropy, nats", "final_reward": "fina
                    "wall_s": "wall time, s", "tokens_generated": "tokens generated", "steps": "steps summarised"}
 IGNORED_KEYS = frozenset({"train.threads"})  # compare sets it from --jobs; a resumed run keeps its own value
 RESERVED_NAMES = frozenset({"report"})  # <out>/report is the HTML report, not a method's run directories
+SFT_SAMPLING = ("temperature", "top_p", "top_k", "max_new_tokens")  # the rollout settings SFT's accuracy check uses
 SFT_DIR = "_sft"  # <out>/_sft/<hash>: warm starts (a method name cannot start with '_')
 DEFAULT_BASELINE = "ppo_clip"  # the plain clipped objective every entropy paper compares against
 CONFIDENCE = 0.95
@@ -106,12 +107,12 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], ignore: frozenset[str]
 
 def warm_start_settings(cfg: Config) -> dict[str, Any]:
     """What an SFT warm start depends on: the model, task and sft sections, the seed and device, and the sampling
-    settings of its accuracy check (the rollout section without the RL batch shape and the RL rollout strategy)."""
+    settings of its accuracy check (`SFT_SAMPLING`). Nothing RL-only enters (batch shape, strategy, engine and its
+    params: SFT samples with Hugging Face generate), so a new RL setting never invalidates a warm start."""
     d = to_dict(cfg)
-    batch_shape = ("prompts_per_step", "group_size", "strategy", "strategy_params")
     return {"model": d["model"], "task": d["task"], "sft": d["sft"],
             "train": {"seed": d["train"]["seed"], "device": d["train"]["device"]},
-            "rollout": {k: v for k, v in d["rollout"].items() if k not in batch_shape}}
+            "rollout": {k: d["rollout"][k] for k in SFT_SAMPLING}}
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -84,6 +84,7 @@ def test_warm_start_is_keyed_by_what_it_depends_on(tmp_path: Path) -> None:
     # RL-only settings share it: longer runs, other methods, other batch shapes
     assert warm_start_dir("train.steps=7", "algorithm.method=steer", "rollout.group_size=4") == countdown
     assert warm_start_dir("rollout.strategy=cure", "rollout.strategy_params={branches: 2}") == countdown  # RL sampling
+    assert warm_start_dir("rollout.engine_params={share_prefill: false}") == countdown  # SFT samples with HF generate
     seeds = plan_runs(to_dict(Config()), ["ppo_clip", "clip_higher"], 3, tmp_path, None)
     assert {s.warm_start.model_dir for s in seeds} == {countdown}  # every method and seed shares the base seed's
 
