@@ -49,3 +49,12 @@ def test_trainer_does_not_special_case_methods() -> None:
             if isinstance(node, ast.Compare) and any(isinstance(c, ast.Constant) and isinstance(c.value, str) for c in node.comparators):
                 left = ast.unparse(node.left)
                 assert "method" not in left and "advantage" not in left, f"{path}: special case `{ast.unparse(node)}`"
+
+
+def test_test_file_names_are_unique() -> None:
+    """Test folders have no __init__.py, so two test files with one basename break collection of the whole suite."""
+    from collections import Counter
+    from pathlib import Path
+
+    names = Counter(p.name for p in (Path(__file__).parent).rglob("test_*.py"))
+    assert not [n for n, c in names.items() if c > 1]
