@@ -273,6 +273,7 @@ def test_the_config_refuses_the_vllm_engine_without_vllm_in_one_line(monkeypatch
 
 
 def test_engine_params_are_set_and_checked_from_the_config() -> None:
+    import_extra("vllm")  # the config refuses rollout.engine=vllm without vLLM
     cfg = load_config(None, [*TINY, "rollout.engine=vllm",
                              "rollout.engine_params={kv_cache_gib: 0.0625, enforce_eager: true, sleep: false}"])
     assert cfg.rollout.engine_params == {"kv_cache_gib": 0.0625, "enforce_eager": True, "sleep": False}

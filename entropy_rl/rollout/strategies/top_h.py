@@ -28,7 +28,10 @@ Departures:
     - Samples with the token-by-token sampler (entropy_rl/rollout/stepwise.py) on the policy model itself, whatever
       `rollout.engine` is: the truncation needs a hook at every token that the engines do not expose.
     - Used here for RL rollouts; the paper evaluates it as a decoding method only (at eval time:
-      `entropy-rl eval --top-h ALPHA`, which samples with `top_h_generate`).
+      `entropy-rl eval --top-h ALPHA`, which samples with `top_h_generate`). As a training-time strategy (alpha 0.4)
+      it collapsed on every seed of the demo comparison (reward 0 by step 25-50, full entropy rising to 0.6-1.2
+      nats; docs/LOG.md, 2026-11-30): never-sampled tokens are never pushed down. `algorithm.rollout_correction`
+      does not replay the truncation either.
 
 Params:
     alpha (0.4): entropy scale in (0, 1]; the README's usual range is 0.3-0.5.
