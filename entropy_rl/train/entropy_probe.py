@@ -220,6 +220,11 @@ def tempered(logits: Tensor, temperature: float | Tensor) -> Tensor:
     return logits.float() / tau
 
 
+def entropy_shift(z: Tensor, dz: Tensor, temperature: float | Tensor) -> Tensor:
+    """H(z + dz) - H(z) per token [b, T] (nats) of softmax(logits / tau); z, dz: [b, T, V]; tau a float or [b, T]."""
+    return token_entropy(tempered(z + dz, temperature)) - token_entropy(tempered(z, temperature))
+
+
 def linearised_entropy_change(
     model: PreTrainedModel, theta_old: dict[str, Tensor], delta: dict[str, Tensor], input_ids: Tensor, attn: Tensor,
     prompt_len: int, temperature: float | Tensor, mask: Tensor, chunk: int,
@@ -231,8 +236,7 @@ def linearised_entropy_change(
     for i in range(0, input_ids.shape[0], chunk):
         z, dz = linearised_logit_change(model, theta_old, delta, input_ids[i : i + chunk], attn[i : i + chunk], prompt_len)
         tau = rows_of(temperature, i, i + chunk)
-        change = token_entropy(tempered(z + dz, tau)) - token_entropy(tempered(z, tau))
-        total += float((change * mask[i : i + chunk]).sum()) / n_tokens
+        total += float((entropy_shift(z, dz, tau) * mask[i : i + chunk]).sum()) / n_tokens
     return total
 
 
@@ -267,7 +271,7 @@ def measure_after_update(
         z, dz = linearised_logit_change(model, probe.theta_old, delta, ids, a, prompt_len)  # z: theta_old's logits
         # the identity and H(z + dz) on logits / tau (tau 1 below): a per-token temperature divides each row
         identity += entropy_change_identity(tempered(z, tau), tempered(logits, tau), m) * float(m.sum()) / n_tokens
-        dh_lin += float(((token_entropy(tempered(z + dz, tau)) - token_entropy(tempered(z, tau))) * m).sum()) / n_tokens
+        dh_lin += float((entropy_shift(z, dz, tau) * m).sum()) / n_tokens
         if probe.sampler is not None:
             h_rollout_old += float(sampled_entropy_sum(z, probe.sampler, mask, i, step)) / n_tokens
             h_rollout_new += float(sampled_entropy_sum(logits, probe.sampler, mask, i, step)) / n_tokens
