@@ -46,7 +46,8 @@ from entropy_rl.core.entropy import entropy_from_logp, token_entropy
 from entropy_rl.metrics.dynamics import entropy_change_identity
 from entropy_rl.rollout.base import SamplingParams
 from entropy_rl.rollout.stepwise import StepChoice, step_distribution
-from entropy_rl.train.forward import Features, logits_of, position_ids_from_mask, response_scores, score_in_chunks, stats_of
+from entropy_rl.train.forward import (Features, logits_of, position_ids_from_mask, response_scores, rows_of, score_in_chunks,
+                                      stats_of)
 
 
 @dataclass
@@ -149,11 +150,9 @@ def score_and_probe(
 
 def sampled_entropy_sum(logits: Tensor, sampler: Sampler, mask: Tensor, start: int, chunk: int) -> Tensor:
     """Sum over the masked tokens of rows start:start+chunk of `rollout_entropy` (logits are those rows'). []."""
-    tau = sampler.temperature
-    rows = slice(start, start + chunk)
-    tau_rows = tau[rows] if isinstance(tau, Tensor) else tau
+    tau = rows_of(sampler.temperature, start, start + chunk)
     with torch.no_grad():
-        return rollout_entropy(logits, tau_rows, sampler.sampling, mask[rows]).sum()
+        return rollout_entropy(logits, tau, sampler.sampling, mask[start : start + chunk]).sum()
 
 
 def probe_before_update(
@@ -207,11 +206,6 @@ def linearised_logit_change(
     with eager_attention(model):
         z, dz = jvp(logits_at, (theta_old,), (delta,))
     return z.float(), dz.float()
-
-
-def rows_of(temperature: float | Tensor, start: int, stop: int) -> float | Tensor:
-    """The temperature of rows start:stop: a float as it is, a [B, T] per-token temperature sliced to its rows."""
-    return temperature[start:stop] if isinstance(temperature, Tensor) else temperature
 
 
 def tempered(logits: Tensor, temperature: float | Tensor) -> Tensor:

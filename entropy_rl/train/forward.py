@@ -139,6 +139,11 @@ def score_responses(
     return stats.logp, stats.entropy, stats.features
 
 
+def rows_of(value: Any, start: int, stop: int) -> Any:
+    """Rows start:stop of a per-row tensor ([B, ...], e.g. a [B, T] temperature or mask); a float or None as it is."""
+    return value[start:stop] if isinstance(value, Tensor) else value
+
+
 def score_in_chunks(
     model: PreTrainedModel,
     input_ids: Tensor,
@@ -175,18 +180,15 @@ def score_in_chunks(
     chunk = chunk or input_ids.shape[0]
     n_grad = None if entropy_grad_mask is None else entropy_grad_mask.sum().clamp_min(1.0)
 
-    def rows(t: Tensor | float | None, i: int) -> Any:
-        return t[i : i + chunk] if isinstance(t, Tensor) else t
-
     parts = []
     for i in range(0, input_ids.shape[0], chunk):
         with torch.set_grad_enabled(n_grad is not None):
             logp, ent, extras = score_responses(
-                model, input_ids[i : i + chunk], attention_mask[i : i + chunk], prompt_len, rows(temperature, i),
-                features, params, want_entropy="grad" if n_grad is not None else want_entropy, mask=rows(mask, i),
+                model, input_ids[i : i + chunk], attention_mask[i : i + chunk], prompt_len, rows_of(temperature, i, i + chunk),
+                features, params, want_entropy="grad" if n_grad is not None else want_entropy, mask=rows_of(mask, i, i + chunk),
                 use_kernel=use_kernel)
             if n_grad is not None and ent is not None:
-                ((ent * rows(entropy_grad_mask, i)).sum() / n_grad).backward()
+                ((ent * rows_of(entropy_grad_mask, i, i + chunk)).sum() / n_grad).backward()
         parts.append((logp.detach(), None if ent is None else ent.detach(), {k: v.detach() for k, v in extras.items()}))
     model.train(was_training)
     extras = {name: torch.cat([p[2][name] for p in parts]) for name, _ in features}
