@@ -187,13 +187,14 @@ def test_sigkilled_sft_warm_start_resumes_without_repeating_steps(tmp_path: Path
     """A kill during SFT used to restart SFT at step 0 on --resume and log its rows twice."""
     from tiny_setup import TINY
 
-    cfg = load_config(None, TINY + ["sft.enabled=true", "sft.max_steps=20", "sft.eval_every=2", "sft.eval_problems=8",
+    cfg = load_config(None, TINY + ["sft.enabled=true", "sft.max_steps=40", "sft.eval_every=2", "sft.eval_problems=8",
                                     "sft.batch_size=16", "sft.target_accuracy=1.0", "train.steps=1"])
     cfg_path, run_dir = tmp_path / "sft.yaml", tmp_path / "run"
     save_config(cfg, cfg_path)
     sft_metrics = run_dir / "sft_metrics.jsonl"
     rng = random.Random(2)
     kills = []
+    # 40 steps: with 20, a fast machine (CI, idle) sometimes finished SFT inside the 0-0.5 s before the second kill
     for args in [(str(cfg_path), "--run-dir", str(run_dir)), ("--resume", str(run_dir))]:
         proc = subprocess.Popen([sys.executable, "-m", "entropy_rl", "train", *args, "--no-progress"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -217,8 +218,8 @@ def test_sigkilled_sft_warm_start_resumes_without_repeating_steps(tmp_path: Path
     assert final.returncode == 0, final.stderr[-3000:]
     assert "resuming the SFT warm start from" in final.stdout
     rows = read_jsonl(sft_metrics)
-    assert [r["step"] for r in rows] == list(range(2, 21, 2))
+    assert [r["step"] for r in rows] == list(range(2, 41, 2))
     train(cfg, tmp_path / "full", progress=False)
     assert rows == read_jsonl(tmp_path / "full" / "sft_metrics.jsonl")  # no timings in SFT rows: all equal
     print(f"\n[crash-safety] SFT SIGKILLed {len(kills)}x (last logged SFT step at the kills: {kills}); resumed to "
-          f"steps 2..20 once each, equal to an uninterrupted warm start")
+          f"steps 2..40 once each, equal to an uninterrupted warm start")
