@@ -129,9 +129,6 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
-EVAL_DEFAULTS = {"task": "countdown", "task_params": {}, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 16}
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     """Sampled accuracy, pass@k and maj@k of a model directory, or of a run directory's final model (or warm start),
     on a task's eval split; prints them as JSON and keeps them as a result file (entropy_rl/metrics/passk.py).
@@ -141,124 +138,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     (`result_home`); a stored result with the same settings (model weights by content included) is printed
     instead of sampling again, unless --no-cache. With a stored warm-start result evaluated the same way, the
     crossover k (the smallest k where the warm start's pass@k >= the run's) is printed on stderr.
+    The work is `entropy_rl.train.evaluate.run_passk_eval`; this wrapper only maps the flags.
     """
     import json
 
-    from entropy_rl.metrics import passk
-    from entropy_rl.models import load_pretrained
-    from entropy_rl.rollout.hf import SamplingParams
-    from entropy_rl.tasks import make_task
-    from entropy_rl.train.config import apply_overrides, load_config
-    from entropy_rl.train.evaluate import (cached_result, eval_metrics, find_model, model_fingerprint, result_home,
-                                           result_metrics, sample_eval, write_result)
+    from entropy_rl.train.evaluate import run_passk_eval
 
-    if args.task is not None:  # an explicit task's params are checked before any model is looked at
-        from entropy_rl.tasks import TASKS
-
-        TASKS.get(args.task).parse_params(apply_overrides({}, args.task_params), "--task-params")
-    ks = args.ks
-    samples = args.samples if args.samples is not None else (ks[-1] if ks else 8)
-    if ks and ks[-1] > samples:
-        raise ValueError(f"--k {ks[-1]} needs at least {ks[-1]} samples per problem; --samples is {samples}")
-    model_dir, run_dir = find_model(args.model)
-    defaults, run_cfg = dict(EVAL_DEFAULTS), None
-    if run_dir is not None and (run_dir / "config.yaml").is_file():
-        run_cfg = load_config(run_dir / "config.yaml")
-        r = run_cfg.rollout
-        defaults = {"task": run_cfg.task.name, "task_params": dict(run_cfg.task.params), "temperature": r.temperature,
-                    "top_p": r.top_p, "top_k": r.top_k, "max_new_tokens": r.max_new_tokens}
-    home, role, step = result_home(model_dir, run_dir)
-    if args.warm_start:
-        model_dir, home, role, step = warm_start_model(args.model, run_dir, run_cfg)
-    if run_dir is not None:
-        print(f"evaluating {model_dir}", file=sys.stderr)
-    flags = {k: getattr(args, k) for k in ("task", "temperature", "top_p", "max_new_tokens") if getattr(args, k) is not None}
-    pick = {**defaults, **flags}
-    same_task = pick["task"] == defaults["task"]  # the run's task params only go with the run's task
-    task_params = apply_overrides(dict(defaults["task_params"]) if same_task else {}, args.task_params)
-    task = make_task(pick["task"], **task_params)
-    sampling = SamplingParams(float(pick["temperature"]), float(pick["top_p"]), int(pick["top_k"]), int(pick["max_new_tokens"]))
-    ks = ks or passk_values(samples)
-    settings = {"model_sha256": model_fingerprint(model_dir), "task": pick["task"],
-                "task_params": json.loads(json.dumps(task_params, sort_keys=True, default=str)),
-                "problems": args.problems, "samples": samples, "ks": ks, "seed": args.seed,
-                "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
-                "max_new_tokens": sampling.max_new_tokens, "top_h": args.top_h}
-    folder = Path(args.out) if args.out else home
-    cached = None if args.no_cache else cached_result(folder, settings)
-    if cached is not None:
-        print(f"reusing {cached['path']} (same settings, same model weights)", file=sys.stderr)
-        metrics = result_metrics(cached)
-    else:
-        model, tokenizer = load_pretrained(model_dir)
-        problems = task.prompts("eval", args.problems, seed=args.seed)
-        sample_fn = None
-        if args.top_h is not None:
-            from functools import partial
-
-            from entropy_rl.rollout.strategies.top_h import Params as TopHParams
-            from entropy_rl.rollout.strategies.top_h import top_h_generate
-
-            sample_fn = partial(top_h_generate, p=TopHParams(alpha=args.top_h))
-        t0 = time.perf_counter()
-        scored = sample_eval(model, tokenizer, task, problems, samples, sampling, args.seed, sample_fn)
-        metrics = eval_metrics(scored, ks)
-        if folder is not None:
-            info = {"model_dir": str(Path(model_dir).resolve()), "role": role, "step": step,
-                    "wall_s": round(time.perf_counter() - t0, 3)}
-            print(f"wrote {write_result(folder, settings, metrics, scored, info)}", file=sys.stderr)
-        else:
-            print("no result file: the model is not in a run or SFT output directory; pass --out DIR to keep one",
-                  file=sys.stderr)
-    if run_dir is not None and role == "checkpoint" and run_cfg is not None:
-        base = passk.matching_base({"settings": settings}, passk.warm_start_results(run_dir, {"model": {"path": run_cfg.model.path}}))
-        if base is not None:
-            print(f"vs the warm start: {passk.describe_crossover(passk.curve(base), {k: metrics[f'eval/pass@{k}'] for k in ks})}",
-                  file=sys.stderr)
-    print(json.dumps(metrics, indent=2))
+    result = run_passk_eval(args.model, args.ks, args.problems, args.samples, args.seed, args.warm_start, args.out,
+                            args.no_cache, args.task, args.task_params, args.temperature, args.top_p,
+                            args.max_new_tokens, args.top_h, log=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(result.metrics, indent=2))
     return 0
 
 
-def passk_values(samples: int) -> list[int]:
-    """The default k grid: 1, 2, 4, ... up to `samples`, plus `samples`."""
-    from entropy_rl.train.evaluate import pass_k_values
-
-    return pass_k_values(samples)
-
-
-def warm_start_model(given: str, run_dir: Path | None, run_cfg) -> tuple[Path, Path | None, str, int | None]:
-    """`entropy-rl eval RUN --warm-start`: the model RL started from and where its result goes.
-
-    Returns:
-        (model directory, eval folder or None, "warm start", None): RUN/sft/model with RUN/eval, else the config's
-        `model.path` with that directory's own eval/ when it is an SFT output directory, else RUN/eval.
-
-    Raises:
-        FileNotFoundError: not a run directory, or a run without a warm start on disk.
-    """
-    from entropy_rl.train import checkpoint as ckpt
-    from entropy_rl.train.evaluate import result_home
-
-    if run_dir is None:
-        raise FileNotFoundError(f"--warm-start needs a run directory; '{given}' is a model directory")
-    if (run_dir / "sft" / ckpt.COMPLETE).is_file():
-        return (run_dir / "sft" / "model", *result_home(run_dir / "sft" / "model", run_dir))
-    path = run_cfg.model.path if run_cfg is not None else None
-    if not path or not (Path(path) / "config.json").is_file():
-        raise FileNotFoundError(f"'{run_dir}' has no warm start to evaluate: no sft/COMPLETE and no model.path "
-                                "with a model (a run from a fresh tiny model without SFT starts from random weights)")
-    home, _, _ = result_home(Path(path), None)
-    return Path(path), home or result_home(run_dir / "sft" / "model", run_dir)[0], "warm start", None
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Run several methods x seeds on one config and write a side-by-side summary (and report)."""
+    """Run several methods x seeds on one config and write a side-by-side summary (and report); with --k, pass@k
+    curves of every run and of the warm start."""
     from entropy_rl.train.compare import compare
 
     split_config_arg(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     compare(args.config, args.overrides, methods, args.seeds, args.out, jobs=args.jobs, methods_dir=args.methods_dir,
-            baseline=args.baseline, equal_tokens=args.equal_tokens, pool_law=args.pool_law)
+            baseline=args.baseline, equal_tokens=args.equal_tokens, pool_law=args.pool_law, ks=args.ks,
+            eval_problems=args.eval_problems)
     return 0
 
 
@@ -331,7 +233,7 @@ def float_in_unit(text: str) -> float:
 
 
 def k_grid(text: str) -> list[int]:
-    """argparse type of `eval --k`: see entropy_rl.metrics.passk.parse_ks."""
+    """argparse type of `eval --k` and `compare --k`: see entropy_rl.metrics.passk.parse_ks."""
     from entropy_rl.metrics.passk import parse_ks
 
     try:
@@ -435,6 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "budget, e.g. across rollout strategies)")
     p.add_argument("--pool-law", action="store_true",
                    help="in the report, fit R = -a exp(H) + b once over all runs (one model and task), not per run")
+    p.add_argument("--k", dest="ks", type=k_grid, default=None, metavar="K,K,...",
+                   help="after training, evaluate pass@k curves (e.g. 1,2,4,...,256; as `entropy-rl eval RUN --k`, "
+                        "largest k samples per problem, cached) of the warm start and of every finished run's final "
+                        "model; the summary adds pass@kmax and the crossover k against the warm start, the report "
+                        "the curves")
+    p.add_argument("--eval-problems", type=int_at_least(1), default=128,
+                   help="eval problems per pass@k curve (with --k; default 128)")
     p.set_defaults(fn=cmd_compare)
 
     from entropy_rl.report.cli import cmd_report  # light import (argparse, pathlib only)

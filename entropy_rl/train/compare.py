@@ -18,6 +18,10 @@ The summary gives, per method and metric, the mean, sample std and 95% bootstrap
 then each method's difference from a baseline (`--baseline`; default ppo_clip when compared, else the first
 method) with its bootstrap CI, flagged "CI excludes 0" or, in words, "CI includes 0: within seed noise". Below 3
 seeds the CIs are n/a (std too with 1 seed): 2 values give no usable interval.
+
+With `--k K,K,...` the warm start and every finished run's final model get a pass@k curve after training
+(`evaluate_curves`: `entropy-rl eval`'s function and cache, one evaluation at a time); the summary adds pass@kmax
+and the crossover k against the warm start, and the report plots the curves.
 """
 
 from __future__ import annotations
@@ -35,24 +39,34 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import yaml
 from scipy import stats
 
+from entropy_rl.metrics import passk
 from entropy_rl.metrics.sinks import read_jsonl
 from entropy_rl.presets import REGISTRY_SOURCE, Variant, check_name, flatten, resolve, settings
 from entropy_rl.train.checkpoint import COMPLETE, latest_checkpoint
 from entropy_rl.train.config import Config, ConfigError, from_dict, load_config, save_config, to_dict, validate
 
+if TYPE_CHECKING:  # evaluate imports transformers: loaded only when curves are evaluated
+    from entropy_rl.train.evaluate import PasskEvalPlan, PasskEvalResult
+
 SUMMARY_KEYS = ("final_entropy", "final_reward", "pass@1", "pass@8", "steps_to_half_entropy", "wall_s",
                 "tokens_generated", "steps")
+# With `compare --k`: pass@k of the curve at the grid's largest k, and the crossover k against the warm start.
+PASSK_KEYS = ("pass@kmax", "crossover_k")
+NEVER_KEYS = frozenset({"steps_to_half_entropy", "crossover_k"})  # no value = it never happened (or the run failed)
+PASSK_NOT_HELD = " (pass@kmax and crossover_k are of each run's final model, beyond the budget)"
+WARM_START_KEY = "_warm_start"  # summary.json's entry of the warm start (a method name cannot start with '_')
 TOKENS_KEY = "rollout/tokens_generated"  # every token the step's generation calls sampled (strategies' cost)
 # The summary table's column headers: a plain name with its unit, the short key beside it.
 SUMMARY_HEADERS = {"final_entropy": "final entropy, nats", "final_reward": "final reward", "pass@1": "pass@1, prob.",
                    "pass@8": "pass@8, prob.", "steps_to_half_entropy": "steps until entropy halves",
-                   "wall_s": "wall time, s", "tokens_generated": "tokens generated", "steps": "steps summarised"}
+                   "wall_s": "wall time, s", "tokens_generated": "tokens generated", "steps": "steps summarised",
+                   "pass@kmax": "pass@k at the largest k, prob.", "crossover_k": "k where the warm start catches up"}
 IGNORED_KEYS = frozenset({"train.threads"})  # compare sets it from --jobs; a resumed run keeps its own value
 RESERVED_NAMES = frozenset({"report"})  # <out>/report is the HTML report, not a method's run directories
 SFT_SAMPLING = ("temperature", "top_p", "top_k", "max_new_tokens")  # the rollout settings SFT's accuracy check uses
@@ -64,8 +78,9 @@ IQM_MIN_SEEDS = 5  # trim_mean(x, 0.25) drops nothing below 4 values and leaves 
 BOOTSTRAP_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0  # a fixed seed: the same runs always give the same summary
 STATS_NOTE = (
-    "Cells: mean ± sample std over the seeds with a value ((n/N) when only n of N had one: failed runs, or runs "
-    "whose entropy never halved), then the 95% bootstrap CI of the mean (percentile, scipy.stats.bootstrap, "
+    "Cells: mean ± sample std over the seeds with a value ((n/N) when only n of N had one: failed runs, runs "
+    "whose entropy never halved, or, for crossover_k, runs the warm start never catches up with), then the 95% "
+    "bootstrap CI of the mean (percentile, scipy.stats.bootstrap, "
     f"{BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}) and, with {IQM_MIN_SEEDS} or more seeds, the "
     "interquartile mean (IQM). std is n/a with 1 seed, the CI with fewer than "
     f"{CI_MIN_SEEDS}. Few seeds make the CI too narrow: with 3 it spans about the lowest to the highest seed and "
@@ -331,8 +346,8 @@ def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray
 @dataclass(frozen=True)
 class MetricStats:
     """One metric of one method over its seeds: n = how many values there were (failed runs and, for
-    steps_to_half_entropy, runs whose entropy never halved are left out); std is the sample std (None below 2
-    values); ci the 95% bootstrap CI of the mean (None below CI_MIN_SEEDS); iqm the interquartile mean
+    steps_to_half_entropy and crossover_k, runs where it never happened are left out); std is the sample std (None
+    below 2 values); ci the 95% bootstrap CI of the mean (None below CI_MIN_SEEDS); iqm the interquartile mean
     (None below IQM_MIN_SEEDS)."""
 
     n: int
@@ -403,14 +418,14 @@ def choose_baseline(methods: list[str], baseline: str | None) -> str:
 
 def _fmt(key: str) -> str:
     """Format spec of a summary key's values: whole steps and seconds, else 3 decimals."""
-    return ".0f" if key in ("wall_s", "steps_to_half_entropy", "tokens_generated", "steps") else ".3f"
+    return ".0f" if key in ("wall_s", "steps_to_half_entropy", "tokens_generated", "steps", "crossover_k") else ".3f"
 
 
 def stats_cell(key: str, st: MetricStats, runs: int) -> str:
     """'mean ± std, CI [lo, hi]' (', IQM x' with >= IQM_MIN_SEEDS values; ' (n/runs)' when values are missing);
-    'n/a' where a statistic needs more seeds; '-' without values (steps_to_half_entropy: 'never (runs)')."""
+    'n/a' where a statistic needs more seeds; '-' without values (NEVER_KEYS: 'never (runs)')."""
     if st.mean is None:
-        return "-" if key != "steps_to_half_entropy" else f"never ({runs})"
+        return "-" if key not in NEVER_KEYS else f"never ({runs})"
     f = _fmt(key)
     std = "n/a" if st.std is None else f"{st.std:{f}}"
     ci = "n/a" if st.ci is None else f"[{st.ci[0]:{f}}, {st.ci[1]:{f}}]"
@@ -419,20 +434,27 @@ def stats_cell(key: str, st: MetricStats, runs: int) -> str:
     return f"{st.mean:{f}} ± {std}, CI {ci}{iqm}{missing}"
 
 
+def keys_of(results: dict[str, list[dict[str, float | None]]]) -> tuple[str, ...]:
+    """The summary's columns: SUMMARY_KEYS, then each of PASSK_KEYS that some run's summary has (`compare --k`)."""
+    return SUMMARY_KEYS + tuple(k for k in PASSK_KEYS if any(k in r for runs in results.values() for r in runs))
+
+
 def summary_table(results: dict[str, list[dict[str, float | None]]]) -> str:
-    """Markdown table: one row per method, per summary key mean ± std, 95% CI and IQM over seeds (stats_cell)."""
-    head = "| method | seeds | " + " | ".join(f"{SUMMARY_HEADERS[k]} ({k})" for k in SUMMARY_KEYS) + " |"
-    lines = [head, "|" + "---|" * (len(SUMMARY_KEYS) + 2)]
+    """Markdown table: one row per method, per summary key (keys_of) mean ± std, 95% CI and IQM over seeds
+    (stats_cell)."""
+    keys = keys_of(results)
+    head = "| method | seeds | " + " | ".join(f"{SUMMARY_HEADERS[k]} ({k})" for k in keys) + " |"
+    lines = [head, "|" + "---|" * (len(keys) + 2)]
     for method, runs in results.items():
-        cells = [stats_cell(key, metric_stats([r[key] for r in runs]), len(runs)) for key in SUMMARY_KEYS]
+        cells = [stats_cell(key, metric_stats([r.get(key) for r in runs]), len(runs)) for key in keys]
         lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def differences(results: dict[str, list[dict[str, float | None]]], baseline: str) -> dict[str, dict[str, Difference]]:
-    """Per method other than the baseline, per summary key, its Difference from the baseline."""
-    base = results[baseline]
-    return {m: {k: difference([r[k] for r in runs], [r[k] for r in base]) for k in SUMMARY_KEYS}
+    """Per method other than the baseline, per summary key (keys_of), its Difference from the baseline."""
+    base, keys = results[baseline], keys_of(results)
+    return {m: {k: difference([r.get(k) for r in runs], [r.get(k) for r in base]) for k in keys}
             for m, runs in results.items() if m != baseline}
 
 
@@ -456,9 +478,10 @@ def difference_table(results: dict[str, list[dict[str, float | None]]], baseline
     return "\n".join(lines)
 
 
-def summary_markdown(results: dict[str, list[dict[str, float | None]]], baseline: str) -> str:
-    """The statistics part of summary.md: the per-method table, what its cells mean, and the difference table."""
-    parts = [summary_table(results), STATS_NOTE]
+def summary_markdown(results: dict[str, list[dict[str, float | None]]], baseline: str, passk_note: str = "") -> str:
+    """The statistics part of summary.md: the per-method table, `passk_note` (what the pass@k columns are, the warm
+    start's values; passk_markdown) when given, what the cells mean, and the difference table."""
+    parts = [summary_table(results), *([passk_note] if passk_note else []), STATS_NOTE]
     table = difference_table(results, baseline)
     if table:
         intro = (f"Differences from the baseline `{baseline}` (mean of the method - mean of the baseline; 95% "
@@ -470,17 +493,18 @@ def summary_markdown(results: dict[str, list[dict[str, float | None]]], baseline
     return "\n\n".join(parts)
 
 
+def stats_json(st: MetricStats) -> dict[str, Any]:
+    """A MetricStats as summary.json writes it: n, mean, std, ci95 ([lo, hi] or None), iqm."""
+    return {"n": st.n, "mean": st.mean, "std": st.std, "ci95": list(st.ci) if st.ci else None, "iqm": st.iqm}
+
+
 def summary_stats(results: dict[str, list[dict[str, float | None]]], baseline: str) -> dict[str, dict[str, Any]]:
     """JSON-ready statistics per method: "stats" (per key n, mean, std, ci95, iqm) and "vs_baseline" (None for
     the baseline, else {"baseline": name, "metrics": per key diff, ci95, n, n_baseline, excludes_zero, verdict})."""
     diffs = differences(results, baseline)
     out: dict[str, dict[str, Any]] = {}
     for method, runs in results.items():
-        per_key = {}
-        for key in SUMMARY_KEYS:
-            st = metric_stats([r[key] for r in runs])
-            per_key[key] = {"n": st.n, "mean": st.mean, "std": st.std, "ci95": list(st.ci) if st.ci else None,
-                            "iqm": st.iqm}
+        per_key = {key: stats_json(metric_stats([r.get(key) for r in runs])) for key in keys_of(results)}
         vs = None
         if method in diffs:
             vs = {"baseline": baseline, "metrics": {
@@ -510,7 +534,174 @@ def describe(variant: Variant) -> str:
     return f"{variant.source}{what}: {', '.join(settings(variant.overrides))}"
 
 
-def write_summary(specs: list[RunSpec], out_dir: Path, baseline: str | None = None, equal_tokens: bool = False) -> str:
+# ---------------------------------------------------------------- pass@k curves (compare --k)
+
+
+@dataclass(frozen=True)
+class PasskCurves:
+    """The pass@k curves of a comparison (`evaluate_curves`).
+
+    Attributes:
+        ks: the k grid, ascending.
+        problems: eval problems per curve.
+        seed: the seed of the problem draw and of sampling.
+        runs: run directory -> the evaluation of its final model (finished runs only).
+        warm_starts: run directory -> the evaluation of the model that run started from, on the run's task and
+            sampling (runs without a warm start on disk, e.g. from a fresh model, have none); runs that share the
+            model and sampling share one evaluation.
+    """
+
+    ks: list[int]
+    problems: int
+    seed: int
+    runs: dict[Path, PasskEvalResult]
+    warm_starts: dict[Path, PasskEvalResult]
+
+    def distinct_warm_starts(self) -> list[PasskEvalResult]:
+        """The warm-start evaluations, each once (runs that share one share the object), in run order."""
+        return list({id(r): r for r in self.warm_starts.values()}.values())
+
+    def base_dirs(self) -> list[Path]:
+        """Folders of warm-start results that a run's own lookup (`passk.warm_start_results`: RUN/eval and its
+        `model.path`'s eval/) does not reach, e.g. a `model.path` the toolkit did not write, whose warm start is
+        kept in the first run's eval/: the report needs them as base folders."""
+        out: list[Path] = []
+        for run_dir, ws in self.warm_starts.items():
+            reach = passk.warm_start_results(run_dir, {"model": {"path": ws.plan.model_path}})
+            if ws.path is not None and str(ws.path) not in {r["path"] for r in reach} and ws.path.parent not in out:
+                out.append(ws.path.parent)
+        return out
+
+
+def check_ks(ks: list[int] | None, eval_problems: int) -> None:
+    """Raise ConfigError unless `ks` is None or a strictly ascending list of k in [1, passk.MAX_K] and
+    eval_problems >= 1 (the same rules as `--k`, for callers that pass a list)."""
+    if ks is None:
+        return
+    if not ks or any(not isinstance(k, int) or not 1 <= k <= passk.MAX_K for k in ks) or ks != sorted(set(ks)):
+        raise ConfigError(f"--k must be strictly ascending integers in [1, {passk.MAX_K}], got {ks}")
+    if eval_problems < 1:
+        raise ConfigError(f"--eval-problems must be >= 1, got {eval_problems}")
+
+
+def describe_curve(r: PasskEvalResult) -> str:
+    """'pass@1 0.300 pass@4 0.700' (the grid's first and last k) of an evaluation."""
+    curve = r.curve
+    ks = list(dict.fromkeys([min(curve), max(curve)]))
+    return " ".join(f"pass@{k} {curve[k]:.3f}" for k in ks)
+
+
+def evaluate_curves(specs: list[RunSpec], ks: list[int], problems: int, log: Callable[[str], None]) -> PasskCurves:
+    """pass@k curves of every finished run's final model and of the warm start(s) they started from.
+
+    Each evaluation is `entropy-rl eval RUN [--warm-start] --k KS --problems PROBLEMS` with its defaults (seed 0,
+    the run's task and sampling, samples = the largest k): the results are the same files, cached the same way
+    (a second call samples nothing, and `entropy-rl eval` reuses compare's results). Warm starts come first, each
+    model and sampling once: a warm start the toolkit wrote (compare's shared SFT, an `entropy-rl sft --out`
+    directory) keeps its result in its own eval/, else the first run's eval/ holds it. A run that started from a
+    fresh model has no warm start to evaluate (logged).
+
+    Evaluations run one after another in this process, not `--jobs` at a time: sampling seeds torch's
+    process-wide generator (`sample_eval`), so evaluations in parallel threads would draw from one generator in
+    an order set by timing and their results would not be reproducible.
+
+    Logs one line per evaluation: `[i/n] method seed s: pass@1 .. pass@kmax .. (12 s)` ("(cached)" when reused).
+    """
+    from entropy_rl.train.evaluate import EVAL_SEED, cached_result, plan_passk_eval
+
+    quiet: Callable[[str], None] = lambda line: None  # the progress line of _evaluate says it all
+    finished = [s for s in specs if is_finished(s)]
+    ws_plans: dict[Path, PasskEvalPlan] = {}
+    for spec in finished:
+        try:
+            ws_plans[spec.run_dir] = plan_passk_eval(spec.run_dir, ks, problems, warm_start=True, log=quiet)
+        except FileNotFoundError:
+            log(f"compare: {spec.method} seed {spec.seed} starts from a fresh model: no warm start to evaluate")
+    groups: dict[str, list[PasskEvalPlan]] = {}
+    for plan in ws_plans.values():  # the same model and settings: one evaluation, wherever it is already kept
+        groups.setdefault(passk.settings_key(plan.settings), []).append(plan)
+    n = len(groups) + len(finished)
+    i, by_key = 0, {}
+    for key, plans in groups.items():
+        folder = next((p.folder for p in plans if cached_result(p.folder, p.settings)), plans[0].folder)
+        i += 1
+        by_key[key] = _evaluate(dataclasses.replace(plans[0], folder=folder), f"[{i}/{n}] warm start", log, quiet)
+    warm_starts = {run_dir: by_key[passk.settings_key(p.settings)] for run_dir, p in ws_plans.items()}
+    runs = {}
+    for spec in finished:
+        i += 1
+        ws = warm_starts.get(spec.run_dir)
+        plan = plan_passk_eval(spec.run_dir, ks, problems, log=quiet)
+        runs[spec.run_dir] = _evaluate(plan, f"[{i}/{n}] {spec.method} seed {spec.seed}", log, quiet,
+                                       ws.curve if ws is not None else None)
+    return PasskCurves(list(ks), problems, EVAL_SEED, runs, warm_starts)
+
+
+def _evaluate(plan: PasskEvalPlan, what: str, log: Callable[[str], None], quiet: Callable[[str], None],
+              base: dict[int, float] | None = None) -> PasskEvalResult:
+    """execute_passk_eval with `base` as the warm-start curve, and its progress line."""
+    from entropy_rl.train.evaluate import execute_passk_eval
+
+    t0 = time.perf_counter()
+    r = dataclasses.replace(execute_passk_eval(plan, log=quiet), base=base)
+    took = "cached" if r.cached else f"{time.perf_counter() - t0:.0f} s"
+    vs = ""
+    if base is not None:
+        vs = f", crossover k {r.crossover}" if r.crossover is not None else f", no crossover up to k = {max(r.curve)}"
+    log(f"{what}: {describe_curve(r)}{vs} ({took})")
+    return r
+
+
+def passk_summary(curves: PasskCurves, run_dir: Path) -> dict[str, float | None]:
+    """A run's pass@k columns: pass@kmax (None: not evaluated) and, when any run has a warm start, crossover_k (None:
+    the warm start never catches up within the grid, or the run has no curve)."""
+    r = curves.runs.get(run_dir)
+    out: dict[str, float | None] = {"pass@kmax": r.curve[max(r.curve)] if r is not None else None}
+    if curves.warm_starts:
+        out["crossover_k"] = r.crossover if r is not None else None
+    return out
+
+
+def passk_entry(curves: PasskCurves, run_dir: Path) -> dict[str, Any]:
+    """What summary.json keeps of a run's curve: the result file, {k: pass@k}, the warm start's result file."""
+    r, ws = curves.runs.get(run_dir), curves.warm_starts.get(run_dir)
+    if r is None:
+        return {}
+    return {"passk": {"result": str(r.path), "curve": {str(k): v for k, v in r.curve.items()},
+                      "warm_start_result": str(ws.path) if ws is not None else None}}
+
+
+def warm_start_entry(curves: PasskCurves) -> dict[str, Any]:
+    """summary.json's WARM_START_KEY entry: each warm-start evaluation (model, result file, curve) and the stats of
+    its pass@1 and pass@kmax over them (usually one)."""
+    evals = curves.distinct_warm_starts()
+    return {"evaluations": [{"model_dir": str(w.plan.model_dir), "result": str(w.path),
+                             "curve": {str(k): v for k, v in w.curve.items()}} for w in evals],
+            "stats": {"pass@1": stats_json(metric_stats([w.curve.get(1) for w in evals])),
+                      "pass@kmax": stats_json(metric_stats([w.curve[max(w.curve)] for w in evals]))}}
+
+
+def passk_markdown(curves: PasskCurves) -> str:
+    """summary.md's paragraph on the pass@k columns, with the warm start's own pass@1 and pass@kmax."""
+    kmax = curves.ks[-1]
+    grid = ",".join(str(k) for k in curves.ks)
+    text = (f"pass@k curves: `entropy-rl eval RUN --k {grid} --problems {curves.problems}` (seed {curves.seed}, "
+            f"{kmax} samples per problem, each run's task and sampling; result files in eval/ folders, full curves "
+            f"in summary.json) of each finished run's final model. pass@kmax is pass@{kmax}. ")
+    evals = curves.distinct_warm_starts()
+    if not evals:
+        return text + "No run has a warm start on disk (they start from a fresh model): no crossover."
+    models = ", ".join(f"`{w.plan.model_dir}`" for w in evals)
+    ones, tops = [w.curve.get(1) for w in evals], [w.curve[max(w.curve)] for w in evals]
+    return text + (f"crossover_k is the smallest k at which the warm start's pass@k is at least the run's, \"never\" "
+                   f"when the run stays above it up to k = {kmax}.\n\n"
+                   f"Warm start ({models}; {len(evals)} evaluation{'s' if len(evals) > 1 else ''}): "
+                   f"pass@1 {stats_cell('pass@1', metric_stats(ones), len(evals))}, "
+                   f"pass@{kmax} (pass@kmax) {stats_cell('pass@kmax', metric_stats(tops), len(evals))}.")
+
+
+def write_summary(specs: list[RunSpec], out_dir: Path, baseline: str | None = None, equal_tokens: bool = False,
+                  curves: PasskCurves | None = None) -> str:
     """Write summary.json and summary.md; return the markdown.
 
     summary.json, per method: what the name resolved to ("variant", "settings"), per run its seed, directory,
@@ -518,27 +709,35 @@ def write_summary(specs: list[RunSpec], out_dir: Path, baseline: str | None = No
     with `equal_tokens`, "token_budget" too. summary.md: the statistics (summary_markdown), then what each name
     resolved to. `baseline` as in choose_baseline. `equal_tokens`: every run is summarised up to the smallest
     total of tokens generated among them (equal_token_budget), so strategies are compared at equal cost.
+    `curves` (compare --k): the columns pass@kmax and crossover_k (passk_summary), each run's curve in its
+    "passk" entry, and the warm start's evaluations and stats under WARM_START_KEY.
     """
     results: dict[str, list[dict[str, float | None]]] = {}
     entries: dict[str, dict[str, Any]] = {}
     budget = equal_token_budget([s.run_dir for s in specs]) if equal_tokens else None
     for spec in specs:
         summary = summarize_run(spec.run_dir, budget)
+        if curves is not None:
+            summary.update(passk_summary(curves, spec.run_dir))
         results.setdefault(spec.method, []).append(summary)
         entry = entries.setdefault(spec.method, {"variant": spec.variant.source, "settings": spec.variant.overrides,
                                                  "runs": []})
         entry["runs"].append({"seed": spec.seed, "run_dir": str(spec.run_dir),
-                              "config_sha256": config_hash(to_dict(spec.cfg)), **summary})
+                              "config_sha256": config_hash(to_dict(spec.cfg)), **summary,
+                              **(passk_entry(curves, spec.run_dir) if curves is not None else {})})
     base = choose_baseline(list(results), baseline)
     for method, st in summary_stats(results, base).items():
         entries[method].update(st, **({"token_budget": budget} if budget is not None else {}))
+    if curves is not None and curves.warm_starts:
+        entries[WARM_START_KEY] = warm_start_entry(curves)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(entries, indent=2))
     variants = {s.method: s.variant for s in specs}
     held = (f"Held at an equal generation budget (--equal-tokens): {budget:.0f} tokens generated per run, the "
             "smallest run's total; each run counts only its steps within it (`steps`), pass@k is its last eval "
-            "among them.\n\n" if budget is not None else "")
-    table = held + summary_markdown(results, base) + "\n\n" + "\n".join(f"- `{name}`: {describe(v)}"
+            f"among them{PASSK_NOT_HELD if curves is not None else ''}.\n\n" if budget is not None else "")
+    note = passk_markdown(curves) if curves is not None else ""
+    table = held + summary_markdown(results, base, note) + "\n\n" + "\n".join(f"- `{name}`: {describe(v)}"
                                                                     for name, v in variants.items())
     (out_dir / "summary.md").write_text(table + "\n")
     return table
@@ -546,8 +745,10 @@ def write_summary(specs: list[RunSpec], out_dir: Path, baseline: str | None = No
 
 def compare(config: str | None, overrides: list[str], methods: list[str], seeds: int, out_dir: str | Path | None = None,
             jobs: int = 1, methods_dir: str | Path | None = None, baseline: str | None = None,
-            equal_tokens: bool = False, log: Callable[[str], None] = print, pool_law: bool = False) -> Path:
-    """Run methods x seeds (skipping finished runs), then write summary.json / summary.md (and a report).
+            equal_tokens: bool = False, log: Callable[[str], None] = print, pool_law: bool = False,
+            ks: list[int] | None = None, eval_problems: int = 128) -> Path:
+    """Run methods x seeds (skipping finished runs), evaluate pass@k curves when `ks` is given, then write
+    summary.json / summary.md (and a report).
 
     Everything is checked before anything is trained or written: the counts, the method names, every run's
     config, and that no run directory holds a run with another config (ConfigError, one line).
@@ -566,6 +767,10 @@ def compare(config: str | None, overrides: list[str], methods: list[str], seeds:
         log: where progress lines go.
         pool_law: the report fits R = -a exp(H) + b once over the runs' pooled points (they share model and task)
             instead of once per run.
+        ks: the k grid of pass@k curves (ascending); None: no curves. With it, the warm start and every finished
+            run's final model are evaluated after training (evaluate_curves: cached, one at a time), the summary
+            gets pass@kmax and crossover_k, and the report plots the curves against the warm start.
+        eval_problems: eval problems per curve (with `ks`).
 
     Returns:
         The output directory.
@@ -575,6 +780,7 @@ def compare(config: str | None, overrides: list[str], methods: list[str], seeds:
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     check_methods(methods)
+    check_ks(ks, eval_problems)
     baseline = choose_baseline(methods, baseline)
     user_dir = Path(methods_dir) if methods_dir is not None else None
     if user_dir is not None and not user_dir.is_dir():
@@ -602,7 +808,8 @@ def compare(config: str | None, overrides: list[str], methods: list[str], seeds:
             log(f"[{i}/{len(todo)}] {spec.method} seed {spec.seed}: {status} ({time.perf_counter() - t0:.0f} s elapsed)")
             if code != 0:
                 failures.append(f"{spec.method} seed {spec.seed}: {err.strip().splitlines()[-1] if err.strip() else code}")
-    table = write_summary(specs, out_dir, baseline, equal_tokens)
+    curves = evaluate_curves(specs, ks, eval_problems, log) if ks else None
+    table = write_summary(specs, out_dir, baseline, equal_tokens, curves)
     log(table)
     try:
         from entropy_rl.report import write_report
@@ -610,7 +817,7 @@ def compare(config: str | None, overrides: list[str], methods: list[str], seeds:
         pass
     else:
         write_report([s.run_dir for s in specs], out_dir / "report", labels=[f"{s.method}/seed{s.seed}" for s in specs],
-                     summary_md=table, pool_law=pool_law)
+                     summary_md=table, pool_law=pool_law, base_dirs=curves.base_dirs() if curves else None)
         log(f"report: {out_dir / 'report' / 'report.html'}")
     if failures:
         raise RuntimeError("some runs failed:\n  " + "\n  ".join(failures))

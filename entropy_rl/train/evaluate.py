@@ -5,6 +5,10 @@ The trainer evaluates at step 0 (the policy RL starts from: the SFT warm start o
 update), every `train.eval_every` steps and at the last step. Every eval draws from its own seed and restores
 the RNG states afterwards, so evaluating never changes the training trajectory (tests/train/test_evaluate.py
 checks that the RL steps are bit-identical with and without evals).
+
+`run_passk_eval` is `entropy-rl eval` (and what `entropy-rl compare --k` calls per run): it resolves the model and
+settings (`plan_passk_eval`), then reuses a stored result of the same settings or samples and writes one
+(`execute_passk_eval`).
 """
 
 from __future__ import annotations
@@ -296,3 +300,260 @@ def result_metrics(result: dict[str, Any]) -> dict[str, float]:
     out.update({f"eval/pass@{k}": v for k, v in result["pass_at_k"].items()})
     out.update({f"eval/maj@{k}": v for k, v in result["maj_at_k"].items()})
     return out
+
+
+# ---------------------------------------------------------------- one pass@k evaluation (entropy-rl eval, compare)
+
+EVAL_DEFAULTS = {"task": "countdown", "task_params": {}, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 16}
+EVAL_PROBLEMS = 256  # `entropy-rl eval --problems` default
+EVAL_SEED = 0  # `entropy-rl eval --seed` default; compare evaluates with it too, so both share cached results
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    """The default `log` of the pass@k evaluation: one line on stderr (stdout carries the metrics as JSON)."""
+    import sys
+
+    print(line, file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class PasskEvalPlan:
+    """One pass@k evaluation, resolved but not run (`plan_passk_eval`).
+
+    Attributes:
+        model_dir: the model directory to sample from.
+        run_dir: the run directory it belongs to, None for a plain model directory.
+        role: "warm start" | "checkpoint" | "model" (stored in the result).
+        step: the RL step of a checkpoint, else None.
+        folder: where the result file goes (None: no file is kept).
+        settings: everything the result depends on (the model's weights by content included); its sha256 names
+            the result file, so equal settings mean a cache hit.
+        task: the task whose eval split is sampled.
+        run_config: whether the run has a config.yaml (only then is a warm-start result looked up).
+        model_path: the run config's `model.path` (where its warm start's results may live), else None.
+    """
+
+    model_dir: Path
+    run_dir: Path | None
+    role: str
+    step: int | None
+    folder: Path | None
+    settings: dict[str, Any]
+    task: Task
+    run_config: bool
+    model_path: str | None
+
+    @property
+    def ks(self) -> list[int]:
+        """The k grid, ascending."""
+        return list(self.settings["ks"])
+
+
+@dataclass(frozen=True)
+class PasskEvalResult:
+    """The outcome of one pass@k evaluation (`run_passk_eval`).
+
+    Attributes:
+        plan: what was evaluated, and how.
+        metrics: {eval/accuracy, eval/pass@k, eval/maj@k (k > 1)} as `evaluate` returns them (probabilities).
+        path: the result file written or reused, None when none is kept.
+        cached: True when a stored result with the same settings was reused (nothing was sampled).
+        base: {k: pass@k} of a stored warm-start result evaluated the same way (`passk.matching_base`), looked up
+            only for a run's checkpoint; None when there is none.
+    """
+
+    plan: PasskEvalPlan
+    metrics: dict[str, float]
+    path: Path | None
+    cached: bool
+    base: dict[int, float] | None = None
+
+    @property
+    def curve(self) -> dict[int, float]:
+        """{k: pass@k}, ascending k."""
+        return {k: self.metrics[f"eval/pass@{k}"] for k in self.plan.ks}
+
+    @property
+    def crossover(self) -> int | None:
+        """The crossover k against `base` (`passk.crossover_k`); None without a base or without a crossover."""
+        from entropy_rl.metrics.passk import crossover_k
+
+        return crossover_k(self.base, self.curve) if self.base is not None else None
+
+
+def warm_start_model(given: str | Path, run_dir: Path | None, model_path: str | None) -> tuple[Path, Path | None, str, None]:
+    """The model a run started from (`entropy-rl eval RUN --warm-start`) and where its result goes.
+
+    Args:
+        given: what the user named (for the message).
+        run_dir: the run directory, None when `given` is a model directory.
+        model_path: the run config's `model.path`, None without a config.
+
+    Returns:
+        (model directory, eval folder or None, "warm start", None): RUN/sft/model with RUN/eval, else `model_path`
+        with that directory's own eval/ when it is an SFT output directory, else RUN/eval.
+
+    Raises:
+        FileNotFoundError: not a run directory, or a run without a warm start on disk.
+    """
+    if run_dir is None:
+        raise FileNotFoundError(f"--warm-start needs a run directory; '{given}' is a model directory")
+    if (run_dir / "sft" / ckpt.COMPLETE).is_file():
+        home, _, _ = result_home(run_dir / "sft" / "model", run_dir)
+        return run_dir / "sft" / "model", home, "warm start", None
+    if not model_path or not (Path(model_path) / "config.json").is_file():
+        raise FileNotFoundError(f"'{run_dir}' has no warm start to evaluate: no sft/COMPLETE and no model.path "
+                                "with a model (a run from a fresh tiny model without SFT starts from random weights)")
+    home, _, _ = result_home(Path(model_path), None)
+    return Path(model_path), home or result_home(run_dir / "sft" / "model", run_dir)[0], "warm start", None
+
+
+def plan_passk_eval(
+    model: str | Path,
+    ks: list[int] | None = None,
+    problems: int = EVAL_PROBLEMS,
+    samples: int | None = None,
+    seed: int = EVAL_SEED,
+    warm_start: bool = False,
+    out: str | Path | None = None,
+    task: str | None = None,
+    task_params: list[str] | tuple[str, ...] = (),
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_new_tokens: int | None = None,
+    top_h: float | None = None,
+    log: Log = _stderr,
+) -> PasskEvalPlan:
+    """Resolve what `entropy-rl eval` evaluates: the model, its run, the task and sampling, the settings, the folder.
+
+    For a run directory the task and sampling default to the run's config.yaml (else EVAL_DEFAULTS); an explicit
+    `task` keeps the run's task params only when it is the run's task. Logs "evaluating MODEL_DIR" for a run.
+
+    Args:
+        model: a model directory, or a run directory (its newest complete checkpoint, else its SFT warm start).
+        ks: the k grid, ascending (None: 1, 2, 4, ... up to `samples`, plus `samples`).
+        problems: eval problems.
+        samples: responses per problem, the n of the unbiased estimator (None: the largest k, else 8).
+        seed: seed of the problem draw and of sampling.
+        warm_start: evaluate the model the run started from (`warm_start_model`) instead of its final model.
+        out: the result folder (None: `result_home`, the eval/ folder of the run or SFT output).
+        task, task_params, temperature, top_p, max_new_tokens: override the run's (task params as `a.b=c`).
+        top_h: sample with Top-H decoding at this entropy scale in (0, 1] (None: plain sampling).
+        log: where the progress line goes.
+
+    Raises:
+        ValueError: a k above the samples per problem; a bad task parameter.
+        FileNotFoundError: no model at `model`, or no warm start with `warm_start`.
+    """
+    from entropy_rl.tasks import TASKS, make_task
+    from entropy_rl.train.config import apply_overrides, load_config
+
+    if task is not None:  # an explicit task's params are checked before any model is looked at
+        TASKS.get(task).parse_params(apply_overrides({}, list(task_params)), "--task-params")
+    samples = samples if samples is not None else (ks[-1] if ks else 8)
+    if ks and ks[-1] > samples:
+        raise ValueError(f"--k {ks[-1]} needs at least {ks[-1]} samples per problem; --samples is {samples}")
+    model_dir, run_dir = find_model(model)
+    defaults, model_path = dict(EVAL_DEFAULTS), None
+    has_config = run_dir is not None and (run_dir / "config.yaml").is_file()
+    if has_config:
+        run_cfg = load_config(run_dir / "config.yaml")
+        r = run_cfg.rollout
+        defaults = {"task": run_cfg.task.name, "task_params": dict(run_cfg.task.params), "temperature": r.temperature,
+                    "top_p": r.top_p, "top_k": r.top_k, "max_new_tokens": r.max_new_tokens}
+        model_path = run_cfg.model.path
+    home, role, step = result_home(model_dir, run_dir)
+    if warm_start:
+        model_dir, home, role, step = warm_start_model(model, run_dir, model_path)
+    if run_dir is not None:
+        log(f"evaluating {model_dir}")
+    flags = {"task": task, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+    pick = {**defaults, **{k: v for k, v in flags.items() if v is not None}}
+    same_task = pick["task"] == defaults["task"]  # the run's task params only go with the run's task
+    params = apply_overrides(dict(defaults["task_params"]) if same_task else {}, list(task_params))
+    sampling = SamplingParams(float(pick["temperature"]), float(pick["top_p"]), int(pick["top_k"]),
+                              int(pick["max_new_tokens"]))
+    settings = {"model_sha256": model_fingerprint(model_dir), "task": pick["task"],
+                "task_params": json.loads(json.dumps(params, sort_keys=True, default=str)),
+                "problems": problems, "samples": samples, "ks": ks or pass_k_values(samples), "seed": seed,
+                "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+                "max_new_tokens": sampling.max_new_tokens, "top_h": top_h}
+    return PasskEvalPlan(Path(model_dir), run_dir, role, step, Path(out) if out else home, settings,
+                         make_task(pick["task"], **params), has_config, model_path)
+
+
+def execute_passk_eval(plan: PasskEvalPlan, no_cache: bool = False, log: Log = _stderr) -> PasskEvalResult:
+    """Run a planned evaluation: reuse the stored result of the same settings (unless `no_cache`), else sample,
+    score and write it (`write_result`); for a run's checkpoint, look up a warm-start result evaluated the same
+    way (`passk.warm_start_results`, `passk.matching_base`) and log the crossover.
+
+    Logs "reusing PATH", "wrote PATH" or why no file is kept, then "vs the warm start: ..." when a base exists.
+    """
+    from functools import partial
+
+    from entropy_rl.metrics import passk
+    from entropy_rl.models import load_pretrained
+
+    s = plan.settings
+    cached = None if no_cache else cached_result(plan.folder, s)
+    path = None
+    if cached is not None:
+        log(f"reusing {cached['path']} (same settings, same model weights)")
+        metrics, path = result_metrics(cached), Path(cached["path"])
+    else:
+        model, tokenizer = load_pretrained(plan.model_dir)
+        problems = plan.task.prompts("eval", s["problems"], seed=s["seed"])
+        sample_fn = None
+        if s["top_h"] is not None:
+            from entropy_rl.rollout.strategies.top_h import Params as TopHParams
+            from entropy_rl.rollout.strategies.top_h import top_h_generate
+
+            sample_fn = partial(top_h_generate, p=TopHParams(alpha=s["top_h"]))
+        sampling = SamplingParams(s["temperature"], s["top_p"], s["top_k"], s["max_new_tokens"])
+        t0 = time.perf_counter()
+        scored = sample_eval(model, tokenizer, plan.task, problems, s["samples"], sampling, s["seed"], sample_fn)
+        metrics = eval_metrics(scored, s["ks"])
+        if plan.folder is not None:
+            info = {"model_dir": str(plan.model_dir.resolve()), "role": plan.role, "step": plan.step,
+                    "wall_s": round(time.perf_counter() - t0, 3)}
+            path = write_result(plan.folder, s, metrics, scored, info)
+            log(f"wrote {path}")
+        else:
+            log("no result file: the model is not in a run or SFT output directory; pass --out DIR to keep one")
+    base = None
+    if plan.run_dir is not None and plan.role == "checkpoint" and plan.run_config:
+        found = passk.matching_base({"settings": s}, passk.warm_start_results(plan.run_dir, {"model": {"path": plan.model_path}}))
+        if found is not None:
+            base = passk.curve(found)
+    result = PasskEvalResult(plan, metrics, path, cached is not None, base)
+    if base is not None:
+        log(f"vs the warm start: {passk.describe_crossover(base, result.curve)}")
+    return result
+
+
+def run_passk_eval(
+    model: str | Path,
+    ks: list[int] | None = None,
+    problems: int = EVAL_PROBLEMS,
+    samples: int | None = None,
+    seed: int = EVAL_SEED,
+    warm_start: bool = False,
+    out: str | Path | None = None,
+    no_cache: bool = False,
+    task: str | None = None,
+    task_params: list[str] | tuple[str, ...] = (),
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_new_tokens: int | None = None,
+    top_h: float | None = None,
+    log: Log = _stderr,
+) -> PasskEvalResult:
+    """`entropy-rl eval` as a function: `plan_passk_eval` (arguments there) then `execute_passk_eval`.
+
+    Returns:
+        The metrics, the result file, whether it was reused, and the warm-start curve for the crossover.
+    """
+    plan = plan_passk_eval(model, ks, problems, samples, seed, warm_start, out, task, task_params, temperature, top_p,
+                           max_new_tokens, top_h, log)
+    return execute_passk_eval(plan, no_cache, log)
