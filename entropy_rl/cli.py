@@ -146,7 +146,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = run_passk_eval(args.model, args.ks, args.problems, args.samples, args.seed, args.warm_start, args.out,
                             args.no_cache, args.task, args.task_params, args.temperature, args.top_p,
-                            args.max_new_tokens, args.top_h, log=lambda line: print(line, file=sys.stderr))
+                            args.max_new_tokens, args.top_h, log=lambda line: print(line, file=sys.stderr),
+                            device=args.device)
     print(json.dumps(result.metrics, indent=2))
     return 0
 
@@ -317,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for the JSON result passk_<settings hash>.json (default: the eval/ folder of the run or "
                         "SFT output the model belongs to; a model directory elsewhere gets no file)")
     p.add_argument("--no-cache", action="store_true", help="sample again even when a result with the same settings is stored")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda", "auto"),
+                   help="where to sample (default: the run's train.device, else cuda when available)")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("compare", help="run methods x seeds on one config and summarise side by side")

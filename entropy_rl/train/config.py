@@ -24,13 +24,16 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
 from entropy_rl.core.aggregate import AGG_MODES
 from entropy_rl.core.kl import KL_ESTIMATORS
 from entropy_rl.core.registry import ParamsError, brief, coerce
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_CONFIG_BYTES = 256 * 1024  # a config file or override value; real configs are a few KB
 MAX_YAML_DEPTH = 32  # nesting levels of a YAML document (the schema uses 4)
@@ -718,3 +721,17 @@ def validate_method_requirements(cfg: Config) -> None:
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (what `load_config` reads back identically)."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def pick_device(name: str, key: str = "train.device") -> torch.device:
+    """cpu | cuda | auto -> torch.device (auto = cuda when available); ConfigError naming `key` for cuda without
+    a CUDA device."""
+    import torch  # light module: torch only when a device is picked
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"{key}: must be cpu, cuda or auto, got '{name}'")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}: cuda requested but no CUDA device is available")
+    return torch.device(name)

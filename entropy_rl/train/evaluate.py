@@ -332,6 +332,7 @@ class PasskEvalPlan:
         task: the task whose eval split is sampled.
         run_config: whether the run has a config.yaml (only then is a warm-start result looked up).
         model_path: the run config's `model.path` (where its warm start's results may live), else None.
+        device: where the model samples: `device` given, else the run's `train.device`, else cuda when available.
     """
 
     model_dir: Path
@@ -343,6 +344,7 @@ class PasskEvalPlan:
     task: Task
     run_config: bool
     model_path: str | None
+    device: str = "cpu"
 
     @property
     def ks(self) -> list[int]:
@@ -424,6 +426,7 @@ def plan_passk_eval(
     max_new_tokens: int | None = None,
     top_h: float | None = None,
     log: Log = _stderr,
+    device: str | None = None,
 ) -> PasskEvalPlan:
     """Resolve what `entropy-rl eval` evaluates: the model, its run, the task and sampling, the settings, the folder.
 
@@ -441,13 +444,19 @@ def plan_passk_eval(
         task, task_params, temperature, top_p, max_new_tokens: override the run's (task params as `a.b=c`).
         top_h: sample with Top-H decoding at this entropy scale in (0, 1] (None: plain sampling).
         log: where the progress line goes.
+        device: cpu | cuda | auto (None: the run's `train.device`, else auto). Samples drawn on another device
+            differ, so a device other than the CPU is part of the settings (CPU results keep their keys).
 
     Raises:
         ValueError: a k above the samples per problem; a bad task parameter.
         FileNotFoundError: no model at `model`, or no warm start with `warm_start`.
+        ConfigError: cuda requested without a CUDA device, or an unknown device name.
     """
     from entropy_rl.tasks import TASKS, make_task
-    from entropy_rl.train.config import apply_overrides, load_config
+    from entropy_rl.train.config import apply_overrides, load_config, pick_device
+
+    if device is not None:
+        pick_device(device, "--device")  # a bad device fails before any model is looked at
 
     if task is not None:  # an explicit task's params are checked before any model is looked at
         TASKS.get(task).parse_params(apply_overrides({}, list(task_params)), "--task-params")
@@ -455,14 +464,15 @@ def plan_passk_eval(
     if ks and ks[-1] > samples:
         raise ValueError(f"--k {ks[-1]} needs at least {ks[-1]} samples per problem; --samples is {samples}")
     model_dir, run_dir = find_model(model)
-    defaults, model_path = dict(EVAL_DEFAULTS), None
+    defaults, model_path, run_device = dict(EVAL_DEFAULTS), None, "auto"
     has_config = run_dir is not None and (run_dir / "config.yaml").is_file()
     if has_config:
         run_cfg = load_config(run_dir / "config.yaml")
         r = run_cfg.rollout
         defaults = {"task": run_cfg.task.name, "task_params": dict(run_cfg.task.params), "temperature": r.temperature,
                     "top_p": r.top_p, "top_k": r.top_k, "max_new_tokens": r.max_new_tokens}
-        model_path = run_cfg.model.path
+        model_path, run_device = run_cfg.model.path, run_cfg.train.device
+    where = str(pick_device(device if device is not None else run_device, "--device"))
     home, role, step = result_home(model_dir, run_dir)
     if warm_start:
         model_dir, home, role, step = warm_start_model(model, run_dir, model_path)
@@ -479,8 +489,10 @@ def plan_passk_eval(
                 "problems": problems, "samples": samples, "ks": ks or pass_k_values(samples), "seed": seed,
                 "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
                 "max_new_tokens": sampling.max_new_tokens, "top_h": top_h}
+    if where != "cpu":
+        settings["device"] = where
     return PasskEvalPlan(Path(model_dir), run_dir, role, step, Path(out) if out else home, settings,
-                         make_task(pick["task"], **params), has_config, model_path)
+                         make_task(pick["task"], **params), has_config, model_path, where)
 
 
 def execute_passk_eval(plan: PasskEvalPlan, no_cache: bool = False, log: Log = _stderr) -> PasskEvalResult:
@@ -503,6 +515,7 @@ def execute_passk_eval(plan: PasskEvalPlan, no_cache: bool = False, log: Log = _
         metrics, path = result_metrics(cached), Path(cached["path"])
     else:
         model, tokenizer = load_pretrained(plan.model_dir)
+        model.to(plan.device)
         problems = plan.task.prompts("eval", s["problems"], seed=s["seed"])
         sample_fn = None
         if s["top_h"] is not None:
@@ -548,6 +561,7 @@ def run_passk_eval(
     max_new_tokens: int | None = None,
     top_h: float | None = None,
     log: Log = _stderr,
+    device: str | None = None,
 ) -> PasskEvalResult:
     """`entropy-rl eval` as a function: `plan_passk_eval` (arguments there) then `execute_passk_eval`.
 
@@ -555,5 +569,5 @@ def run_passk_eval(
         The metrics, the result file, whether it was reused, and the warm-start curve for the crossover.
     """
     plan = plan_passk_eval(model, ks, problems, samples, seed, warm_start, out, task, task_params, temperature, top_p,
-                           max_new_tokens, top_h, log)
+                           max_new_tokens, top_h, log, device)
     return execute_passk_eval(plan, no_cache, log)

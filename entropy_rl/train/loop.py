@@ -46,7 +46,8 @@ from entropy_rl.rollout.strategies import RolloutStrategy, make_strategy
 from entropy_rl.tasks import make_task
 from entropy_rl.tasks.base import DEFAULT_SCORE_RANGE, Problem, RewardResult, validate_result
 from entropy_rl.train import checkpoint as ckpt
-from entropy_rl.train.config import Config, ConfigError, check_context, correction_spec, from_dict, save_config, to_dict
+from entropy_rl.train.config import (Config, ConfigError, check_context, correction_spec, from_dict, pick_device, save_config,
+                                     to_dict)
 from entropy_rl.train.attention_probe import ATTENTION_FILE, attention_entropy, attention_metrics, attention_modules
 from entropy_rl.train.entropy_probe import Sampler, measure_after_update
 from entropy_rl.train.batch import ScoredBatch, batch_advantages, score_batch, scoring_temperature, seed_for
@@ -68,15 +69,6 @@ class RunResult:
 
 class TrainingStopped(RuntimeError):
     """The run stopped itself (e.g. too many consecutive non-finite updates); a checkpoint was written."""
-
-
-def pick_device(name: str) -> torch.device:
-    """cpu | cuda | auto -> torch.device (auto = cuda when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no CUDA device is available")
-    return torch.device(name)
 
 
 def with_defaults(saved: Any) -> Any:

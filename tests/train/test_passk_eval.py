@@ -134,3 +134,23 @@ def test_bad_k_is_one_line(trained: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["eval", str(trained), "--k", "4,2"])
     assert "argument --k: k values must be strictly ascending" in capsys.readouterr().err
+
+
+def test_device_defaults_to_the_runs_and_only_a_gpu_changes_the_key(trained: Path, warm_model_dir: Path, capsys) -> None:
+    import torch
+
+    from entropy_rl.train.evaluate import plan_passk_eval
+
+    quiet = dict(ks=[1, 2], problems=2, log=lambda line: None)
+    run_plan = plan_passk_eval(trained, **quiet)  # the run's train.device (cpu in the tiny config)
+    assert run_plan.device == "cpu" and "device" not in run_plan.settings  # CPU results keep their keys
+    assert plan_passk_eval(trained, device="cpu", **quiet).settings == run_plan.settings
+    auto = plan_passk_eval(warm_model_dir, device=None, **quiet)  # a model directory: auto
+    assert auto.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        gpu = plan_passk_eval(trained, device="cuda", **quiet)
+        assert gpu.settings["device"] == "cuda" and passk.settings_key(gpu.settings) != passk.settings_key(run_plan.settings)
+    else:
+        assert main(["eval", str(trained), "--device", "cuda", *EVAL]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--device: cuda requested but no CUDA device is available" in err and len(err.splitlines()) == 1
