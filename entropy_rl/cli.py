@@ -138,16 +138,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     (`result_home`); a stored result with the same settings (model weights by content included) is printed
     instead of sampling again, unless --no-cache. With a stored warm-start result evaluated the same way, the
     crossover k (the smallest k where the warm start's pass@k >= the run's) is printed on stderr.
-    The work is `entropy_rl.train.evaluate.run_passk_eval`; this wrapper only maps the flags.
+    The work is `plan_passk_eval` then `execute_passk_eval` (entropy_rl/train/evaluate.py); this wrapper only maps
+    the flags.
     """
     import json
 
-    from entropy_rl.train.evaluate import run_passk_eval
+    from entropy_rl.train.evaluate import execute_passk_eval, plan_passk_eval
 
-    result = run_passk_eval(args.model, args.ks, args.problems, args.samples, args.seed, args.warm_start, args.out,
-                            args.no_cache, args.task, args.task_params, args.temperature, args.top_p,
-                            args.max_new_tokens, args.top_h, log=lambda line: print(line, file=sys.stderr),
-                            device=args.device)
+    def log(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    plan = plan_passk_eval(args.model, args.ks, args.problems, args.samples, args.seed, args.warm_start, args.out,
+                           args.task, args.task_params, args.temperature, args.top_p, args.max_new_tokens, args.top_h,
+                           log, args.device)
+    result = execute_passk_eval(plan, args.no_cache, log)
     print(json.dumps(result.metrics, indent=2))
     return 0
 

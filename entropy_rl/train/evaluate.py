@@ -6,9 +6,8 @@ update), every `train.eval_every` steps and at the last step. Every eval draws f
 the RNG states afterwards, so evaluating never changes the training trajectory (tests/train/test_evaluate.py
 checks that the RL steps are bit-identical with and without evals).
 
-`run_passk_eval` is `entropy-rl eval` (and what `entropy-rl compare --k` calls per run): it resolves the model and
-settings (`plan_passk_eval`), then reuses a stored result of the same settings or samples and writes one
-(`execute_passk_eval`).
+`entropy-rl eval` (and `entropy-rl compare --k`, per run) resolves the model and settings (`plan_passk_eval`), then
+reuses a stored result of the same settings or samples and writes one (`execute_passk_eval`).
 """
 
 from __future__ import annotations
@@ -354,7 +353,7 @@ class PasskEvalPlan:
 
 @dataclass(frozen=True)
 class PasskEvalResult:
-    """The outcome of one pass@k evaluation (`run_passk_eval`).
+    """The outcome of one pass@k evaluation (`execute_passk_eval`).
 
     Attributes:
         plan: what was evaluated, and how.
@@ -543,31 +542,3 @@ def execute_passk_eval(plan: PasskEvalPlan, no_cache: bool = False, log: Log = _
     if base is not None:
         log(f"vs the warm start: {passk.describe_crossover(base, result.curve)}")
     return result
-
-
-def run_passk_eval(
-    model: str | Path,
-    ks: list[int] | None = None,
-    problems: int = EVAL_PROBLEMS,
-    samples: int | None = None,
-    seed: int = EVAL_SEED,
-    warm_start: bool = False,
-    out: str | Path | None = None,
-    no_cache: bool = False,
-    task: str | None = None,
-    task_params: list[str] | tuple[str, ...] = (),
-    temperature: float | None = None,
-    top_p: float | None = None,
-    max_new_tokens: int | None = None,
-    top_h: float | None = None,
-    log: Log = _stderr,
-    device: str | None = None,
-) -> PasskEvalResult:
-    """`entropy-rl eval` as a function: `plan_passk_eval` (arguments there) then `execute_passk_eval`.
-
-    Returns:
-        The metrics, the result file, whether it was reused, and the warm-start curve for the crossover.
-    """
-    plan = plan_passk_eval(model, ks, problems, samples, seed, warm_start, out, task, task_params, temperature, top_p,
-                           max_new_tokens, top_h, log, device)
-    return execute_passk_eval(plan, no_cache, log)
